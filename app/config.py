@@ -1,0 +1,80 @@
+"""Every knob of the service, one env var each. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # Connections. Production: Postgres, Redis, s3://bucket. Embedded: sqlite, filesystem://,
+    # file:///dir — the same code with other URLs.
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/squash"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix for every Redis key Celery writes, so several deployments (or test runs) share
+    # one Redis without seeing each other's queues.
+    broker_key_prefix: str = ""
+    # Folder used by the filesystem:// broker (embedded mode).
+    broker_folder: Path = Path(".squash/broker")
+    object_store_url: str = "file://.squash/objects"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # Base URL clients use to reach this API; local-store download links point here.
+    public_base_url: str = "http://127.0.0.1:8000"
+    secret_key: str = Field(default="dev-insecure-change-me", min_length=8)
+
+    # Job lifecycle. Worst case for a dead worker's job to be picked up again:
+    # lease_ttl_s + reaper_interval_s (see README "Failure bounds").
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    lease_ttl_s: float = Field(default=60.0, gt=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
+    reaper_enabled: bool = True
+    # A queued job whose message is older than this is sent again (message lost in Redis).
+    requeue_after_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_job_runtime_s: float = Field(default=6 * 3600, gt=0)
+    presign_expiry_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    default_device: Literal["cpu", "gpu"] = "gpu"
+
+    # Where workers may read models from by path, and where they cache downloads.
+    model_dirs: tuple[Path, ...] = ()
+    work_dir: Path = Path(".squash/work")
+    hf_offline: bool = False
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("DATABASE_URL must be postgresql+psycopg://… or sqlite:///…")
+        return value
+
+    @field_validator("object_store_url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(("s3://", "file://")):
+            raise ValueError("OBJECT_STORE_URL must be s3://bucket[/prefix] or file:///dir")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> Settings:
+        if self.lease_ttl_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("LEASE_TTL_S must exceed twice HEARTBEAT_INTERVAL_S")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

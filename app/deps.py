@@ -1,0 +1,60 @@
+"""Request dependencies as Annotated aliases (SessionDep, TenantDep, SettingsDep, StoreDep)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth_service
+from app.config import Settings
+from app.db import get_sessionmaker
+from app.errors import Unauthorized
+from app.storage import ObjectStore
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.database_url)()
+    try:
+        yield session
+    finally:
+        # Routes that write commit explicitly (before they enqueue); anything else is dropped.
+        session.rollback()
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_store(request: Request) -> ObjectStore:
+    return request.app.state.store
+
+
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+def get_tenant(request: Request, session: SessionDep) -> uuid.UUID:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    tenant_id = auth_service.authenticate(session, secret=secret.strip())
+    if tenant_id is None:
+        raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return tenant_id
+
+
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]

@@ -1,0 +1,114 @@
+"""Recovers jobs the happy path lost. Safe to run in many processes at once: every move is a
+compare-and-set on the job's lease generation, so only one reaper (or worker) wins each job.
+
+- A leased job whose worker stopped heartbeating (lease expired) goes back to `queued` and is
+  re-sent, or ends `failed` once its attempts are spent; a `cancel_requested` one ends `cancelled`.
+- A job running longer than MAX_JOB_RUNTIME_S ends `failed` (timeout); its worker sees the lost
+  lease at its next heartbeat and stops.
+- A queued job whose message never reached (or vanished from) the broker is re-sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import structlog
+
+from app.config import Settings
+from app.db import session_scope, utcnow
+from app.jobs import repository
+from app.jobs.state import ErrorCode, JobState
+from app.queue import send_run_job
+
+log = structlog.get_logger()
+
+
+def reap_once(settings: Settings) -> dict[str, int]:
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "resent": 0}
+    now = utcnow()
+    to_send: list[tuple[object, str, int]] = []
+    with session_scope(settings.database_url) as session:
+        for job in repository.expired_leases(session, now=now):
+            gen = job.lease_generation
+            silent = f"worker {job.worker_id} stopped heartbeating (last {job.heartbeat_at})"
+            if job.state == JobState.CANCEL_REQUESTED:
+                if repository.transition(
+                    session, job.id, JobState.CANCELLED, generation=gen, message=silent
+                ):
+                    counts["cancelled"] += 1
+            elif job.attempts >= job.max_attempts:
+                if repository.transition(
+                    session,
+                    job.id,
+                    JobState.FAILED,
+                    generation=gen,
+                    message=silent,
+                    error_code=ErrorCode.MAX_ATTEMPTS_EXCEEDED.value,
+                    error_message=f"{silent}; {job.attempts} of {job.max_attempts} attempts used",
+                ):
+                    counts["failed"] += 1
+            elif repository.transition(
+                session,
+                job.id,
+                JobState.QUEUED,
+                sources=[JobState.RUNNING],
+                generation=gen,
+                message=f"{silent}; retrying",
+                worker_id=None,
+                lease_expires_at=None,
+                stage=None,
+                progress=0.0,
+            ):
+                counts["requeued"] += 1
+                to_send.append((job.id, job.queue, job.priority))
+
+        started_before = now - timedelta(seconds=settings.max_job_runtime_s)
+        for job in repository.overdue_jobs(session, started_before=started_before):
+            if repository.transition(
+                session,
+                job.id,
+                JobState.FAILED,
+                generation=job.lease_generation,
+                message="maximum runtime exceeded",
+                error_code=ErrorCode.TIMEOUT.value,
+                error_message=f"ran longer than {settings.max_job_runtime_s:.0f}s",
+            ):
+                counts["timed_out"] += 1
+
+        resend_before = now - timedelta(seconds=settings.requeue_after_s)
+        never_sent_before = now - timedelta(seconds=settings.reaper_interval_s)
+        for job in repository.unsent_queued_jobs(
+            session, never_sent_before=never_sent_before, enqueued_before=resend_before
+        ):
+            if (job.id, job.queue, job.priority) not in to_send:
+                to_send.append((job.id, job.queue, job.priority))
+                counts["resent"] += 1
+    # Send only after the moves above committed (a worker must find the job `queued`).
+    for job_id, queue, priority in to_send:
+        try:
+            send_run_job(settings, job_id, queue=queue, priority=priority)  # type: ignore[arg-type]
+            with session_scope(settings.database_url) as session:
+                repository.mark_enqueued(session, job_id)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - broker down: try again next round
+            log.warning("reaper.send_failed", job_id=str(job_id))
+    if any(counts.values()):
+        log.info("reaper.round", **counts)
+    return counts
+
+
+class ReaperThread(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="squash-reaper", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.reaper_interval_s):
+            try:
+                reap_once(self.settings)
+            except Exception:
+                log.exception("reaper.error")
+
+    def stop(self) -> None:
+        self.stopped.set()

@@ -1,0 +1,269 @@
+"""All SQL about jobs, their labels and events. Functions take a Session and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.artifacts.models import Artifact
+from app.db import utcnow
+from app.jobs.models import Job, JobEvent, JobLabel
+from app.jobs.state import LEASED, JobState, check, sources_for
+
+NO_SYNC = {"synchronize_session": False}
+
+
+def add_event(
+    session: Session,
+    job_id: uuid.UUID,
+    kind: str,
+    message: str = "",
+    *,
+    state: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, state=state, data=data))
+
+
+def insert_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
+    job.labels = [JobLabel(key=k, value=v) for k, v in sorted(labels.items())]
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "state", "job accepted", state=job.state)
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return session.scalars(query).one_or_none()
+
+
+def get_job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    ).one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    states: Sequence[str],
+    labels: dict[str, str],
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Job]:
+    """Newest first; keyset pagination on (created_at, id) stays stable under inserts."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if states:
+        query = query.where(Job.state.in_(states))
+    for key, value in labels.items():
+        query = query.where(
+            Job.id.in_(select(JobLabel.job_id).where(JobLabel.key == key, JobLabel.value == value))
+        )
+    if before is not None:
+        created, last_id = before
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def list_events(
+    session: Session, job_id: uuid.UUID, *, after_id: int, limit: int
+) -> list[JobEvent]:
+    return list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
+    return list(
+        session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.path))
+    )
+
+
+def transition(
+    session: Session,
+    job_id: uuid.UUID,
+    target: JobState,
+    *,
+    sources: Sequence[JobState] | None = None,
+    generation: int | None = None,
+    message: str = "",
+    data: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Compare-and-set the job's state; returns False (and writes nothing) if it lost the race.
+
+    `generation` fences a worker's write: it only applies while that worker's lease is current.
+    """
+    allowed = set(sources_for(target) if sources is None else sources)
+    for source in allowed:
+        check(source, target)
+    now = utcnow()
+    conditions = [Job.id == job_id, Job.state.in_([s.value for s in allowed])]
+    if generation is not None:
+        conditions.append(Job.lease_generation == generation)
+    if target.value in ("succeeded", "failed", "cancelled"):
+        values.setdefault("finished_at", now)
+        values.setdefault("lease_expires_at", None)
+    result = session.execute(
+        update(Job).where(*conditions).values(state=target.value, updated_at=now, **values),
+        execution_options=NO_SYNC,
+    )
+    if result.rowcount != 1:
+        return False
+    event_data = dict(data or {})
+    if generation is not None:
+        event_data["lease_generation"] = generation
+    add_event(session, job_id, "state", message, state=target.value, data=event_data or None)
+    return True
+
+
+def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, lease_ttl_s: float) -> int | None:
+    """Take a queued job: bump attempts and the fencing token. None if it is not ours to run."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state == JobState.QUEUED.value,
+            Job.attempts < Job.max_attempts,
+        )
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=Job.attempts + 1,
+            lease_generation=Job.lease_generation + 1,
+            lease_expires_at=now + timedelta(seconds=lease_ttl_s),
+            heartbeat_at=now,
+            worker_id=worker_id,
+            started_at=now,
+            updated_at=now,
+            error_code=None,
+            error_message=None,
+        )
+        .returning(Job.lease_generation, Job.attempts),
+        execution_options=NO_SYNC,
+    ).one_or_none()
+    if row is None:
+        return None
+    generation, attempts = row
+    add_event(
+        session,
+        job_id,
+        "state",
+        f"claimed by {worker_id} (attempt {attempts})",
+        state=JobState.RUNNING.value,
+        data={"lease_generation": generation, "attempt": attempts, "worker_id": worker_id},
+    )
+    return int(generation)
+
+
+def heartbeat(
+    session: Session, job_id: uuid.UUID, *, generation: int, lease_ttl_s: float
+) -> str | None:
+    """Renew the lease. Returns the job's state, or None if this worker no longer holds it."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.lease_generation == generation,
+            Job.state.in_([s.value for s in LEASED]),
+        )
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_ttl_s))
+        .returning(Job.state),
+        execution_options=NO_SYNC,
+    ).one_or_none()
+    return None if row is None else str(row[0])
+
+
+def set_progress(
+    session: Session, job_id: uuid.UUID, *, generation: int, stage: str, progress: float
+) -> str | None:
+    """Fenced progress write; returns the job's state (so callers see a cancel at once)."""
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.lease_generation == generation,
+            Job.state.in_([s.value for s in LEASED]),
+        )
+        .values(stage=stage, progress=progress, updated_at=utcnow())
+        .returning(Job.state),
+        execution_options=NO_SYNC,
+    ).one_or_none()
+    return None if row is None else str(row[0])
+
+
+def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()), execution_options=NO_SYNC
+    )
+
+
+def insert_artifacts(session: Session, job_id: uuid.UUID, files: Sequence[dict[str, Any]]) -> None:
+    for item in files:
+        session.add(
+            Artifact(
+                job_id=job_id,
+                path=item["path"],
+                object_key=item["object_key"],
+                size=item["size"],
+                sha256=item["sha256"],
+            )
+        )
+
+
+def expired_leases(session: Session, *, now: datetime, limit: int = 100) -> list[Job]:
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.state.in_([s.value for s in LEASED]), Job.lease_expires_at < now)
+            .limit(limit)
+        )
+    )
+
+
+def overdue_jobs(session: Session, *, started_before: datetime, limit: int = 100) -> list[Job]:
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.state.in_([s.value for s in LEASED]), Job.started_at < started_before)
+            .limit(limit)
+        )
+    )
+
+
+def unsent_queued_jobs(
+    session: Session, *, never_sent_before: datetime, enqueued_before: datetime, limit: int = 100
+) -> list[Job]:
+    """Queued jobs never sent (created before `never_sent_before`) or sent long ago."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.state == JobState.QUEUED.value,
+                or_(
+                    and_(Job.enqueued_at.is_(None), Job.created_at < never_sent_before),
+                    Job.enqueued_at < enqueued_before,
+                ),
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+    )

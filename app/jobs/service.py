@@ -1,0 +1,201 @@
+"""Job use-cases: create, read, list, cancel. Keyword-only; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Conflict, InvalidInput, NotFound
+from app.jobs import repository
+from app.jobs.models import Job, JobEvent
+from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
+from app.jobs.state import TERMINAL, JobState
+from app.queue import queue_for
+from app.recipes import validate_recipe
+
+
+def request_hash(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    body: JobCreate,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> tuple[Job, bool]:
+    """Returns (job, created). A repeated Idempotency-Key with the same body returns the
+    original job; with another body it is refused."""
+    stages = validate_recipe(body.recipe)
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    device = body.device or settings.default_device
+    spec = body.model_dump(mode="json", exclude={"labels", "priority", "device"})
+    spec["recipe"] = [stage.as_json() for stage in stages]  # defaults filled in
+    job = Job(
+        tenant_id=tenant_id,
+        state=JobState.QUEUED.value,
+        device=device,
+        queue=queue_for(device),
+        priority=body.priority,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        max_attempts=settings.max_attempts,
+    )
+    try:
+        with session.begin_nested():
+            repository.insert_job(session, job, body.labels)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert; answer with its job.
+        if not idempotency_key:
+            raise
+        existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    return job, True
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise InvalidInput(
+            "Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+            field="Idempotency-Key",
+        )
+    return existing
+
+
+def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    job = repository.get_job(session, job_id, tenant_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("malformed cursor", field="cursor") from exc
+
+
+def parse_label_filters(raw: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"label filter {item!r} must be key=value", field="label")
+        labels[key] = value
+    return labels
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    states: list[JobState],
+    labels: list[str],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Job], str | None]:
+    rows = repository.list_jobs(
+        session,
+        tenant_id,
+        states=[s.value for s in states],
+        labels=parse_label_filters(labels),
+        before=decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    return page, encode_cursor(page[-1]) if len(rows) > limit else None
+
+
+def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Queued jobs stop at once; running ones are flagged and their worker stops at its next
+    heartbeat or checkpoint. The flag lives in the database, so it survives worker restarts."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    state = JobState(job.state)
+    if state in TERMINAL:
+        raise Conflict(f"job is already {state}", code="job_finished")
+    cancelled_while_queued = state is JobState.QUEUED and repository.transition(
+        session, job.id, JobState.CANCELLED, sources=[JobState.QUEUED], message="cancelled by user"
+    )
+    if not cancelled_while_queued:
+        # Running (or claimed since we read it): flag it; its worker stops at the next check.
+        repository.transition(
+            session,
+            job.id,
+            JobState.CANCEL_REQUESTED,
+            sources=[JobState.RUNNING],
+            message="cancellation requested by user",
+        )
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID, after_id: int, limit: int
+) -> tuple[list[JobEvent], int | None]:
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = repository.list_events(session, job_id, after_id=after_id, limit=limit)
+    return rows, rows[-1].id if len(rows) == limit else None
+
+
+def to_read(job: Job) -> JobRead:
+    base = f"/v1/jobs/{job.id}"
+    error = (
+        JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    )
+    return JobRead(
+        id=job.id,
+        state=JobState(job.state),
+        device=job.device,
+        priority=job.priority,
+        labels={label.key: label.value for label in job.labels},
+        model=job.spec["model"],
+        recipe=job.spec["recipe"],
+        stage=job.stage,
+        progress=round(job.progress, 2),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        error=error,
+        metrics=job.metrics,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        links=JobLinks(
+            self=base,
+            events=f"{base}/events",
+            artifacts=f"{base}/artifacts",
+            report=f"{base}/report",
+            cancel=f"{base}/cancel",
+        ),
+    )
+
+
+def event_to_read(event: JobEvent) -> EventRead:
+    return EventRead.model_validate(event, from_attributes=True)

@@ -1,0 +1,28 @@
+"""Celery configured for hours-long GPU jobs (see ARCHITECTURE.md, "Celery is tuned…")."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from app.config import get_settings
+from app.logging import configure_logging
+from app.queue import QUEUES, make_celery
+
+settings = get_settings()
+configure_logging(settings.log_level, settings.log_json)
+
+celery_app = make_celery(settings, name="squash-worker")
+celery_app.conf.update(
+    # Ack after the task returns, and give the message back if the worker process dies, so a
+    # crash never silently drops a job (the lease makes the re-run safe).
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # One job at a time per process, and a fresh process per job: llm-compressor keeps
+    # process-global state and CUDA memory fragments.
+    worker_prefetch_multiplier=1,
+    worker_max_tasks_per_child=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    worker_hijack_root_logger=False,
+    task_queues=[Queue(name) for name in QUEUES],
+    imports=["workers.tasks"],
+)

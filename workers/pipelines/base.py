@@ -1,0 +1,41 @@
+"""The interface every compression method implements; one file per method, one registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from app.recipes import MethodParams
+from workers.context import JobContext
+
+
+@dataclass
+class StageInput:
+    model: torch.nn.Module
+    tokenizer: Any
+    calibration_ids: list[list[int]]
+    ctx: JobContext
+
+
+@dataclass
+class StageResult:
+    model: torch.nn.Module
+    # How the artifact must be saved: "compressed-tensors" asks save_pretrained to compress.
+    save_format: str = "dense"
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class CompressionMethod(ABC):
+    name: ClassVar[str]
+    params_type: ClassVar[type[MethodParams]]
+    needs_calibration: ClassVar[bool] = False
+
+    def preflight(self, model: torch.nn.Module, params: MethodParams) -> list[str]:
+        """Reject impossible settings before heavy work (raise JobFailure); return warnings."""
+        return []
+
+    @abstractmethod
+    def apply(self, stage: StageInput, params: MethodParams) -> StageResult: ...

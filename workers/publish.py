@@ -1,0 +1,59 @@
+"""Upload a finished attempt: every file verified, the manifest written last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from app.artifacts.manifest import (
+    MANIFEST_NAME,
+    RECIPE_NAME,
+    REPORT_NAME,
+    attempt_prefix,
+    build_manifest,
+)
+from app.storage import make_store, sha256_file
+from workers.context import JobContext
+from workers.errors import TransientFailure
+
+
+def publish(
+    ctx: JobContext,
+    *,
+    model_dir: Path,
+    report: dict[str, Any],
+    recipe: list[dict[str, Any]],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Upload every file, verify it, then write the manifest last. Returns the job-row values."""
+    store = make_store(ctx.settings)
+    prefix = attempt_prefix(ctx.job_id, ctx.generation)
+    staged = model_dir.parent / "publish"
+    staged.mkdir(parents=True, exist_ok=True)
+    (staged / RECIPE_NAME).write_text(json.dumps(recipe, indent=2))
+    (staged / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
+    local_files = [
+        (f"model/{p.relative_to(model_dir)}", p)
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file()
+    ]
+    local_files += [(RECIPE_NAME, staged / RECIPE_NAME), (REPORT_NAME, staged / REPORT_NAME)]
+    files: list[dict[str, Any]] = []
+    for index, (path, local) in enumerate(local_files):
+        ctx.check()
+        key = f"{prefix}/{path}"
+        size, digest = local.stat().st_size, sha256_file(local)
+        try:
+            store.put_file(key, local)
+            stored = store.size(key)
+        except Exception as exc:
+            raise TransientFailure(f"upload of {path} failed: {exc}") from exc
+        if stored != size:
+            raise TransientFailure(f"{path}: stored {stored} bytes, expected {size}")
+        files.append({"path": path, "object_key": key, "size": size, "sha256": digest})
+        ctx.progress("upload", 90 + 9 * (index + 1) / len(local_files))
+    manifest = build_manifest(job_id=ctx.job_id, files=files, provenance=provenance)
+    ctx.check()
+    store.put_bytes(f"{prefix}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())
+    return {"artifacts": files, "artifact_prefix": prefix}

@@ -1,0 +1,112 @@
+"""One job attempt: claim → resolve source → evaluate original → stages → save → load check →
+evaluate compressed → upload → manifest last → `succeeded` (all fenced by the lease)."""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from app.config import Settings
+from app.db import session_scope
+from app.jobs import repository
+from app.jobs.state import ErrorCode, JobState
+from app.queue import send_run_job
+from workers.context import JobContext
+from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
+
+log = structlog.get_logger()
+
+
+def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
+    with session_scope(settings.database_url) as session:
+        generation = repository.claim(
+            session, job_id, worker_id=worker_id, lease_ttl_s=settings.lease_ttl_s
+        )
+        job = repository.get_job(session, job_id)
+    if generation is None or job is None:
+        log.info("job.not_claimed", job_id=str(job_id), state=job.state if job else None)
+        return
+    log.info("job.claimed", job_id=str(job_id), generation=generation, worker=worker_id)
+    ctx = JobContext(job_id, generation, settings)
+    scratch = Path(settings.work_dir) / "jobs" / f"{job_id}-{generation}"
+    ctx.start()
+    try:
+        from workers.pipeline import execute
+
+        published = execute(ctx, job.spec, device_pref=job.device, scratch=scratch)
+        _finish(settings, ctx, JobState.SUCCEEDED, "job succeeded", **published)
+    except JobCancelled:
+        _finish(settings, ctx, JobState.CANCELLED, "cancelled by user")
+    except LeaseLost:
+        log.warning("job.lease_lost", job_id=str(job_id), generation=generation)
+    except JobFailure as exc:
+        _fail(settings, ctx, exc.code, exc.message)
+    except TransientFailure as exc:
+        _retry_or_fail(settings, ctx, job.attempts + 1, job.max_attempts, str(exc))
+    except Exception as exc:
+        log.error("job.internal_error", job_id=str(job_id), exc_info=True)
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        _fail(settings, ctx, ErrorCode.INTERNAL_ERROR, detail[:2000])
+    finally:
+        ctx.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _finish(
+    settings: Settings, ctx: JobContext, target: JobState, message: str, **values: Any
+) -> None:
+    artifacts = values.pop("artifacts", [])
+    with session_scope(settings.database_url) as session:
+        sources = [JobState.RUNNING, JobState.CANCEL_REQUESTED]
+        if target is JobState.SUCCEEDED:
+            values.update(progress=100.0, stage="done")
+        moved = repository.transition(
+            session,
+            ctx.job_id,
+            target,
+            sources=sources,
+            generation=ctx.generation,
+            message=message,
+            **values,
+        )
+        if moved and artifacts:
+            repository.insert_artifacts(session, ctx.job_id, artifacts)
+    log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
+
+
+def _fail(settings: Settings, ctx: JobContext, code: ErrorCode, message: str) -> None:
+    _finish(
+        settings,
+        ctx,
+        JobState.FAILED,
+        f"failed: {code}",
+        error_code=code.value,
+        error_message=message,
+    )
+
+
+def _retry_or_fail(
+    settings: Settings, ctx: JobContext, attempts: int, max_attempts: int, message: str
+) -> None:
+    if attempts >= max_attempts:
+        _fail(settings, ctx, ErrorCode.MAX_ATTEMPTS_EXCEEDED, message)
+        return
+    with session_scope(settings.database_url) as session:
+        moved = repository.transition(
+            session,
+            ctx.job_id,
+            JobState.QUEUED,
+            sources=[JobState.RUNNING],
+            generation=ctx.generation,
+            message=f"transient error, retrying: {message}",
+            worker_id=None,
+            lease_expires_at=None,
+        )
+        job = repository.get_job(session, ctx.job_id)
+    if moved and job is not None:
+        send_run_job(settings, job.id, queue=job.queue, priority=job.priority)
