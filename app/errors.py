@@ -95,9 +95,9 @@ def problem(
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """('body', 'recipe', 0, 'params', 'bits') -> 'recipe[0].params.bits'."""
     parts: list[str] = []
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
     for item in loc:
-        if item in ("body", "query", "path", "header"):
-            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:

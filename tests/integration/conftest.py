@@ -1,0 +1,134 @@
+"""Fixtures over the machine's real Postgres and Redis, a moto S3 server over HTTP, and real
+Celery worker processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from fastapi.testclient import TestClient
+
+from app.auth import service as auth_service
+from app.cli.embedded import migrate
+from app.config import Settings
+from app.db import session_scope
+from app.main import create_app
+from tests.support.services import (
+    REDIS_URL,
+    WorkerProcess,
+    clear_redis_prefix,
+    create_database,
+    drop_database,
+    free_port,
+)
+
+pytestmark = pytest.mark.integration
+BUCKET = "squash-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name, url = create_database()
+    migrate(url)
+    yield url
+    drop_database(name, url)
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    prefix = f"squash-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    clear_redis_prefix(prefix)
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str,
+    redis_prefix: str,
+    s3_endpoint: str,
+    models_root: Path,
+    tiny_model_dir: Path,
+    session_tmp: Path,
+) -> Settings:
+    # Short heartbeats and leases so failure tests finish in seconds; the production defaults
+    # are in app/config.py and the README derives the recovery bound from the same formula.
+    return Settings(
+        database_url=database_url,
+        broker_url=REDIS_URL,
+        broker_key_prefix=redis_prefix,
+        object_store_url=f"s3://{BUCKET}/artifacts",
+        s3_endpoint_url=s3_endpoint,
+        heartbeat_interval_s=0.5,
+        lease_ttl_s=4.0,
+        reaper_interval_s=0.5,
+        requeue_after_s=30.0,
+        model_dirs=(models_root,),
+        work_dir=session_tmp / "work",
+        default_device="cpu",
+        hf_offline=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def make_key(settings: Settings) -> Callable[..., str]:
+    def make(tenant: str | None = None) -> str:
+        with session_scope(settings.database_url) as session:
+            issued = auth_service.create_key(session, tenant_name=tenant or uuid.uuid4().hex[:8])
+        return issued.secret
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tenant_a(make_key: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key('tenant-a')}"}
+
+
+@pytest.fixture(scope="session")
+def tenant_b(make_key: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key('tenant-b')}"}
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, session_tmp: Path) -> Iterator[WorkerProcess]:
+    # Only the cpu queue: API tests park jobs on the gpu queue (nobody consumes it there), and
+    # crash tests start their own gpu-queue workers so this one never takes their job.
+    proc = WorkerProcess(settings, session_tmp / "worker-main.log", queues="cpu")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        proc = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", queues="gpu")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

@@ -1,0 +1,247 @@
+"""The HTTP contract against the real Postgres: auth, tenancy, validation, idempotency, paging."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.support.jobs import tiny_job
+
+pytestmark = pytest.mark.integration
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code and body["status"] == status and body["type"].endswith(code)
+    return body
+
+
+def submit(
+    api: TestClient, headers: dict[str, str], body: dict[str, Any] | None = None, **extra: str
+) -> Any:
+    # device "gpu": no GPU worker consumes this queue in these tests, so jobs stay queued.
+    return api.post("/v1/jobs", json=body or tiny_job(device="gpu"), headers={**headers, **extra})
+
+
+def test_submit_returns_202_location_and_the_job(api: TestClient, tenant_a: dict) -> None:
+    response = submit(api, tenant_a)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued" and job["attempts"] == 0 and job["progress"] == 0
+    # Defaults of the method's params are filled in and visible.
+    assert job["recipe"] == [
+        {
+            "method": "rtn",
+            "params": {
+                "bits": 4,
+                "group_size": 32,
+                "symmetric": True,
+                "targets": ["Linear"],
+                "ignore": ["lm_head"],
+            },
+        }
+    ]
+    fetched = api.get(f"/v1/jobs/{job['id']}", headers=tenant_a).json()
+    assert fetched["id"] == job["id"] and fetched["state"] == "queued"
+    events = api.get(f"/v1/jobs/{job['id']}/events", headers=tenant_a).json()["items"]
+    assert [e["state"] for e in events] == ["queued"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nope", "Basic abc", "Bearer sq_unknown"])
+def test_missing_or_bad_key_is_401(api: TestClient, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    assert_problem(api.get("/v1/jobs", headers=headers), 401, "unauthorized")
+
+
+def test_revoked_key_is_401(api: TestClient, settings: Any) -> None:
+    from app.auth import service
+    from app.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        issued = service.create_key(session, tenant_name="to-revoke")
+    headers = {"Authorization": f"Bearer {issued.secret}"}
+    assert api.get("/v1/jobs", headers=headers).status_code == 200
+    with session_scope(settings.database_url) as session:
+        assert service.revoke(session, key_id=issued.id)
+    assert_problem(api.get("/v1/jobs", headers=headers), 401, "unauthorized")
+
+
+def test_other_tenant_sees_404_everywhere(api: TestClient, tenant_a: dict, tenant_b: dict) -> None:
+    job_id = submit(api, tenant_a).json()["id"]
+    for method, path in [
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/artifacts"),
+        ("GET", f"/v1/jobs/{job_id}/report"),
+    ]:
+        assert_problem(api.request(method, path, headers=tenant_b), 404, "not_found")
+    listed = api.get("/v1/jobs", headers=tenant_b).json()["items"]
+    assert job_id not in {j["id"] for j in listed}
+    # …and the cancel attempt changed nothing.
+    assert api.get(f"/v1/jobs/{job_id}", headers=tenant_a).json()["state"] == "queued"
+
+
+def test_unknown_job_is_404_and_bad_id_is_422(api: TestClient, tenant_a: dict) -> None:
+    assert_problem(api.get(f"/v1/jobs/{uuid.uuid4()}", headers=tenant_a), 404, "not_found")
+    body = assert_problem(api.get("/v1/jobs/not-a-uuid", headers=tenant_a), 422, "invalid_input")
+    assert body["errors"][0]["field"] == "job_id"
+
+
+def test_unknown_method_names_field_and_choices(api: TestClient, tenant_a: dict) -> None:
+    body = tiny_job(recipe=[{"method": "rtn"}, {"method": "magic", "params": {}}])
+    problem = assert_problem(submit(api, tenant_a, body), 422, "invalid_recipe")
+    assert problem["errors"] == [
+        {"field": "recipe[1].method", "message": "unknown method 'magic'", "choices": ["rtn"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"bits": 5}, "recipe[0].params.bits"),
+        ({"group_size": 48}, "recipe[0].params"),
+        ({"group_size": 4}, "recipe[0].params.group_size"),
+        ({"colour": "red"}, "recipe[0].params.colour"),
+    ],
+)
+def test_bad_parameter_is_422_naming_it(
+    api: TestClient, tenant_a: dict, params: dict, field: str
+) -> None:
+    problem = assert_problem(
+        submit(api, tenant_a, tiny_job(recipe=[{"method": "rtn", "params": params}])),
+        422,
+        "invalid_recipe",
+    )
+    assert [e["field"] for e in problem["errors"]] == [field]
+
+
+def test_bits_error_lists_valid_choices(api: TestClient, tenant_a: dict) -> None:
+    problem = submit(api, tenant_a, tiny_job(recipe=[{"method": "rtn", "params": {"bits": 3}}]))
+    assert problem.json()["errors"][0]["choices"] == "4 or 8"
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"kind": "s3", "uri": "http://evil/x"}, "model.s3.uri"),
+        ({"kind": "local", "path": "../../etc"}, "model.local.path"),
+        ({"kind": "local", "path": "/etc/passwd"}, "model.local.path"),
+        ({"kind": "huggingface", "repo_id": "a/b/c"}, "model.huggingface.repo_id"),
+        ({"kind": "ftp", "uri": "x"}, "model"),
+    ],
+)
+def test_bad_model_source_is_422(api: TestClient, tenant_a: dict, model: dict, field: str) -> None:
+    problem = assert_problem(submit(api, tenant_a, tiny_job(model=model)), 422, "invalid_input")
+    assert problem["errors"][0]["field"] == field
+
+
+def test_empty_recipe_and_malformed_json(api: TestClient, tenant_a: dict) -> None:
+    assert_problem(submit(api, tenant_a, tiny_job(recipe=[])), 422, "invalid_recipe")
+    response = api.post(
+        "/v1/jobs", content=b"{not json", headers={**tenant_a, "content-type": "application/json"}
+    )
+    assert_problem(response, 422, "invalid_input")
+
+
+def test_idempotency_key_replays_and_refuses_other_body(
+    api: TestClient, tenant_a: dict, tenant_b: dict
+) -> None:
+    key = uuid.uuid4().hex
+    first = submit(api, tenant_a, **{"Idempotency-Key": key})
+    again = submit(api, tenant_a, **{"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = tiny_job(device="gpu", priority=9)
+    assert_problem(
+        submit(api, tenant_a, other, **{"Idempotency-Key": key}), 422, "idempotency_key_reused"
+    )
+    # Keys are per tenant: B's use of the same key is a different job.
+    b_job = submit(api, tenant_b, **{"Idempotency-Key": key}).json()
+    assert b_job["id"] != first.json()["id"]
+
+
+def test_concurrent_duplicates_create_one_job(api: TestClient, tenant_a: dict) -> None:
+    key = uuid.uuid4().hex
+    results: list[Any] = []
+
+    def post() -> None:
+        results.append(submit(api, tenant_a, **{"Idempotency-Key": key}))
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {r.status_code for r in results} == {202}
+    assert len({r.json()["id"] for r in results}) == 1
+
+
+def test_pagination_is_stable_under_inserts(api: TestClient, make_key: Any) -> None:
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    created = [submit(api, headers).json()["id"] for _ in range(7)]
+    page1 = api.get("/v1/jobs", params={"limit": 3}, headers=headers).json()
+    # New jobs arrive between page requests: they must not shift the later pages.
+    submit(api, headers)
+    submit(api, headers)
+    page2 = api.get(
+        "/v1/jobs", params={"limit": 3, "cursor": page1["next_cursor"]}, headers=headers
+    ).json()
+    page3 = api.get(
+        "/v1/jobs", params={"limit": 3, "cursor": page2["next_cursor"]}, headers=headers
+    ).json()
+    seen = [j["id"] for page in (page1, page2, page3) for j in page["items"]]
+    assert seen == list(reversed(created))
+    assert page3["next_cursor"] is None
+    assert_problem(
+        api.get("/v1/jobs", params={"cursor": "zzz"}, headers=headers), 422, "invalid_input"
+    )
+
+
+def test_filter_by_state_and_label(api: TestClient, make_key: Any) -> None:
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    red = submit(api, headers, tiny_job(device="gpu", labels={"team": "red"})).json()["id"]
+    blue = submit(api, headers, tiny_job(device="gpu", labels={"team": "blue"})).json()["id"]
+    api.post(f"/v1/jobs/{blue}/cancel", headers=headers)
+    by_label = api.get("/v1/jobs", params={"label": "team=red"}, headers=headers).json()
+    assert [j["id"] for j in by_label["items"]] == [red]
+    assert by_label["items"][0]["labels"] == {"team": "red"}
+    cancelled = api.get("/v1/jobs", params={"state": "cancelled"}, headers=headers).json()
+    assert [j["id"] for j in cancelled["items"]] == [blue]
+    assert_problem(
+        api.get("/v1/jobs", params={"state": "bogus"}, headers=headers), 422, "invalid_input"
+    )
+
+
+def test_cancel_queued_job_and_cancel_twice(api: TestClient, tenant_a: dict) -> None:
+    job_id = submit(api, tenant_a).json()["id"]
+    response = api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant_a)
+    assert response.status_code == 202 and response.json()["state"] == "cancelled"
+    assert_problem(api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant_a), 409, "job_finished")
+    assert_problem(
+        api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant_a), 404, "artifacts_not_available"
+    )
+
+
+def test_methods_come_from_the_recipe_schema(api: TestClient) -> None:
+    from app.recipes import METHODS
+
+    items = api.get("/v1/methods").json()["items"]
+    assert [m["name"] for m in items] == list(METHODS)
+    rtn = items[0]
+    assert rtn["params_schema"]["properties"]["bits"]["enum"] == [4, 8]
+
+
+def test_health_and_readiness(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "object_store": "ok"}

@@ -1,0 +1,45 @@
+"""A tiny random Llama with a BPE tokenizer trained on the built-in corpus: nothing downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from workers.models.datasets import builtin_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([builtin_text("pydoc-topics")], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    fast.save_pretrained(target)
+    return target
