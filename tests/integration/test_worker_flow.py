@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from tests.integration.conftest import BUCKET
+from tests.support.fixtures import BUCKET
 from tests.support.jobs import slow_job, tiny_job
 from tests.support.services import WorkerProcess, wait_until
 

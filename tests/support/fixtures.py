@@ -1,5 +1,5 @@
 """Fixtures over the machine's real Postgres and Redis, a moto S3 server over HTTP, and real
-Celery worker processes."""
+Celery worker processes. Loaded by tests/conftest.py; each starts only when a test asks for it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from tests.support.services import (
     free_port,
 )
 
-pytestmark = pytest.mark.integration
 BUCKET = "squash-test"
 
 

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from app.errors import InvalidInput
+from app.recipes import METHODS, RtnParams, StageIn, describe_methods, validate_recipe
+
+
+def test_valid_recipe_fills_defaults() -> None:
+    [stage] = validate_recipe([StageIn(method="rtn", params={"bits": 4, "group_size": 64})])
+    assert stage.as_json() == {
+        "method": "rtn",
+        "params": {
+            "bits": 4,
+            "group_size": 64,
+            "symmetric": True,
+            "targets": ["Linear"],
+            "ignore": ["lm_head"],
+        },
+    }
+
+
+def test_all_errors_are_collected_with_paths() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [
+                StageIn(method="nope"),
+                StageIn(method="rtn", params={"bits": 2, "extra": 1}),
+            ]
+        )
+    fields = [e["field"] for e in caught.value.errors]
+    assert fields == ["recipe[0].method", "recipe[1].params.bits", "recipe[1].params.extra"]
+    assert caught.value.errors[0]["choices"] == sorted(METHODS)
+    assert caught.value.status == 422 and caught.value.code == "invalid_recipe"
+
+
+def test_empty_and_too_long_recipes_are_refused() -> None:
+    with pytest.raises(InvalidInput):
+        validate_recipe([])
+    with pytest.raises(InvalidInput):
+        validate_recipe([StageIn(method="rtn")] * 17)
+
+
+@pytest.mark.parametrize("group_size", [48, 100, 4, 8192])
+def test_bad_group_sizes(group_size: int) -> None:
+    with pytest.raises(ValueError):
+        RtnParams(group_size=group_size)
+
+
+def test_workers_implement_exactly_the_schema_methods() -> None:
+    from workers.pipelines.registry import REGISTRY
+
+    assert set(REGISTRY) == set(METHODS)
+    for name, method in REGISTRY.items():
+        assert method.params_type is METHODS[name].params
+
+
+def test_described_methods_carry_json_schema() -> None:
+    [rtn] = describe_methods()
+    assert rtn["family"] == "quantization"
+    assert set(rtn["params_schema"]["properties"]) == set(RtnParams.model_fields)
