@@ -1,4 +1,4 @@
-# The API image: FastAPI + SQLAlchemy + Celery producer + boto3. No torch (the API never imports it).
+# The API image: FastAPI, SQLAlchemy, the Celery producer and boto3; no ML libraries at all.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

@@ -44,3 +44,11 @@ def test_symlink_out_of_allowed_dir_is_refused(tmp_path: Path, tiny_model_dir: P
     settings = Settings(model_dirs=(allowed,), work_dir=tmp_path / "work")
     with pytest.raises(JobFailure, match="not under any allow-listed"):
         resolve_model({"kind": "local", "path": "escape"}, settings, tmp_path)
+
+
+def test_unreachable_hub_model_fails_with_invalid_model(tmp_path: Path) -> None:
+    settings = Settings(work_dir=tmp_path / "work", hf_offline=True)
+    source = {"kind": "huggingface", "repo_id": "nobody/nothing", "revision": "main"}
+    with pytest.raises(JobFailure, match="cannot fetch nobody/nothing@main") as caught:
+        resolve_model(source, settings, tmp_path)
+    assert caught.value.code == "invalid_model"

@@ -1,0 +1,148 @@
+"""Load benchmark of GET /v1/jobs/{id} on the real stack (uvicorn + Postgres + Redis), beside a
+trivial FastAPI endpoint under the same server settings as the baseline.
+
+    .venv/bin/python -m bench.status_load [--seconds 10] [--concurrency 64]
+
+Target (issue 2): at least half the baseline's requests/s, p99 under 50 ms at 64 clients.
+Results are printed and written to bench/results/status_load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.auth import service as auth_service
+from app.cli.embedded import migrate
+from app.config import Settings
+from app.db import session_scope
+from bench.loadgen import LoadResult, run_load
+from tests.support.services import (
+    REDIS_URL,
+    create_database,
+    drop_database,
+    free_port,
+    settings_env,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve(app_ref: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_ref,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    if factory:
+        argv.append("--factory")
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{app_ref} did not start")
+
+
+def row(name: str, result: LoadResult) -> dict[str, Any]:
+    return {
+        "endpoint": name,
+        "requests": result.requests,
+        "errors": result.errors,
+        "rps": round(result.rps, 1),
+        "p50_ms": round(result.p50_ms, 2),
+        "p90_ms": round(result.p90_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+
+    name, url = create_database()
+    migrate(url)
+    settings = Settings(
+        database_url=url,
+        broker_url=REDIS_URL,
+        broker_key_prefix=f"bench-{name}:",
+        object_store_url="file:///tmp/bench-store",
+        reaper_enabled=False,
+    )
+    with session_scope(url) as session:
+        key = auth_service.create_key(session, tenant_name="bench").secret
+    api_port, base_port = free_port(), free_port()
+    procs = [
+        serve("app.main:app_factory", api_port, settings_env(settings), factory=True),
+        serve("bench.trivial_app:app", base_port, {}, factory=False),
+    ]
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {
+            "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+            "recipe": [{"method": "rtn"}],
+            "device": "gpu",
+            "labels": {"bench": "status"},
+        }
+        job = httpx.post(f"http://127.0.0.1:{api_port}/v1/jobs", json=body, headers=headers)
+        job_id = job.raise_for_status().json()["id"]
+        path = f"/v1/jobs/{job_id}"
+        baseline = run_load(
+            "127.0.0.1", base_port, path, {}, concurrency=args.concurrency, seconds=args.seconds
+        )
+        ours = run_load(
+            "127.0.0.1", api_port, path, headers, concurrency=args.concurrency, seconds=args.seconds
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        drop_database(name, url)
+    result = {
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "server": "uvicorn, 1 worker process, same settings for both",
+        "baseline": row("trivial FastAPI GET", baseline),
+        "squash": row("GET /v1/jobs/{id} (auth + Postgres)", ours),
+        "ratio_rps": round(ours.rps / baseline.rps, 3),
+        "targets": {
+            "ratio_rps >= 0.5": ours.rps / baseline.rps >= 0.5,
+            "p99_ms < 50": ours.p99_ms < 50,
+        },
+    }
+    out = ROOT / "bench" / "results" / "status_load.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for item in (result["baseline"], result["squash"]):
+        print(
+            f"{item['endpoint']:40} {item['rps']:>8.1f} req/s  p50 {item['p50_ms']:6.2f} ms  "
+            f"p99 {item['p99_ms']:6.2f} ms  errors {item['errors']}"
+        )
+    print(f"ratio (squash / baseline): {result['ratio_rps']}   targets: {result['targets']}")
+
+
+if __name__ == "__main__":
+    main()
