@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     max_job_runtime_s: float = Field(default=6 * 3600, gt=0)
+    # API processes remember a valid key this long, so a revoked key stops working within it.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     presign_expiry_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     default_device: Literal["cpu", "gpu"] = "gpu"
 

@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.config import Settings
-from app.db import get_sessionmaker
+from app.db import get_async_sessionmaker, get_sessionmaker
 from app.errors import Unauthorized
 from app.storage import ObjectStore
 
 
-def get_app_settings(request: Request) -> Settings:
+# No-I/O dependencies are `async def` so FastAPI does not hop to a thread for them.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -36,14 +37,14 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def get_tenant(request: Request, session: SessionDep) -> uuid.UUID:
+async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
@@ -51,7 +52,13 @@ def get_tenant(request: Request, session: SessionDep) -> uuid.UUID:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant_id = auth_service.authenticate(session, secret=secret.strip())
+    cache: auth_service.TenantCache = request.app.state.tenant_cache
+    secret = secret.strip()
+    # Cache hits (nearly every poll) open no database session at all.
+    tenant_id = cache.get(auth_service.hash_key(secret))
+    if tenant_id is None:
+        async with get_async_sessionmaker(settings.database_url)() as session:
+            tenant_id = await auth_service.authenticate_async(session, cache, secret=secret)
     if tenant_id is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return tenant_id

@@ -9,7 +9,9 @@ from fastapi import FastAPI
 
 from app import health
 from app.artifacts import router as artifacts_router
+from app.auth.service import TenantCache
 from app.config import Settings, get_settings
+from app.db import open_status_pool
 from app.errors import install_error_handlers
 from app.jobs import router as jobs_router
 from app.jobs.reaper import ReaperThread
@@ -25,7 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = ReaperThread(settings) if settings.reaper_enabled else None
         if reaper:
             reaper.start()
+        app.state.pg_pool = await open_status_pool(settings)
         yield
+        if app.state.pg_pool is not None:
+            await app.state.pg_pool.close()
         if reaper:
             reaper.stop()
 
@@ -37,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = make_store(settings)
+    app.state.tenant_cache = TenantCache(settings.auth_cache_ttl_s)
+    app.state.pg_pool = None
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs_router.router)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import ApiKey, Tenant
@@ -26,10 +26,13 @@ def add_key(session: Session, key: ApiKey) -> ApiKey:
     return key
 
 
+def tenant_for_key_hash_query(key_hash: str) -> Select[tuple[uuid.UUID]]:
+    """Shared by the sync CLI and the async request path."""
+    return select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+
+
 def tenant_for_key_hash(session: Session, key_hash: str) -> uuid.UUID | None:
-    return session.scalars(
-        select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+    return session.scalars(tenant_for_key_hash_query(key_hash)).one_or_none()
 
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> bool:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.auth import repository
@@ -44,5 +47,45 @@ def authenticate(session: Session, *, secret: str) -> uuid.UUID | None:
     return repository.tenant_for_key_hash(session, hash_key(secret))
 
 
+async def authenticate_async(
+    session: AsyncSession, cache: TenantCache, *, secret: str
+) -> uuid.UUID | None:
+    if not secret.startswith(KEY_PREFIX):
+        return None
+    key_hash = hash_key(secret)
+    tenant_id = cache.get(key_hash)
+    if tenant_id is None:
+        tenant_id = await session.scalar(repository.tenant_for_key_hash_query(key_hash))
+        if tenant_id is not None:
+            cache.put(key_hash, tenant_id)
+    return tenant_id
+
+
 def revoke(session: Session, *, key_id: uuid.UUID) -> bool:
     return repository.revoke_key(session, key_id)
+
+
+class TenantCache:
+    """key hash -> tenant id for `ttl_s` seconds. Every poll of a job status would otherwise
+    pay a database round trip for the key; the price is that a revoked key keeps working in an
+    API process for at most `ttl_s` (AUTH_CACHE_TTL_S). Unknown keys are never cached."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[uuid.UUID, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> uuid.UUID | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, tenant_id: uuid.UUID) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (tenant_id, time.monotonic() + self.ttl_s)

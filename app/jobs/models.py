@@ -67,8 +67,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
+    # Joined: reading a job (the status endpoint, polled by every client) is one query.
     labels: Mapped[list[JobLabel]] = relationship(
-        lazy="selectin", cascade="all, delete-orphan", order_by="JobLabel.key"
+        lazy="joined", cascade="all, delete-orphan", order_by="JobLabel.key"
     )
 
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from app.db import get_async_sessionmaker
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.errors import ERRORS_401, ERRORS_404, ERRORS_422, PROBLEM_RESPONSE
+from app.errors import ERRORS_401, ERRORS_404, ERRORS_422, PROBLEM_RESPONSE, NotFound
 from app.jobs import repository, service
 from app.jobs.schemas import EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
@@ -66,8 +68,22 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead, responses={**ERRORS_401, **ERRORS_404})
-def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobRead:
-    return service.to_read(service.get_job(session, tenant_id=tenant_id, job_id=job_id))
+async def get_job(
+    job_id: uuid.UUID, request: Request, settings: SettingsDep, tenant_id: TenantDep
+) -> Response:
+    # Async: this is the endpoint every client polls (bench/status_load.py).
+    pool = request.app.state.pg_pool
+    if pool is not None:
+        row = await repository.get_job_row_pg(pool, job_id, tenant_id)
+        read = service.to_read(SimpleNamespace(**row), row["label_map"]) if row else None  # type: ignore[arg-type]
+    else:
+        async with get_async_sessionmaker(settings.database_url)() as session:
+            job = await repository.get_job_async(session, job_id, tenant_id)
+            read = service.to_read(job) if job else None
+    if read is None:
+        raise NotFound(f"job {job_id} not found")
+    # Serialized once here; returning the model would make FastAPI validate it a second time.
+    return Response(read.model_dump_json(), media_type="application/json")
 
 
 @router.post(

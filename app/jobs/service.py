@@ -164,7 +164,8 @@ def list_events(
     return rows, rows[-1].id if len(rows) == limit else None
 
 
-def to_read(job: Job) -> JobRead:
+def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
+    """From an ORM job, or from a status row (`labels` given, attributes as columns)."""
     base = f"/v1/jobs/{job.id}"
     error = (
         JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
@@ -174,7 +175,7 @@ def to_read(job: Job) -> JobRead:
         state=JobState(job.state),
         device=job.device,
         priority=job.priority,
-        labels={label.key: label.value for label in job.labels},
+        labels=labels if labels is not None else {lab.key: lab.value for lab in job.labels},
         model=job.spec["model"],
         recipe=job.spec["recipe"],
         stage=job.stage,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.jobs import tiny_job
+from tests.support.services import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +72,14 @@ def test_revoked_key_is_401(api: TestClient, settings: Any) -> None:
     assert api.get("/v1/jobs", headers=headers).status_code == 200
     with session_scope(settings.database_url) as session:
         assert service.revoke(session, key_id=issued.id)
+    # API processes cache valid keys for AUTH_CACHE_TTL_S; revocation applies within it.
+    started = time.monotonic()
+    wait_until(
+        lambda: api.get("/v1/jobs", headers=headers).status_code == 401,
+        timeout=settings.auth_cache_ttl_s + 1,
+        what="revoked key to be refused",
+    )
+    assert time.monotonic() - started <= settings.auth_cache_ttl_s + 1
     assert_problem(api.get("/v1/jobs", headers=headers), 401, "unauthorized")
 
 

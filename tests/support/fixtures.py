@@ -77,6 +77,7 @@ def settings(
         lease_ttl_s=4.0,
         reaper_interval_s=0.5,
         requeue_after_s=30.0,
+        auth_cache_ttl_s=1.0,
         model_dirs=(models_root,),
         work_dir=session_tmp / "work",
         default_device="cpu",
