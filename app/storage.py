@@ -12,7 +12,6 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import quote, urlparse
 
 from app.config import Settings
@@ -160,11 +159,11 @@ class LocalStore(ObjectStore):
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
 
-    def open(self, key: str) -> BinaryIO:
-        try:
-            return self._path(key).open("rb")
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(key) from exc
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return path
 
     def download_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

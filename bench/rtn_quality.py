@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
 from app.recipes import RtnParams
-from workers.evaluation.measure import bf16_checkpoint_bytes, weight_bytes
+from workers.evaluation.measure import saved_checkpoint_bytes, weight_bytes
 from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import builtin_text, split_tokens
 from workers.models.sources import resolve_model
@@ -59,7 +59,7 @@ def main() -> None:
 
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
     original_ppl = ppl(model)
-    original_bytes = bf16_checkpoint_bytes(model)
+    original_bytes = saved_checkpoint_bytes(model.to(torch.bfloat16))
     rows: list[dict[str, Any]] = []
     for name, params in VARIANTS.items():
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)

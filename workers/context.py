@@ -16,6 +16,7 @@ from app.jobs.state import JobState
 from workers.errors import JobCancelled, LeaseLost
 
 log = structlog.get_logger()
+PROGRESS_WRITE_S = 0.5
 
 
 class JobContext:
@@ -31,6 +32,7 @@ class JobContext:
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self.warnings: list[str] = []
         self.timings: dict[str, float] = {}
+        self._last_write: tuple[str, float] = ("", 0.0)
 
     # -- heartbeat ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,8 +73,13 @@ class JobContext:
             raise JobCancelled(str(self.job_id))
 
     def progress(self, stage: str, percent: float) -> None:
-        """Record progress (fenced by the lease) and act on cancellation."""
+        """Record progress (fenced by the lease) and act on cancellation. Writes at most once
+        per PROGRESS_WRITE_S within a stage: evaluation calls this for every window."""
         self.check()
+        now = time.monotonic()
+        if self._last_write[0] == stage and now - self._last_write[1] < PROGRESS_WRITE_S:
+            return
+        self._last_write = (stage, now)
         with session_scope(self.settings.database_url) as session:
             state = repository.set_progress(
                 session,

@@ -20,10 +20,10 @@ from app.recipes import METHODS
 from workers.context import JobContext
 from workers.errors import JobFailure
 from workers.evaluation.measure import (
-    bf16_checkpoint_bytes,
     directory_bytes,
     greedy_generations,
     parameter_count,
+    saved_checkpoint_bytes,
     weight_bytes,
 )
 from workers.evaluation.perplexity import perplexity
@@ -129,11 +129,12 @@ def execute(
             original["generations"] = greedy_generations(
                 model, tokenizer, evaluation["prompts"], evaluation["max_new_tokens"]
             )
-        original["checkpoint_bytes_bf16"] = bf16_checkpoint_bytes(model)
     ctx.progress("evaluate_original", 35)
 
-    # Store in 16-bit: unquantized tensors (embeddings, norms) would otherwise stay float32.
+    # Store in 16-bit: unquantized tensors (embeddings, norms) would otherwise stay float32. The
+    # original's size is measured in the same dtype: a float32 save would inflate every ratio.
     model.to(torch.bfloat16)
+    original["checkpoint_bytes_bf16"] = saved_checkpoint_bytes(model)
     stage_notes = []
     save_format = "dense"
     for index, (stage, stage_params) in enumerate(zip(stages, params, strict=True)):

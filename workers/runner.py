@@ -47,7 +47,8 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     except JobFailure as exc:
         _fail(settings, ctx, exc.code, exc.message)
     except TransientFailure as exc:
-        _retry_or_fail(settings, ctx, job.attempts + 1, job.max_attempts, str(exc))
+        # `job` was read after the claim, so its attempts already count this one.
+        _retry_or_fail(settings, ctx, job.attempts, job.max_attempts, str(exc))
     except Exception as exc:
         log.error("job.internal_error", job_id=str(job_id), exc_info=True)
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse
 
 from app.artifacts.manifest import MANIFEST_NAME, REPORT_NAME
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
@@ -76,19 +76,14 @@ def download_local_file(
     store: StoreDep,
     expires: int = Query(...),
     signature: str = Query(...),
-) -> StreamingResponse:
+) -> FileResponse:
     """Serves the local object store's signed links (embedded mode). S3 links go to S3."""
     if not isinstance(store, LocalStore):
         raise NotFound("not found")
     if not store.verify(key, expires, signature):
         raise Unauthorized("link expired or signature invalid", code="invalid_signature")
     try:
-        handle = store.open(key)
+        path = store.local_path(key)
     except (ObjectNotFound, ValueError) as exc:
         raise NotFound("not found") from exc
-    name = PurePosixPath(key).name
-    return StreamingResponse(
-        handle,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return FileResponse(path, filename=PurePosixPath(key).name)

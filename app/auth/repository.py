@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import ApiKey, Tenant
@@ -45,7 +45,7 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
 
 
 def count_keys(session: Session) -> int:
-    return len(session.scalars(select(ApiKey.id)).all())
+    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, str]]:

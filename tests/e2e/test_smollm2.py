@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.services import WorkerProcess, wait_until
+from tests.support.jobs import wait_for_state
+from tests.support.services import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -21,16 +22,7 @@ def run_job(api: TestClient, headers: dict, params: dict[str, Any]) -> dict[str,
         "device": "cpu",
     }
     job = api.post("/v1/jobs", json=body, headers=headers).json()
-    return wait_until(
-        lambda: (
-            (j := api.get(f"/v1/jobs/{job['id']}", headers=headers).json())["state"]
-            in {"succeeded", "failed", "cancelled"}
-            and j
-        ),
-        timeout=900,
-        interval=2,
-        what="SmolLM2 job",
-    )
+    return wait_for_state(api, headers, job["id"], timeout=900)
 
 
 def test_int8_per_channel_is_within_one_percent_and_smaller(

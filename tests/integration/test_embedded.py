@@ -11,6 +11,7 @@ import torch
 
 from app.cli.client import SquashClient
 from app.cli.embedded import EmbeddedStack
+from tests.support.evaluation import perplexity_of
 from tests.support.jobs import tiny_job
 from tests.support.services import free_port
 
@@ -48,7 +49,8 @@ def test_embedded_stack_runs_a_job_end_to_end(
         assert config["quantization_config"]["format"] == "pack-quantized"
         assert model.config.quantization_config.is_quantization_compressed
         report = client.report(job["id"])
-        assert report["compressed"]["perplexity"] > 1
+        measured = perplexity_of(model, model_dir, report["evaluation"])
+        assert measured == pytest.approx(report["compressed"]["perplexity"], rel=1e-4)
         assert report["summary"]["compressed_checkpoint_bytes"] == next(
             i["size"] for i in listing["items"] if i["path"] == "model/model.safetensors"
         )

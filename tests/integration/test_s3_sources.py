@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from tests.support.fixtures import BUCKET
-from tests.support.jobs import tiny_job
-from tests.support.services import WorkerProcess, wait_until
+from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.services import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +45,7 @@ def test_model_and_jsonl_dataset_from_s3(
         },
     )
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_until(
-        lambda: (
-            (j := api.get(f"/v1/jobs/{job['id']}", headers=tenant_a).json())["state"]
-            in {"succeeded", "failed"}
-            and j
-        ),
-        timeout=180,
-        what="s3-sourced job",
-    )
+    done = wait_for_state(api, tenant_a, job["id"], worker=worker)
     assert done["state"] == "succeeded", (done["error"], worker.tail())
     report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
     assert report["evaluation"]["dataset"] == f"s3://{BUCKET}/data/eval.jsonl"
@@ -71,14 +63,6 @@ def test_bad_jsonl_dataset_fails_with_data_error(
         }
     )
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_until(
-        lambda: (
-            (j := api.get(f"/v1/jobs/{job['id']}", headers=tenant_a).json())["state"]
-            in {"succeeded", "failed"}
-            and j
-        ),
-        timeout=180,
-        what="bad-dataset job",
-    )
+    done = wait_for_state(api, tenant_a, job["id"], worker=worker)
     assert done["state"] == "failed" and done["error"]["code"] == "data_error"
     assert "'text'" in done["error"]["message"]

@@ -13,41 +13,19 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from tests.support.evaluation import perplexity_of
 from tests.support.fixtures import BUCKET
-from tests.support.jobs import slow_job, tiny_job
+from tests.support.jobs import slow_job, tiny_job, wait_for_stage, wait_for_state
 from tests.support.services import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def wait_state(
-    api: TestClient,
-    headers: dict,
-    job_id: str,
-    states: set[str],
-    timeout: float = 180,
-    worker: WorkerProcess | None = None,
-) -> dict[str, Any]:
-    try:
-        return wait_until(
-            lambda: (
-                (job := api.get(f"/v1/jobs/{job_id}", headers=headers).json())["state"] in states
-                and job
-            ),
-            timeout=timeout,
-            what=f"job {job_id} to reach {states}",
-        )
-    except TimeoutError:
-        if worker:
-            print(worker.tail())  # noqa: T201 - shown only when the test fails
-        raise
 
 
 def test_job_runs_on_worker_and_publishes_verified_artifacts(
     api: TestClient, tenant_a: dict, worker: WorkerProcess, settings: Settings, tmp_path: Path
 ) -> None:
     job = api.post("/v1/jobs", json=tiny_job(labels={"flow": "happy"}), headers=tenant_a).json()
-    done = wait_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "succeeded", done["error"]
     assert done["progress"] == 100 and done["attempts"] == 1
     assert done["metrics"]["compression_ratio"] > 1
@@ -76,23 +54,12 @@ def test_job_runs_on_worker_and_publishes_verified_artifacts(
             assert len(content) == item["size"]
             (model_dir / item["path"].removeprefix("model/")).write_bytes(content)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from workers.evaluation.perplexity import perplexity
-    from workers.models.datasets import builtin_text, split_tokens
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
-    _, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
-    evaluation = report["evaluation"]
-    measured = perplexity(
-        model,
-        pool[: evaluation["tokens"]],
-        context_length=evaluation["context_length"],
-        stride=evaluation["stride"],
-    )
-    assert measured.perplexity == pytest.approx(report["compressed"]["perplexity"], rel=1e-4)
+    measured = perplexity_of(model, model_dir, report["evaluation"])
+    assert measured == pytest.approx(report["compressed"]["perplexity"], rel=1e-4)
     assert report["load_check"]["ok"] is True
 
     events = api.get(f"/v1/jobs/{job['id']}/events", headers=tenant_a).json()["items"]
@@ -108,7 +75,7 @@ def test_invalid_group_size_fails_fast_with_layer_names(
 ) -> None:
     body = tiny_job(recipe=[{"method": "rtn", "params": {"bits": 4, "group_size": 256}}])
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "failed" and done["attempts"] == 1
     assert done["error"]["code"] == "invalid_recipe"
     assert "does not divide" in done["error"]["message"]
@@ -121,7 +88,7 @@ def test_missing_model_path_fails_with_reason(
     job = api.post(
         "/v1/jobs", json=tiny_job(model={"kind": "local", "path": "nope"}), headers=tenant_a
     ).json()
-    done = wait_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "failed" and done["error"]["code"] == "invalid_model"
 
 
@@ -129,22 +96,19 @@ def test_cancel_running_job_frees_the_worker(
     api: TestClient, tenant_a: dict, worker: WorkerProcess
 ) -> None:
     job = api.post("/v1/jobs", json=slow_job(), headers=tenant_a).json()
-    wait_until(
-        lambda: (
-            api.get(f"/v1/jobs/{job['id']}", headers=tenant_a).json()["stage"]
-            == "evaluate_original"
-        ),
-        timeout=120,
-        what="slow job to start evaluating",
-    )
+    wait_for_stage(api, tenant_a, job["id"], "evaluate_original")
     assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant_a).json()["state"] == (
         "cancel_requested"
     )
-    done = wait_state(api, tenant_a, job["id"], {"cancelled", "succeeded", "failed"}, timeout=30)
+    done = wait_for_state(
+        api, tenant_a, job["id"], {"cancelled", "succeeded", "failed"}, timeout=30
+    )
     assert done["state"] == "cancelled"
     # The same single-slot worker takes the next job.
     follow = api.post("/v1/jobs", json=tiny_job(), headers=tenant_a).json()
-    assert wait_state(api, tenant_a, follow["id"], {"succeeded", "failed"})["state"] == "succeeded"
+    assert (
+        wait_for_state(api, tenant_a, follow["id"], {"succeeded", "failed"})["state"] == "succeeded"
+    )
 
 
 def test_killed_worker_job_is_retried_on_another_worker(
@@ -154,14 +118,7 @@ def test_killed_worker_job_is_retried_on_another_worker(
     # of the jobs other tests parked there.
     first = start_worker()
     job = api.post("/v1/jobs", json=slow_job(device="gpu", priority=9), headers=tenant_a).json()
-    wait_until(
-        lambda: (
-            api.get(f"/v1/jobs/{job['id']}", headers=tenant_a).json()["stage"]
-            == "evaluate_original"
-        ),
-        timeout=120,
-        what="slow job to be running",
-    )
+    wait_for_stage(api, tenant_a, job["id"], "evaluate_original")
     first.kill()
     second = start_worker()
     bound = settings.lease_ttl_s + settings.reaper_interval_s + 60  # + worker start-up
@@ -183,4 +140,4 @@ def test_killed_worker_job_is_retried_on_another_worker(
     events = api.get(f"/v1/jobs/{job['id']}/events", headers=tenant_a).json()["items"]
     assert any("stopped heartbeating" in e["message"] for e in events)
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant_a)
-    assert wait_state(api, tenant_a, job["id"], {"cancelled"}, timeout=30, worker=second)
+    assert wait_for_state(api, tenant_a, job["id"], {"cancelled"}, timeout=30, worker=second)

@@ -1,8 +1,47 @@
-"""Job bodies the tests submit."""
+"""Job bodies the tests submit, and waiting for jobs over the HTTP API."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from tests.support.services import WorkerProcess, wait_until
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def wait_for_state(
+    api: Any,
+    headers: dict[str, str],
+    job_id: str,
+    states: set[str] = TERMINAL,
+    *,
+    timeout: float = 180,
+    worker: WorkerProcess | None = None,
+) -> dict[str, Any]:
+    """Poll GET /v1/jobs/{id} until the job is in one of `states`; shows the worker log on
+    timeout."""
+    try:
+        return wait_until(
+            lambda: (
+                (job := api.get(f"/v1/jobs/{job_id}", headers=headers).json())["state"] in states
+                and job
+            ),
+            timeout=timeout,
+            interval=0.3,
+            what=f"job {job_id} to reach {sorted(states)}",
+        )
+    except TimeoutError:
+        if worker:
+            print(worker.tail())  # noqa: T201 - shown only when the test fails
+        raise
+
+
+def wait_for_stage(api: Any, headers: dict[str, str], job_id: str, stage: str) -> None:
+    wait_until(
+        lambda: api.get(f"/v1/jobs/{job_id}", headers=headers).json()["stage"] == stage,
+        timeout=120,
+        what=f"job {job_id} to reach stage {stage}",
+    )
 
 
 def tiny_job(**overrides: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from contextlib import closing
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 
+from app.cli.embedded import worker_command
 from app.config import Settings
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -72,28 +72,10 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         self.log = log_path.open("ab")
+        name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        argv = [*worker_command(queues.split(","), 1), "--without-heartbeat", "-n", name]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "-Q",
-                queues,
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"test-{uuid.uuid4().hex[:8]}@%h",
-            ],
+            argv,
             cwd=ROOT,
             env=env,
             stdout=self.log,

