@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -75,7 +74,7 @@ async def get_job(
     pool = request.app.state.pg_pool
     if pool is not None:
         row = await repository.get_job_row_pg(pool, job_id, tenant_id)
-        read = service.to_read(SimpleNamespace(**row), row["label_map"]) if row else None  # type: ignore[arg-type]
+        read = service.row_to_read(row) if row else None
     else:
         async with get_async_sessionmaker(settings.database_url)() as session:
             job = await repository.get_job_async(session, job_id, tenant_id)

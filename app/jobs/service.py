@@ -7,6 +7,8 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -196,6 +198,11 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
             cancel=f"{base}/cancel",
         ),
     )
+
+
+def row_to_read(row: dict[str, Any]) -> JobRead:
+    """A row of repository.JOB_STATUS_SQL (job columns + `label_map`) as a JobRead."""
+    return to_read(SimpleNamespace(**row), row["label_map"])  # type: ignore[arg-type]
 
 
 def event_to_read(event: JobEvent) -> EventRead:
