@@ -32,7 +32,7 @@ openapi:
 	$(BIN)/python -m app.openapi > openapi/openapi.json
 
 bench: install
-	$(BIN)/python -m bench.rtn_quality
+	$(BIN)/python -m bench.quantization_quality
 	$(BIN)/python -m bench.status_load
 
 clean:

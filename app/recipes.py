@@ -21,13 +21,8 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RtnParams(MethodParams):
-    """Round-to-nearest weight-only integer quantization (the PTQ baseline).
-
-    Example stage: `{"method": "rtn", "params": {"bits": 4, "group_size": 64}}`.
-    Stored in the compressed-tensors format (`pack-quantized` for 4-bit, `int-quantized` for
-    8-bit), which transformers loads with `from_pretrained` and vLLM serves.
-    """
+class WeightQuantParams(MethodParams):
+    """Integer weight-only quantization settings shared by RTN and GPTQ."""
 
     bits: Literal[4, 8] = Field(default=8, description="Bits per weight")
     group_size: int | None = Field(
@@ -46,9 +41,41 @@ class RtnParams(MethodParams):
     )
 
     @model_validator(mode="after")
-    def _group_is_power_of_two(self) -> RtnParams:
+    def _group_is_power_of_two(self) -> WeightQuantParams:
         if self.group_size is not None and self.group_size & (self.group_size - 1):
             raise ValueError("group_size must be a power of two (e.g. 32, 64, 128)")
+        return self
+
+
+class RtnParams(WeightQuantParams):
+    """Round-to-nearest weight-only integer quantization (the PTQ baseline).
+
+    Example stage: `{"method": "rtn", "params": {"bits": 4, "group_size": 64}}`.
+    Stored in the compressed-tensors `pack-quantized` format, which transformers loads with
+    `from_pretrained` and vLLM serves.
+    """
+
+
+class GptqParams(WeightQuantParams):
+    """GPTQ: one-shot second-order weight quantization on calibration data.
+
+    Example stage: `{"method": "gptq", "params": {"bits": 4, "group_size": 64}}`. Uses the job's
+    `calibration` (num_samples sequences of max_seq_length tokens). Same storage as RTN.
+    """
+
+    actorder: Literal["static", "group"] | None = Field(
+        default=None,
+        description="Activation ordering: quantize columns by decreasing Hessian diagonal",
+    )
+    dampening_frac: float = Field(
+        default=0.01, gt=0, lt=1, description="Fraction of the mean Hessian diagonal added"
+    )
+    block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
+
+    @model_validator(mode="after")
+    def _group_order_needs_groups(self) -> GptqParams:
+        if self.actorder == "group" and self.group_size is None:
+            raise ValueError("actorder 'group' needs a group_size")
         return self
 
 
@@ -68,6 +95,12 @@ METHODS: dict[str, MethodSpec] = {
             family="quantization",
             summary="Round-to-nearest weight-only INT8/INT4 quantization, per channel or group.",
             params=RtnParams,
+        ),
+        MethodSpec(
+            name="gptq",
+            family="quantization",
+            summary="GPTQ weight-only INT8/INT4 quantization with calibration data.",
+            params=GptqParams,
         ),
     )
 }

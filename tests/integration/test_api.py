@@ -109,7 +109,11 @@ def test_unknown_method_names_field_and_choices(api: TestClient, tenant_a: dict)
     body = tiny_job(recipe=[{"method": "rtn"}, {"method": "magic", "params": {}}])
     problem = assert_problem(submit(api, tenant_a, body), 422, "invalid_recipe")
     assert problem["errors"] == [
-        {"field": "recipe[1].method", "message": "unknown method 'magic'", "choices": ["rtn"]}
+        {
+            "field": "recipe[1].method",
+            "message": "unknown method 'magic'",
+            "choices": ["gptq", "rtn"],
+        }
     ]
 
 
@@ -246,8 +250,10 @@ def test_methods_come_from_the_recipe_schema(api: TestClient) -> None:
 
     items = api.get("/v1/methods").json()["items"]
     assert [m["name"] for m in items] == list(METHODS)
-    rtn = items[0]
+    rtn = next(m for m in items if m["name"] == "rtn")
     assert rtn["params_schema"]["properties"]["bits"]["enum"] == [4, 8]
+    gptq = next(m for m in items if m["name"] == "gptq")
+    assert {"actorder", "dampening_frac", "block_size"} <= set(gptq["params_schema"]["properties"])
 
 
 def test_health_and_readiness(api: TestClient) -> None:

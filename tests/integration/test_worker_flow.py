@@ -70,6 +70,29 @@ def test_job_runs_on_worker_and_publishes_verified_artifacts(
     ]
 
 
+def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess
+) -> None:
+    body = tiny_job(
+        recipe=[{"method": "gptq", "params": {"bits": 4, "group_size": 32, "actorder": "static"}}],
+        calibration={"num_samples": 8, "max_seq_length": 64},
+    )
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    done = wait_for_state(api, tenant_a, job["id"], worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    assert report["stages"] == [
+        {
+            "method": "gptq",
+            "quantized_layers": 14,
+            "bits": 4,
+            "calibration_samples": 8,
+            "calibration_tokens": 8 * 64,
+        }
+    ]
+    assert report["model"]["weights_sha256"]
+
+
 def test_invalid_group_size_fails_fast_with_layer_names(
     api: TestClient, tenant_a: dict, worker: WorkerProcess
 ) -> None:

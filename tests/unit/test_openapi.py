@@ -19,4 +19,4 @@ def test_openapi_documents_problem_responses_and_methods() -> None:
     assert {"202", "401", "422"} <= set(submit["responses"])
     assert "application/problem+json" in submit["responses"]["422"]["content"]
     stage = doc["components"]["schemas"]["StageIn"]
-    assert stage["properties"]["method"]["enum"] == ["rtn"]
+    assert stage["properties"]["method"]["enum"] == ["gptq", "rtn"]

@@ -56,6 +56,19 @@ def test_workers_implement_exactly_the_schema_methods() -> None:
 
 
 def test_described_methods_carry_json_schema() -> None:
-    [rtn] = describe_methods()
-    assert rtn["family"] == "quantization"
-    assert set(rtn["params_schema"]["properties"]) == set(RtnParams.model_fields)
+    described = {m["name"]: m for m in describe_methods()}
+    assert set(described) == set(METHODS)
+    for name, spec in METHODS.items():
+        assert described[name]["family"] == spec.family
+        assert set(described[name]["params_schema"]["properties"]) == set(spec.params.model_fields)
+
+
+def test_gptq_group_order_needs_a_group_size() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe([StageIn(method="gptq", params={"actorder": "group"})])
+    assert caught.value.errors[0]["field"] == "recipe[0].params"
+    assert "needs a group_size" in caught.value.errors[0]["message"]
+    [stage] = validate_recipe(
+        [StageIn(method="gptq", params={"bits": 4, "group_size": 64, "actorder": "group"})]
+    )
+    assert stage.params.dampening_frac == 0.01

@@ -14,7 +14,8 @@ from transformers.utils.quantization_config import CompressedTensorsConfig
 from app.recipes import RtnParams
 from workers.errors import JobFailure
 from workers.pipelines.base import StageInput
-from workers.pipelines.quantization.rtn import RoundToNearest, targeted_linears
+from workers.pipelines.quantization.common import targeted_linears
+from workers.pipelines.quantization.rtn import RoundToNearest
 
 
 def quantize(model_dir: Path, out: Path, params: RtnParams) -> tuple[dict, dict]:

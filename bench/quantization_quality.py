@@ -1,11 +1,12 @@
-"""RTN quality and size on SmolLM2-135M-Instruct, through the worker's own code paths.
+"""RTN and GPTQ quality and size on SmolLM2-135M-Instruct, through the worker's own code paths.
 
-    .venv/bin/python -m bench.rtn_quality [--tokens 16384]
+    .venv/bin/python -m bench.quantization_quality [--tokens 16384]
 
-Uses the same source resolution (GGUF → float), RTN stage, save format, load-back and
-perplexity code as a job, without the HTTP/queue layers (measured by the tests). Prints each
-row beside the llm-compressor RTN figures measured for issue 2 on another 16k-token slice of the
-same corpus (compare the relative change; absolute perplexities depend on the slice).
+Uses the same source resolution (GGUF → float), stages, calibration split, save format,
+load-back and perplexity code as a job, without the HTTP/queue layers (measured by the tests).
+Prints each row beside the llm-compressor RTN figures measured for issue 2 on another 16k-token
+slice of the same corpus (compare the relative change; absolute perplexities depend on the
+slice).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
-from app.recipes import RtnParams
+from app.recipes import GptqParams, RtnParams
 from workers.evaluation.measure import saved_checkpoint_bytes, weight_bytes
 from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import builtin_text, split_tokens
 from workers.models.sources import resolve_model
 from workers.pipelines.base import StageInput
+from workers.pipelines.quantization.gptq import Gptq
 from workers.pipelines.quantization.rtn import RoundToNearest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"int8 per-channel sym": 14.42, "int4 g64 sym": 20.94, "int4 g32 asym": 17.52}
 REFERENCE_ORIGINAL = 14.39
 VARIANTS = {
-    "int8 per-channel sym": RtnParams(bits=8),
-    "int4 g64 sym": RtnParams(bits=4, group_size=64),
-    "int4 g32 asym": RtnParams(bits=4, group_size=32, symmetric=False),
-    "int4 g64 asym": RtnParams(bits=4, group_size=64, symmetric=False),
+    "int8 per-channel sym": (RoundToNearest(), RtnParams(bits=8)),
+    "int4 g64 sym": (RoundToNearest(), RtnParams(bits=4, group_size=64)),
+    "int4 g32 asym": (RoundToNearest(), RtnParams(bits=4, group_size=32, symmetric=False)),
+    "int4 g64 asym": (RoundToNearest(), RtnParams(bits=4, group_size=64, symmetric=False)),
+    "gptq int4 g64 sym": (Gptq(), GptqParams(bits=4, group_size=64)),
+    "gptq int4 g64 sym actorder": (Gptq(), GptqParams(bits=4, group_size=64, actorder="static")),
 }
+# The job defaults: 64 calibration sequences of 512 tokens from the calibration split.
+CALIBRATION_SAMPLES, CALIBRATION_LENGTH = 64, 512
 
 
 def main() -> None:
@@ -51,8 +57,12 @@ def main() -> None:
             {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
         )
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    _, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    calibration_pool, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
     ids = pool[: args.tokens]
+    calibration = [
+        calibration_pool[i : i + CALIBRATION_LENGTH]
+        for i in range(0, CALIBRATION_SAMPLES * CALIBRATION_LENGTH, CALIBRATION_LENGTH)
+    ]
 
     def ppl(model: torch.nn.Module) -> float:
         return perplexity(model, ids, context_length=512, stride=512).perplexity
@@ -61,12 +71,12 @@ def main() -> None:
     original_ppl = ppl(model)
     original_bytes = saved_checkpoint_bytes(model.to(torch.bfloat16))
     rows: list[dict[str, Any]] = []
-    for name, params in VARIANTS.items():
+    for name, (method, params) in VARIANTS.items():
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
         model.to(torch.bfloat16)
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            RoundToNearest().apply(StageInput(model, tokenizer, [], None), params)  # type: ignore[arg-type]
+            method.apply(StageInput(model, tokenizer, calibration, None), params)  # type: ignore[arg-type]
             model.save_pretrained(out, save_compressed=True)
             seconds = time.perf_counter() - started
             size = weight_bytes(Path(out))
@@ -95,7 +105,7 @@ def main() -> None:
         "original_checkpoint_bytes_bf16": original_bytes,
         "rows": rows,
     }
-    (ROOT / "bench" / "results" / "rtn_quality.json").write_text(
+    (ROOT / "bench" / "results" / "quantization_quality.json").write_text(
         json.dumps(result, indent=2) + "\n"
     )
     print(
