@@ -1,6 +1,6 @@
 """RTN and GPTQ quality and size on SmolLM2-135M-Instruct, through the worker's own code paths.
 
-    .venv/bin/python -m bench.quantization_quality [--tokens 16384]
+    .venv/bin/python -m bench.quantization_quality [--tokens 16384] [--gptq]
 
 Uses the same source resolution (GGUF → float), stages, calibration split, save format,
 load-back and perplexity code as a job, without the HTTP/queue layers (measured by the tests).
@@ -40,6 +40,10 @@ VARIANTS = {
     "int4 g64 sym": (RoundToNearest(), RtnParams(bits=4, group_size=64)),
     "int4 g32 asym": (RoundToNearest(), RtnParams(bits=4, group_size=32, symmetric=False)),
     "int4 g64 asym": (RoundToNearest(), RtnParams(bits=4, group_size=64, symmetric=False)),
+}
+# GPTQ rows: `--gptq` adds them. With the job-default calibration (64 x 512 tokens) llm-compressor's
+# sequential pipeline took ~45 s per decoder-layer pass on a 2-core CPU (~40 min per variant).
+GPTQ_VARIANTS = {
     "gptq int4 g64 sym": (Gptq(), GptqParams(bits=4, group_size=64)),
     "gptq int4 g64 sym actorder": (Gptq(), GptqParams(bits=4, group_size=64, actorder="static")),
 }
@@ -50,7 +54,9 @@ CALIBRATION_SAMPLES, CALIBRATION_LENGTH = 64, 512
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--gptq", action="store_true", help="add the (slow on CPU) GPTQ rows")
     args = parser.parse_args()
+    variants = {**VARIANTS, **(GPTQ_VARIANTS if args.gptq else {})}
     settings = Settings(work_dir=ROOT / ".squash" / "bench-work")
     with tempfile.TemporaryDirectory() as scratch:
         source = resolve_model(
@@ -71,7 +77,7 @@ def main() -> None:
     original_ppl = ppl(model)
     original_bytes = saved_checkpoint_bytes(model.to(torch.bfloat16))
     rows: list[dict[str, Any]] = []
-    for name, (method, params) in VARIANTS.items():
+    for name, (method, params) in variants.items():
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
         model.to(torch.bfloat16)
         with tempfile.TemporaryDirectory() as out:
