@@ -34,14 +34,8 @@ class ObjectStore(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def download_file(self, key: str, path: Path) -> None: ...
-
-    @abstractmethod
     def size(self, key: str) -> int:
         """Size of a stored object; raises ObjectNotFound."""
-
-    @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
 
     @abstractmethod
     def presigned_url(self, key: str, expires_s: int, filename: str) -> str: ...
@@ -89,10 +83,6 @@ class S3Store(ObjectStore):
         except self.client.exceptions.NoSuchKey as exc:
             raise ObjectNotFound(key) from exc
 
-    def download_file(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
-
     def size(self, key: str) -> int:
         from botocore.exceptions import ClientError
 
@@ -101,14 +91,6 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             raise ObjectNotFound(key) from exc
         return int(head["ContentLength"])
-
-    def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        strip = len(self._key(""))
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-        return keys
 
     def presigned_url(self, key: str, expires_s: int, filename: str) -> str:
         return self.client.generate_presigned_url(
@@ -165,28 +147,11 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(key)
         return path
 
-    def download_file(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(self._path(key), path)
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(key) from exc
-
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
-
-    def list_keys(self, prefix: str) -> list[str]:
-        base = self._path(prefix) if prefix else self.root
-        if not base.exists():
-            return []
-        return sorted(
-            str(p.relative_to(self.root))
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".partial")
-        )
 
     def sign(self, key: str, expires: int) -> str:
         return hmac.new(self.secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()

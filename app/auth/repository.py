@@ -27,12 +27,7 @@ def add_key(session: Session, key: ApiKey) -> ApiKey:
 
 
 def tenant_for_key_hash_query(key_hash: str) -> Select[tuple[uuid.UUID]]:
-    """Shared by the sync CLI and the async request path."""
     return select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-
-
-def tenant_for_key_hash(session: Session, key_hash: str) -> uuid.UUID | None:
-    return session.scalars(tenant_for_key_hash_query(key_hash)).one_or_none()
 
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> bool:

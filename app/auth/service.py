@@ -41,12 +41,6 @@ def create_key(session: Session, *, tenant_name: str, name: str = "default") -> 
     return IssuedKey(id=key.id, tenant=tenant_name, secret=secret)
 
 
-def authenticate(session: Session, *, secret: str) -> uuid.UUID | None:
-    if not secret.startswith(KEY_PREFIX):
-        return None
-    return repository.tenant_for_key_hash(session, hash_key(secret))
-
-
 async def authenticate_async(
     session: AsyncSession, cache: TenantCache, *, secret: str
 ) -> uuid.UUID | None:

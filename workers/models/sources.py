@@ -16,6 +16,7 @@ from typing import Any
 
 from app.config import Settings
 from app.jobs.state import ErrorCode
+from app.storage import sha256_file
 from workers.errors import JobFailure
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -45,19 +46,7 @@ def weights_digest(path: Path) -> str:
     """Content hash of a model directory: sha256 over (name, sha256) of its weight files."""
     digest = hashlib.sha256()
     for file in sorted(path.glob("*.safetensors")):
-        inner = hashlib.sha256()
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(chunk)
-        digest.update(f"{file.name}:{inner.hexdigest()}\n".encode())
-    return digest.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -72,7 +61,7 @@ def check_safe_directory(path: Path) -> None:
 
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     """Dequantize a GGUF file into a float HF directory, once per file content."""
-    key = file_digest(gguf)[:16]
+    key = sha256_file(gguf)[:16]
     target = cache_dir / f"gguf-{key}"
     if (target / "config.json").is_file():
         return target
@@ -114,14 +103,14 @@ def resolve_model(source: dict[str, Any], settings: Settings, scratch: Path) -> 
     if kind == "builtin":
         gguf = builtin_gguf(source["name"])
         path = convert_gguf(gguf, cache)
-        provenance = {"source": source, "gguf_sha256": file_digest(gguf)}
+        provenance = {"source": source, "gguf_sha256": sha256_file(gguf)}
     elif kind == "local":
         found = _under_allowed_dirs(source["path"], settings)
         if source.get("gguf_file"):
             found = found / source["gguf_file"]
         if found.suffix == ".gguf":
             path = convert_gguf(found, cache)
-            provenance = {"source": source, "gguf_sha256": file_digest(found)}
+            provenance = {"source": source, "gguf_sha256": sha256_file(found)}
         else:
             path, provenance = found, {"source": source}
     elif kind == "huggingface":
