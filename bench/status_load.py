@@ -27,6 +27,7 @@ from app.db import session_scope
 from bench.loadgen import LoadResult, run_load
 from tests.support.services import (
     REDIS_URL,
+    clear_redis_prefix,
     create_database,
     drop_database,
     free_port,
@@ -122,6 +123,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
         drop_database(name, url)
+        clear_redis_prefix(settings.broker_key_prefix)
     result = {
         "concurrency": args.concurrency,
         "seconds": args.seconds,
