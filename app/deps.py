@@ -52,13 +52,11 @@ async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    cache: auth_service.TenantCache = request.app.state.tenant_cache
-    secret = secret.strip()
-    # Cache hits (nearly every poll) open no database session at all.
-    tenant_id = cache.get(auth_service.hash_key(secret))
-    if tenant_id is None:
-        async with get_async_sessionmaker(settings.database_url)() as session:
-            tenant_id = await auth_service.authenticate_async(session, cache, secret=secret)
+    tenant_id = await auth_service.authenticate_async(
+        get_async_sessionmaker(settings.database_url),
+        request.app.state.tenant_cache,
+        secret=secret.strip(),
+    )
     if tenant_id is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return tenant_id

@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from app.auth import repository
@@ -42,14 +42,16 @@ def create_key(session: Session, *, tenant_name: str, name: str = "default") -> 
 
 
 async def authenticate_async(
-    session: AsyncSession, cache: TenantCache, *, secret: str
+    sessions: async_sessionmaker[AsyncSession], cache: TenantCache, *, secret: str
 ) -> uuid.UUID | None:
+    """Cache hits (nearly every poll) open no database session at all."""
     if not secret.startswith(KEY_PREFIX):
         return None
     key_hash = hash_key(secret)
     tenant_id = cache.get(key_hash)
     if tenant_id is None:
-        tenant_id = await session.scalar(repository.tenant_for_key_hash_query(key_hash))
+        async with sessions() as session:
+            tenant_id = await session.scalar(repository.tenant_for_key_hash_query(key_hash))
         if tenant_id is not None:
             cache.put(key_hash, tenant_id)
     return tenant_id

@@ -11,6 +11,7 @@ compare-and-set on the job's lease generation, so only one reaper (or worker) wi
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 
 import structlog
@@ -27,7 +28,7 @@ log = structlog.get_logger()
 def reap_once(settings: Settings) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "resent": 0}
     now = utcnow()
-    to_send: list[tuple[object, str, int]] = []
+    to_send: list[tuple[uuid.UUID, str, int]] = []
     with session_scope(settings.database_url) as session:
         for job in repository.expired_leases(session, now=now):
             gen = job.lease_generation
@@ -87,9 +88,9 @@ def reap_once(settings: Settings) -> dict[str, int]:
     # Send only after the moves above committed (a worker must find the job `queued`).
     for job_id, queue, priority in to_send:
         try:
-            send_run_job(settings, job_id, queue=queue, priority=priority)  # type: ignore[arg-type]
+            send_run_job(settings, job_id, queue=queue, priority=priority)
             with session_scope(settings.database_url) as session:
-                repository.mark_enqueued(session, job_id)  # type: ignore[arg-type]
+                repository.mark_enqueued(session, job_id)
         except Exception:  # noqa: BLE001 - broker down: try again next round
             log.warning("reaper.send_failed", job_id=str(job_id))
     if any(counts.values()):
