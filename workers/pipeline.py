@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
-from app.recipes import METHODS
 from workers.context import JobContext
 from workers.errors import JobFailure
 from workers.evaluation.measure import (
@@ -29,8 +28,15 @@ from workers.evaluation.measure import (
 from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import CALIBRATION_SHARE, load_corpus, split_tokens
 from workers.models.sources import resolve_model
-from workers.pipelines.base import StageInput
-from workers.pipelines.registry import get_method
+from workers.pipelines.recipe import (
+    STORAGE_DTYPE,
+    compute_dtype,
+    needs_calibration,
+    parse_stages,
+    preflight,
+    run_stages,
+    save_artifact,
+)
 from workers.publish import publish
 
 REPORT_VERSION = 1
@@ -82,10 +88,9 @@ def execute(
     )
 
     # Validate every stage against the real model before any heavy work.
-    params = [METHODS[s["method"]].params.model_validate(s["params"]) for s in stages]
-    for stage, stage_params in zip(stages, params, strict=True):
-        for warning in get_method(stage["method"]).preflight(model, stage_params):
-            ctx.warn(warning)
+    parsed = parse_stages(stages)
+    for warning in preflight(model, parsed):
+        ctx.warn(warning)
     ctx.progress("prepare_data", 8)
 
     eval_corpus = load_corpus(evaluation["dataset"], ctx.settings)
@@ -97,7 +102,7 @@ def execute(
     )
     calibration_ids: list[list[int]] = []
     calibration_hash = None
-    if any(get_method(s["method"]).needs_calibration for s in stages):
+    if needs_calibration(parsed):
         cal_spec = spec["calibration"]
         cal_corpus = load_corpus(cal_spec["dataset"], ctx.settings)
         cal_pool, _ = split_tokens(tokenizer(cal_corpus.text)["input_ids"])
@@ -131,29 +136,25 @@ def execute(
             )
     ctx.progress("evaluate_original", 35)
 
-    # Store in 16-bit: unquantized tensors (embeddings, norms) would otherwise stay float32. The
-    # original's size is measured in the same dtype: a float32 save would inflate every ratio.
-    model.to(torch.bfloat16)
-    original["checkpoint_bytes_bf16"] = saved_checkpoint_bytes(model)
-    stage_notes = []
-    save_format = "dense"
-    for index, (stage, stage_params) in enumerate(zip(stages, params, strict=True)):
-        ctx.progress(f"stage:{stage['method']}", 35 + 25 * index / len(stages))
-        with ctx.timed(f"stage_{index}_{stage['method']}"):
-            result = get_method(stage["method"]).apply(
-                StageInput(model, tokenizer, calibration_ids, ctx), stage_params
-            )
-        model = result.model
-        save_format = result.save_format if result.save_format != "dense" else save_format
-        stage_notes.append({"method": stage["method"], **result.notes})
-        ctx.event("stage", f"stage {index} ({stage['method']}) done", result.notes)
+    # The original's size is measured in the 16-bit storage dtype of every artifact: a float32
+    # save would inflate every ratio.
+    original["checkpoint_bytes_bf16"] = saved_checkpoint_bytes(model, STORAGE_DTYPE)
+    model.to(compute_dtype(device))
+
+    def on_stage(index: int, name: str) -> None:
+        ctx.progress(f"stage:{name}", 35 + 25 * index / len(parsed))
+
+    with ctx.timed("stages"):
+        outcome = run_stages(model, tokenizer, parsed, calibration_ids, ctx, on_stage)
+    for index, notes in enumerate(outcome.stage_notes):
+        ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
+    save_format, stage_notes = outcome.save_format, outcome.stage_notes
 
     ctx.progress("save", 60)
     out_dir = scratch / "model"
     with ctx.timed("save"):
-        model.save_pretrained(str(out_dir), save_compressed=save_format == "compressed-tensors")
-        tokenizer.save_pretrained(str(out_dir))
-    del model
+        save_artifact(outcome, tokenizer, out_dir)
+    del model, outcome
     gc.collect()
 
     # An artifact that does not load with plain transformers never ships.

@@ -16,6 +16,7 @@ def test_valid_recipe_fills_defaults() -> None:
             "symmetric": True,
             "targets": ["Linear"],
             "ignore": ["lm_head"],
+            "overrides": [],
         },
     }
 
@@ -25,12 +26,13 @@ def test_all_errors_are_collected_with_paths() -> None:
         validate_recipe(
             [
                 StageIn(method="nope"),
-                StageIn(method="rtn", params={"bits": 2, "extra": 1}),
+                StageIn(method="rtn", params={"bits": 5, "extra": 1}),
             ]
         )
     fields = [e["field"] for e in caught.value.errors]
     assert fields == ["recipe[0].method", "recipe[1].params.bits", "recipe[1].params.extra"]
     assert caught.value.errors[0]["choices"] == sorted(METHODS)
+    assert caught.value.errors[1]["choices"] == "2, 3, 4 or 8"
     assert caught.value.status == 422 and caught.value.code == "invalid_recipe"
 
 
@@ -72,3 +74,42 @@ def test_gptq_group_order_needs_a_group_size() -> None:
         [StageIn(method="gptq", params={"bits": 4, "group_size": 64, "actorder": "group"})]
     )
     assert stage.params.dampening_frac == 0.01
+
+
+def test_override_errors_name_the_override_field() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [
+                StageIn(
+                    method="gptq",
+                    params={
+                        "bits": 4,
+                        "overrides": [
+                            {"targets": ["re:.*down_proj"], "bits": 8},
+                            {"targets": [], "bits": 6, "group_size": 48},
+                        ],
+                    },
+                )
+            ]
+        )
+    fields = {e["field"] for e in caught.value.errors}
+    assert {
+        "recipe[0].params.overrides[1].targets",
+        "recipe[0].params.overrides[1].bits",
+    } <= fields
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("w8a8", {"smoothing_strength": 1.5}),
+        ("fp8", {"activations": "sometimes"}),
+        ("ternary", {"group_size": 48}),
+        ("awq", {"n_grid": 0}),
+        ("gptq", {"actorder": "group"}),  # group order needs groups
+    ],
+)
+def test_new_method_params_are_validated(method: str, params: dict) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe([StageIn(method=method, params=params)])
+    assert caught.value.errors[0]["field"].startswith("recipe[0].params")

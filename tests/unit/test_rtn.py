@@ -82,4 +82,6 @@ def test_preflight_names_layers_and_valid_group_sizes(tiny_model_dir: Path) -> N
     assert "valid group sizes: [16, 32, 64]" in message
     with pytest.raises(JobFailure, match="match no Linear"):
         RoundToNearest().preflight(model, RtnParams(targets=["re:nothing.*"]))
-    assert RoundToNearest().preflight(model, RtnParams(bits=8)) == []
+    # The tiny model's 64-wide layers are legal but not what vLLM's fast kernels want: a warning.
+    [warning] = RoundToNearest().preflight(model, RtnParams(bits=8))
+    assert "not multiples of 128" in warning

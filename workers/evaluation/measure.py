@@ -17,10 +17,15 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def saved_checkpoint_bytes(model: torch.nn.Module) -> int:
-    """Size of the model saved as a safetensors checkpoint in its current dtype."""
+def saved_checkpoint_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Size of the model saved as a safetensors checkpoint with its float tensors in `dtype`
+    (the model itself is not changed)."""
+    state = {
+        name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+        for name, tensor in model.state_dict().items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)  # type: ignore[operator]
+        model.save_pretrained(tmp, state_dict=state)  # type: ignore[operator]
         return weight_bytes(Path(tmp))
 
 
@@ -49,3 +54,48 @@ def greedy_generations(
         new_tokens = generated[0, inputs["input_ids"].shape[1] :]
         outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))  # type: ignore[attr-defined]
     return outputs
+
+
+QUANTIZED_WEIGHT_PARTS = (
+    "weight",
+    "weight_packed",
+    "weight_scale",
+    "weight_zero_point",
+    "weight_shape",
+    "weight_g_idx",
+    "weight_global_scale",
+)
+
+
+def quantized_weight_storage(path: Path) -> dict[str, float | int]:
+    """Bits on disk per quantized weight, read from the safetensors files themselves.
+
+    A layer counts as quantized when it has a `weight_scale`; its storage is every `weight*`
+    tensor it saved (packed integers, scales, zero points, shape). Returns the number of such
+    layers, their weights, their bytes and bits per weight; zeros when nothing is quantized.
+    """
+    from safetensors import safe_open
+
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                layer, _, part = key.rpartition(".")
+                if part in QUANTIZED_WEIGHT_PARTS:
+                    parts.setdefault(layer, {})[part] = handle.get_tensor(key)
+    weights = stored = layers = 0
+    for tensors in parts.values():
+        if "weight_scale" not in tensors:
+            continue
+        layers += 1
+        if "weight_shape" in tensors:
+            weights += int(torch.prod(tensors["weight_shape"].long()))
+        else:
+            weights += tensors["weight"].numel()
+        stored += sum(t.numel() * t.element_size() for t in tensors.values())
+    return {
+        "quantized_layers": layers,
+        "quantized_weights": weights,
+        "quantized_bytes": stored,
+        "bits_per_weight": round(8 * stored / weights, 4) if weights else 0.0,
+    }

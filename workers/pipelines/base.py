@@ -17,7 +17,7 @@ class StageInput:
     model: torch.nn.Module
     tokenizer: Any
     calibration_ids: list[list[int]]
-    ctx: JobContext
+    ctx: JobContext | None = None  # None outside a job (tests, benchmarks)
 
 
 @dataclass
@@ -31,7 +31,11 @@ class StageResult:
 class CompressionMethod(ABC):
     name: ClassVar[str]
     params_type: ClassVar[type[MethodParams]]
-    needs_calibration: ClassVar[bool] = False
+    uses_calibration: ClassVar[bool] = False
+
+    def needs_calibration(self, params: MethodParams) -> bool:
+        """Whether this stage reads the job's calibration samples (some do only for some params)."""
+        return self.uses_calibration
 
     def preflight(self, model: torch.nn.Module, params: MethodParams) -> list[str]:
         """Reject impossible settings before heavy work (raise JobFailure); return warnings."""

@@ -1,26 +1,23 @@
-"""What RTN and GPTQ share: the compressed-tensors scheme and the pre-flight layer checks."""
+"""What the integer weight-quantization stages share: compressed-tensors schemes (with per-layer
+overrides for mixed precision) and the pre-flight checks that run before any heavy work."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from app.jobs.state import ErrorCode
-from app.recipes import WeightQuantParams
+from app.recipes import LayerOverride, QuantTargets, WeightQuantParams
 from workers.errors import JobFailure
 
+# vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
+# multiples of 128; other shapes fall back to slower kernels (or none).
+VLLM_DIM_MULTIPLE = 128
 
-def quantization_scheme(params: WeightQuantParams) -> object:
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    weights = QuantizationArgs(
-        num_bits=params.bits,
-        type="int",
-        symmetric=params.symmetric,
-        strategy="group" if params.group_size else "channel",
-        group_size=params.group_size,
-        actorder=getattr(params, "actorder", None),
-    )
-    return QuantizationScheme(targets=list(params.targets), weights=weights)
+def architecture(model: torch.nn.Module) -> str:
+    return (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
 
 
 def targeted_linears(
@@ -35,10 +32,86 @@ def targeted_linears(
     ]
 
 
-def preflight_weight_quant(
-    method: str, model: torch.nn.Module, params: WeightQuantParams
-) -> list[str]:
-    """Fail in seconds, naming layers and valid choices, instead of after calibration."""
+def matches(name: str, patterns: list[str]) -> bool:
+    from compressed_tensors.utils import match_name
+
+    return any(match_name(name, pattern) for pattern in patterns)
+
+
+def int_weights(
+    bits: int, group_size: int | None, symmetric: bool, actorder: str | None = None
+) -> Any:
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(
+        num_bits=bits,
+        type="int",
+        symmetric=symmetric,
+        strategy="group" if group_size else "channel",
+        group_size=group_size,
+        actorder=actorder if group_size else None,
+    )
+
+
+def resolve_override(params: WeightQuantParams, override: LayerOverride) -> tuple[Any, ...]:
+    group_size = params.group_size if override.group_size is None else override.group_size
+    return (
+        override.bits,
+        None if group_size == "channel" else group_size,
+        params.symmetric if override.symmetric is None else override.symmetric,
+    )
+
+
+def layer_settings(
+    model: torch.nn.Module, params: WeightQuantParams
+) -> dict[str, tuple[int, int | None, bool]]:
+    """Each targeted layer's (bits, group_size, symmetric) after overrides (the last match wins)."""
+    settings: dict[str, tuple[int, int | None, bool]] = {}
+    default = (params.bits, params.group_size, params.symmetric)
+    for name, _ in targeted_linears(model, list(params.targets), list(params.ignore)):
+        settings[name] = default
+        for override in params.overrides:
+            if matches(name, override.targets):
+                settings[name] = resolve_override(params, override)
+    return settings
+
+
+def config_groups(model: torch.nn.Module, params: WeightQuantParams) -> dict[str, Any]:
+    """compressed-tensors config groups: the stage's scheme for its targets, plus one group per
+    distinct override setting that lists its layers by exact name. compressed-tensors ranks exact
+    names above patterns and class names, so the override wins without depending on how it
+    orders overlapping regular expressions."""
+    from compressed_tensors.quantization import QuantizationScheme
+
+    actorder = getattr(params, "actorder", None)
+    groups: dict[str, Any] = {
+        "group_0": QuantizationScheme(
+            targets=list(params.targets),
+            weights=int_weights(params.bits, params.group_size, params.symmetric, actorder),
+        )
+    }
+    default = (params.bits, params.group_size, params.symmetric)
+    by_setting: dict[tuple[int, int | None, bool], list[str]] = {}
+    for name, setting in layer_settings(model, params).items():
+        if setting != default:
+            by_setting.setdefault(setting, []).append(name)
+    for index, (setting, names) in enumerate(sorted(by_setting.items(), key=str), start=1):
+        groups[f"group_{index}"] = QuantizationScheme(
+            targets=names, weights=int_weights(*setting, actorder)
+        )
+    return groups
+
+
+def layer_summary(settings: dict[str, tuple[int, int | None, bool]]) -> dict[str, int]:
+    """How many layers use each setting, e.g. {"int4 g64 sym": 180, "int8 channel sym": 30}."""
+    counts: dict[str, int] = {}
+    for bits, group, symmetric in settings.values():
+        key = f"int{bits} {f'g{group}' if group else 'channel'} {'sym' if symmetric else 'asym'}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def require_layers(method: str, model: torch.nn.Module, params: QuantTargets) -> list[str]:
     layers = targeted_linears(model, list(params.targets), list(params.ignore))
     if not layers:
         raise JobFailure(
@@ -46,18 +119,73 @@ def preflight_weight_quant(
             f"{method}: targets {params.targets} minus ignore {params.ignore} "
             "match no Linear layer",
         )
-    if params.group_size:
-        bad = sorted({n for n, m in layers if m.in_features % params.group_size})
+    return [name for name, _ in layers]
+
+
+def preflight_weight_quant(
+    method: str, model: torch.nn.Module, params: WeightQuantParams
+) -> list[str]:
+    """Fail in seconds, naming layers and valid choices, instead of after calibration."""
+    require_layers(method, model, params)
+    modules = dict(model.named_modules())
+    for index, override in enumerate(params.overrides):
+        if not any(matches(n, override.targets) for n in modules if n):
+            raise JobFailure(
+                ErrorCode.INVALID_RECIPE,
+                f"{method}: overrides[{index}] targets {override.targets} match no layer",
+            )
+    settings = layer_settings(model, params)
+    sizes = sorted({modules[n].in_features for n in settings})  # type: ignore[union-attr]
+    for group_size in sorted({g for _, g, _ in settings.values() if g}):
+        bad = sorted(
+            n
+            for n, (_, g, _) in settings.items()
+            if g == group_size and _indivisible(modules[n], group_size)
+        )
         if bad:
-            sizes = sorted({m.in_features for _, m in layers})
             divisors = [g for g in (16, 32, 64, 128, 256) if all(s % g == 0 for s in sizes)]
             raise JobFailure(
                 ErrorCode.INVALID_RECIPE,
-                f"{method}: group_size {params.group_size} does not divide the input size of "
+                f"{method}: group_size {group_size} does not divide the input size of "
                 f"{len(bad)} layers (e.g. {bad[:3]}); input sizes {sizes}; "
                 f"valid group sizes: {divisors or 'none: use per-channel (null)'}",
             )
+    return vllm_kernel_warnings(method, modules, settings)
+
+
+def _indivisible(module: torch.nn.Module, group_size: int) -> bool:
+    return bool(module.in_features % group_size)  # type: ignore[operator]
+
+
+def vllm_kernel_warnings(
+    method: str,
+    modules: dict[str, torch.nn.Module],
+    settings: dict[str, tuple[int, int | None, bool]],
+) -> list[str]:
     warnings = []
-    if params.group_size not in (None, 128):
-        warnings.append(f"group_size {params.group_size}: vLLM's fastest INT4 kernels expect 128")
+    odd_groups = sorted({str(g) for b, g, _ in settings.values() if b <= 4} - {"None", "128"})
+    if odd_groups:
+        warnings.append(
+            f"{method}: group_size {', '.join(odd_groups)}: vLLM's fast INT4 kernels "
+            "(Marlin/Machete) are tuned for 128"
+        )
+    low_bits = sorted({b for b, _, _ in settings.values() if b in (2, 3)})
+    if low_bits:
+        warnings.append(
+            f"{method}: {low_bits} bits: stored densely packed (transformers loads it), "
+            "but vLLM has no fast kernel for it"
+        )
+    odd_dims = sorted(
+        {
+            dim
+            for name in settings
+            for dim in (modules[name].in_features, modules[name].out_features)  # type: ignore[union-attr]
+            if dim % VLLM_DIM_MULTIPLE
+        }
+    )
+    if odd_dims:
+        warnings.append(
+            f"{method}: layer sizes {odd_dims} are not multiples of {VLLM_DIM_MULTIPLE}; "
+            "vLLM may fall back to slower kernels for those layers"
+        )
     return warnings

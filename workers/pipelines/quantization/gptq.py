@@ -13,65 +13,45 @@ from __future__ import annotations
 
 import torch
 
-from app.jobs.state import ErrorCode
 from app.recipes import GptqParams
-from workers.errors import JobFailure
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
 from workers.pipelines.quantization.common import (
+    config_groups,
+    layer_settings,
+    layer_summary,
     preflight_weight_quant,
-    quantization_scheme,
-    targeted_linears,
 )
 from workers.pipelines.registry import register
-
-
-def calibration_dataset(samples: list[list[int]]) -> object:
-    from datasets import Dataset
-
-    return Dataset.from_dict(
-        {"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]}
-    )
 
 
 @register
 class Gptq(CompressionMethod):
     name = "gptq"
     params_type = GptqParams
-    needs_calibration = True
+    uses_calibration = True
 
     def preflight(self, model: torch.nn.Module, params: GptqParams) -> list[str]:  # type: ignore[override]
         return preflight_weight_quant(self.name, model, params)
 
     def apply(self, stage: StageInput, params: GptqParams) -> StageResult:  # type: ignore[override]
-        from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        samples = stage.calibration_ids
-        if not samples:
-            raise JobFailure(
-                ErrorCode.DATA_ERROR,
-                "gptq: the calibration text yields no sample of calibration.max_seq_length tokens",
-            )
+        samples = require_calibration(self.name, stage)
+        settings = layer_settings(stage.model, params)
         modifier = GPTQModifier(
-            config_groups={"group_0": quantization_scheme(params)},
+            config_groups=config_groups(stage.model, params),
             ignore=list(params.ignore),
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
         )
-        oneshot(
-            model=stage.model,
-            dataset=calibration_dataset(samples),
-            recipe=modifier,
-            max_seq_length=max(len(s) for s in samples),
-            num_calibration_samples=len(samples),
-        )
-        quantized = len(targeted_linears(stage.model, list(params.targets), list(params.ignore)))
+        oneshot_calibrated(stage.model, modifier, samples)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",
             notes={
-                "quantized_layers": quantized,
-                "bits": params.bits,
+                "quantized_layers": len(settings),
+                "layers_by_scheme": layer_summary(settings),
                 "calibration_samples": len(samples),
                 "calibration_tokens": sum(len(s) for s in samples),
             },

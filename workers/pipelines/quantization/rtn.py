@@ -14,9 +14,10 @@ import torch
 from app.recipes import RtnParams
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.quantization.common import (
+    config_groups,
+    layer_settings,
+    layer_summary,
     preflight_weight_quant,
-    quantization_scheme,
-    targeted_linears,
 )
 from workers.pipelines.registry import register
 
@@ -33,13 +34,13 @@ class RoundToNearest(CompressionMethod):
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
+        settings = layer_settings(stage.model, params)
         modifier = QuantizationModifier(
-            config_groups={"group_0": quantization_scheme(params)}, ignore=list(params.ignore)
+            config_groups=config_groups(stage.model, params), ignore=list(params.ignore)
         )
         oneshot(model=stage.model, recipe=modifier)
-        quantized = len(targeted_linears(stage.model, list(params.targets), list(params.ignore)))
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",
-            notes={"quantized_layers": quantized, "bits": params.bits},
+            notes={"quantized_layers": len(settings), "layers_by_scheme": layer_summary(settings)},
         )

@@ -1,0 +1,186 @@
+"""Every quantization method on a tiny random Llama, through the worker's own stage and save code:
+the artifact loads back with plain transformers, each group of dequantized weights takes at most
+2^bits distinct values (3 for ternary), the bits on disk match the scheme, and the in-memory
+model and the reloaded one give the same logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils.quantization_config import CompressedTensorsConfig
+
+from app.recipes import (
+    METHODS,
+    AwqParams,
+    Fp8Params,
+    GptqParams,
+    MethodParams,
+    RtnParams,
+    TernaryParams,
+    W8A8Params,
+)
+from workers.evaluation.measure import quantized_weight_storage
+from workers.models.datasets import builtin_text, split_tokens
+from workers.pipelines.quantization.common import targeted_linears
+from workers.pipelines.recipe import run_stages, save_artifact
+
+DOWN = "model.layers.0.mlp.down_proj"  # in_features 128 (others 64)
+
+
+class Case:
+    def __init__(
+        self,
+        method: str,
+        params: MethodParams,
+        levels: int,
+        group: int | None,
+        stored: str,
+        bits_range: tuple[float, float],
+    ) -> None:
+        self.method, self.params, self.levels, self.group = method, params, levels, group
+        self.stored, self.bits_range = stored, bits_range
+
+
+CASES = {
+    "rtn-int8-channel": Case("rtn", RtnParams(bits=8), 256, None, "packed:8", (8.2, 8.6)),
+    "rtn-int3-g32": Case("rtn", RtnParams(bits=3, group_size=32), 8, 32, "packed:3", (3.4, 3.6)),
+    "rtn-int2-g32-asym": Case(
+        "rtn", RtnParams(bits=2, group_size=32, symmetric=False), 4, 32, "packed:2", (2.5, 2.9)
+    ),
+    "gptq-int4-g32-actorder": Case(
+        "gptq",
+        GptqParams(bits=4, group_size=32, actorder="static"),
+        16,
+        32,
+        "packed:4",
+        (4.4, 4.6),
+    ),
+    "gptq-int3-g32": Case("gptq", GptqParams(bits=3, group_size=32), 8, 32, "packed:3", (3.4, 3.6)),
+    "awq-int4-g32": Case("awq", AwqParams(bits=4, group_size=32), 16, 32, "packed:4", (4.5, 5.0)),
+    "w8a8": Case("w8a8", W8A8Params(), 256, None, "int8", (8.2, 8.6)),
+    "fp8-dynamic": Case("fp8", Fp8Params(), 256, None, "fp8", (8.2, 8.6)),
+    "fp8-static-kv": Case(
+        "fp8", Fp8Params(activations="static", kv_cache=True), 256, None, "fp8", (8.0, 8.1)
+    ),
+    "ternary-g32": Case("ternary", TernaryParams(group_size=32), 3, 32, "packed:2", (2.4, 2.6)),
+}
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_model_dir: Path) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    return [pool[i : i + 64] for i in range(0, 64 * 8, 64)]
+
+
+def compress(
+    model_dir: Path, method: str, params: MethodParams, samples: list[list[int]], out: Path
+) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    outcome = run_stages(model, None, [(method, params)], samples)
+    save_artifact(outcome, None, out)
+    return outcome.model
+
+
+def dense_weights(out: Path) -> dict[str, torch.Tensor]:
+    # run_compressed=False decompresses into plain Linear weights the test can inspect.
+    loaded = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)
+    )
+    return {n: m.weight.detach() for n, m in targeted_linears(loaded, ["Linear"], ["lm_head"])}
+
+
+def stored_tensor(out: Path, name: str) -> torch.Tensor:
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        return handle.get_tensor(name)
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_method_artifact_loads_lies_on_its_grid_and_matches_in_memory_logits(
+    tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path, case_name: str
+) -> None:
+    case = CASES[case_name]
+    in_memory = compress(tiny_model_dir, case.method, case.params, calibration, tmp_path)
+
+    weights = dense_weights(tmp_path)
+    assert len(weights) == 14  # 7 linears x 2 layers, lm_head ignored
+    for name, weight in weights.items():
+        groups = weight.reshape(-1, case.group) if case.group else weight
+        levels = max(len(torch.unique(g)) for g in groups)
+        assert levels <= case.levels, (name, levels)
+        assert levels >= min(case.levels, 3), (name, levels)  # really quantized, not collapsed
+
+    kind, _, bits = case.stored.partition(":")
+    if kind == "packed":
+        packed = stored_tensor(tmp_path, f"{DOWN}.weight_packed")
+        assert packed.dtype == torch.int32 and packed.shape == (64, 128 * int(bits) // 32)
+    else:
+        dtype = torch.int8 if kind == "int8" else torch.float8_e4m3fn
+        assert stored_tensor(tmp_path, f"{DOWN}.weight").dtype == dtype
+    storage = quantized_weight_storage(tmp_path)
+    assert storage["quantized_layers"] == 14
+    low, high = case.bits_range
+    assert low <= storage["bits_per_weight"] <= high, storage
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    tokens = torch.tensor([calibration[0][:48]])
+    with torch.no_grad():
+        expected = in_memory(tokens).logits.float()
+        actual = reloaded(tokens).logits.float()
+    assert torch.allclose(actual, expected, atol=1e-2, rtol=0), (actual - expected).abs().max()
+
+
+def test_every_quantization_method_has_a_case() -> None:
+    methods = {name for name, spec in METHODS.items() if spec.family == "quantization"}
+    assert methods == {case.method for case in CASES.values()}
+
+
+def test_ternary_weights_are_absmean_ternarized(tiny_model_dir: Path, tmp_path: Path) -> None:
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reference = dict(targeted_linears(original, ["Linear"], ["lm_head"]))[DOWN].weight.detach()
+    compress(tiny_model_dir, "ternary", TernaryParams(), [], tmp_path)
+    weight = dense_weights(tmp_path)[DOWN]
+    scale = reference.abs().mean(dim=1, keepdim=True)
+    expected = (reference / scale).round().clamp(-1, 1) * scale
+    # Stored in bfloat16 like every artifact: equal up to the scale's 16-bit rounding.
+    assert torch.allclose(weight, expected, rtol=1e-2, atol=0)
+    assert set(torch.unique((weight / weight.abs().amax(1, keepdim=True)).round()).tolist()) == {
+        -1.0,
+        0.0,
+        1.0,
+    }
+
+
+def test_mixed_precision_overrides_keep_named_layers_at_8_bits(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    params = RtnParams(
+        bits=4,
+        group_size=32,
+        overrides=[
+            {"targets": ["re:.*down_proj"], "bits": 8, "group_size": "channel"},
+            {"targets": ["re:model\\.layers\\.1\\..*"], "bits": 3},
+        ],
+    )
+    compress(tiny_model_dir, "rtn", params, [], tmp_path)
+    # down_proj in layer 1 matches both overrides: the last one wins (3 bits, group 32).
+    expected_bits = {
+        "model.layers.0.mlp.down_proj": 8,
+        "model.layers.0.self_attn.q_proj": 4,
+        "model.layers.1.mlp.down_proj": 3,
+        "model.layers.1.self_attn.q_proj": 3,
+    }
+    for name, bits in expected_bits.items():
+        packed = stored_tensor(tmp_path, f"{name}.weight_packed")
+        columns = 128 if "down_proj" in name else 64
+        assert packed.shape[1] == columns * bits // 32, name
+    weights = dense_weights(tmp_path)
+    row = weights["model.layers.0.mlp.down_proj"][0]
+    assert 16 < len(torch.unique(row)) <= 256  # per-channel 8-bit, not 4-bit groups
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert len(config["config_groups"]) == 3  # the stage's scheme + one per override setting

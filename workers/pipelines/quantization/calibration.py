@@ -1,0 +1,41 @@
+"""Running an llm-compressor recipe over the job's calibration samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from app.jobs.state import ErrorCode
+from workers.errors import JobFailure
+from workers.pipelines.base import StageInput
+
+
+def require_calibration(method: str, stage: StageInput) -> list[list[int]]:
+    if not stage.calibration_ids:
+        raise JobFailure(
+            ErrorCode.DATA_ERROR,
+            f"{method}: the calibration text yields no sample of calibration.max_seq_length tokens",
+        )
+    return stage.calibration_ids
+
+
+def calibration_dataset(samples: list[list[int]]) -> Any:
+    """Pre-tokenized samples as the `datasets.Dataset` oneshot expects (no tokenizer pass)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]}
+    )
+
+
+def oneshot_calibrated(model: torch.nn.Module, recipe: Any, samples: list[list[int]]) -> None:
+    from llmcompressor import oneshot
+
+    oneshot(
+        model=model,
+        dataset=calibration_dataset(samples),
+        recipe=recipe,
+        max_seq_length=max(len(s) for s in samples),
+        num_calibration_samples=len(samples),
+    )

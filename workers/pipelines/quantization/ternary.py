@@ -1,0 +1,88 @@
+"""Ternary (1.58-bit) weights, BitNet b1.58 absmean ternarization applied post-training.
+
+Example stage: `{"method": "ternary", "params": {"group_size": 64}}`
+
+Nothing in llm-compressor ternarizes, so the rounding is ours; the storage is not: a ternary
+weight is a symmetric 2-bit integer (range [-2, 1]) that only uses {-1, 0, 1}, so
+compressed-tensors' `pack-quantized` format stores it at 2 bits per weight plus one scale per
+channel or group, and plain transformers loads it. We let llm-compressor attach a 2-bit scheme
+(data-free, like RTN), then replace its min/max scale with the absmean scale and set every
+weight to `clip(round(W / s), -1, 1) * s`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.recipes import TernaryParams, WeightQuantParams
+from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.quantization.common import (
+    int_weights,
+    preflight_weight_quant,
+    require_layers,
+)
+from workers.pipelines.registry import register
+
+EPSILON = 1e-8
+
+
+@torch.no_grad()
+def absmean_ternarize(
+    weight: torch.Tensor, group_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ternary values in {-1, 0, 1}, scales of shape [out, groups]) for a [out, in] weight."""
+    rows, columns = weight.shape
+    groups = weight.float().reshape(rows, -1, group_size or columns)
+    scale = groups.abs().mean(dim=-1, keepdim=True).clamp_min(EPSILON)
+    ternary = (groups / scale).round().clamp(-1, 1)
+    return ternary.reshape(rows, columns), scale.squeeze(-1)
+
+
+@register
+class Ternary(CompressionMethod):
+    name = "ternary"
+    params_type = TernaryParams
+
+    def preflight(self, model: torch.nn.Module, params: TernaryParams) -> list[str]:  # type: ignore[override]
+        # Same layer and group-size checks as the integer methods, at 2 bits.
+        as_int = WeightQuantParams(
+            bits=2, group_size=params.group_size, targets=params.targets, ignore=params.ignore
+        )
+        return preflight_weight_quant(self.name, model, as_int)
+
+    def apply(self, stage: StageInput, params: TernaryParams) -> StageResult:  # type: ignore[override]
+        from compressed_tensors.quantization import QuantizationScheme
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
+        names = require_layers(self.name, stage.model, params)
+        scheme = QuantizationScheme(
+            targets=list(params.targets), weights=int_weights(2, params.group_size, True)
+        )
+        oneshot(
+            model=stage.model,
+            recipe=QuantizationModifier(
+                config_groups={"group_0": scheme}, ignore=list(params.ignore)
+            ),
+        )
+        modules = dict(stage.model.named_modules())
+        zeros = total = 0
+        for name in names:
+            module = modules[name]
+            ternary, scale = absmean_ternarize(module.weight, params.group_size)
+            module.weight_scale.data = scale.reshape(module.weight_scale.shape).to(
+                module.weight_scale.dtype
+            )
+            expanded = scale.repeat_interleave(params.group_size or ternary.shape[1], dim=1)
+            module.weight.data = (ternary * expanded).to(module.weight.dtype)
+            zeros += int((ternary == 0).sum())
+            total += ternary.numel()
+        return StageResult(
+            model=stage.model,
+            save_format="compressed-tensors",
+            notes={
+                "quantized_layers": len(names),
+                "scale": "absmean per group" if params.group_size else "absmean per channel",
+                "zero_fraction": round(zeros / total, 4),
+            },
+        )
