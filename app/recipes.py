@@ -110,20 +110,16 @@ class GptqParams(WeightQuantParams):
     `calibration` (num_samples sequences of max_seq_length tokens). Same storage as RTN.
     """
 
-    actorder: Literal["static", "group"] | None = Field(
+    actorder: Literal["weight", "static"] | None = Field(
         default=None,
-        description="Activation ordering: quantize columns by decreasing Hessian diagonal",
+        description="Activation ordering: quantize columns by decreasing Hessian diagonal "
+        "during calibration (`static` is an alias of `weight`; the stored format is unchanged). "
+        "compressed-tensors 0.19 removed the `group` ordering.",
     )
     dampening_frac: float = Field(
         default=0.01, gt=0, lt=1, description="Fraction of the mean Hessian diagonal added"
     )
     block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
-
-    @model_validator(mode="after")
-    def _group_order_needs_groups(self) -> GptqParams:
-        if self.actorder == "group" and self.group_size is None:
-            raise ValueError("actorder 'group' needs a group_size")
-        return self
 
 
 class AwqParams(WeightQuantParams):

@@ -22,12 +22,14 @@ from workers.evaluation.measure import (
     directory_bytes,
     greedy_generations,
     parameter_count,
+    quantized_weight_storage,
     saved_checkpoint_bytes,
     weight_bytes,
 )
 from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import CALIBRATION_SHARE, load_corpus, split_tokens
 from workers.models.sources import resolve_model
+from workers.pipelines.estimate import Estimate, estimate_job
 from workers.pipelines.recipe import (
     STORAGE_DTYPE,
     compute_dtype,
@@ -40,6 +42,8 @@ from workers.pipelines.recipe import (
 from workers.publish import publish
 
 REPORT_VERSION = 1
+# The memory estimate is first-order: refuse only when it exceeds what is free by this factor.
+MEMORY_REFUSE_FACTOR = 1.5
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
 
 
@@ -112,6 +116,19 @@ def execute(
         ][: cal_spec["num_samples"]]
         calibration_hash = cal_corpus.sha256
 
+    estimate = estimate_job(
+        model,
+        parsed,
+        calibration_samples=len(calibration_ids),
+        calibration_length=max((len(c) for c in calibration_ids), default=0),
+        eval_tokens=int(len(eval_ids) * context_length / stride) if evaluation["perplexity"] else 0,
+        evaluate_original=evaluation["compare_original"],
+        device=device,
+        dtype=compute_dtype(device),
+    )
+    ctx.event("info", "estimated resources", estimate.as_json())
+    check_memory(ctx, estimate)
+
     def ppl(target: torch.nn.Module, stage: str, start: float, span: float) -> dict[str, Any]:
         def tick(done: int, total: int) -> None:
             ctx.progress(stage, start + span * done / total)
@@ -177,6 +194,7 @@ def execute(
         "parameters": parameter_count(loaded),
         "checkpoint_bytes": weight_bytes(out_dir),
         "artifact_bytes": directory_bytes(out_dir),
+        "quantized_storage": quantized_weight_storage(out_dir),
         "generations": generations,
     }
     with ctx.timed("evaluate_compressed"):
@@ -207,6 +225,7 @@ def execute(
         "summary": metrics,
         "load_check": load_check,
         "warnings": ctx.warnings,
+        "estimate": estimate.as_json(),
         "timings_s": ctx.timings,
         "libraries": library_versions(),
     }
@@ -223,6 +242,22 @@ def execute(
     return {**published, "metrics": metrics}
 
 
+def check_memory(ctx: JobContext, estimate: Estimate) -> None:
+    """Refuse a job that clearly cannot fit (the estimate is first-order: warn when close)."""
+    if not estimate.available_bytes:
+        return
+    needed, available = estimate.memory_bytes / 2**30, estimate.available_bytes / 2**30
+    if needed > MEMORY_REFUSE_FACTOR * available:
+        raise JobFailure(
+            ErrorCode.UNSUPPORTED,
+            f"the job needs about {needed:.1f} GiB on this device, which has {available:.1f} GiB "
+            "available: use a worker with more memory, fewer calibration samples or a shorter "
+            "max_seq_length",
+        )
+    if needed > available:
+        ctx.warn(f"the job may need {needed:.1f} GiB; the device has {available:.1f} GiB free")
+
+
 def summary(original: dict[str, Any], compressed: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "original_checkpoint_bytes_bf16": original["checkpoint_bytes_bf16"],
@@ -231,6 +266,9 @@ def summary(original: dict[str, Any], compressed: dict[str, Any]) -> dict[str, A
             original["checkpoint_bytes_bf16"] / compressed["checkpoint_bytes"], 4
         ),
     }
+    storage = compressed.get("quantized_storage") or {}
+    if storage.get("quantized_layers"):
+        result["bits_per_quantized_weight"] = storage["bits_per_weight"]
     if "perplexity" in original:
         result["original_perplexity"] = round(original["perplexity"], 4)
     if "perplexity" in compressed:

@@ -73,8 +73,15 @@ def test_job_runs_on_worker_and_publishes_verified_artifacts(
 def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
     api: TestClient, tenant_a: dict, worker: WorkerProcess
 ) -> None:
+    # Mixed precision through the API: down_proj stays at 8 bits, everything else 3-bit groups.
+    params = {
+        "bits": 3,
+        "group_size": 32,
+        "actorder": "static",
+        "overrides": [{"targets": ["re:.*down_proj"], "bits": 8, "group_size": "channel"}],
+    }
     body = tiny_job(
-        recipe=[{"method": "gptq", "params": {"bits": 4, "group_size": 32, "actorder": "static"}}],
+        recipe=[{"method": "gptq", "params": params}],
         calibration={"num_samples": 8, "max_seq_length": 64},
     )
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
@@ -85,12 +92,19 @@ def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
         {
             "method": "gptq",
             "quantized_layers": 14,
-            "bits": 4,
+            "layers_by_scheme": {"int3 g32 sym": 12, "int8 channel sym": 2},
             "calibration_samples": 8,
             "calibration_tokens": 8 * 64,
         }
     ]
     assert report["model"]["weights_sha256"]
+    # Bits on disk per quantized weight: between the 3-bit and 8-bit layers' own rates.
+    assert 3.5 < report["summary"]["bits_per_quantized_weight"] < 8
+    # The pre-job estimate is recorded beside the measured timings.
+    assert "stage_0_gptq" in report["estimate"]["breakdown_s"]
+    assert report["estimate"]["memory_bytes"] > 0 and "stages" in report["timings_s"]
+    events = api.get(f"/v1/jobs/{job['id']}/events", headers=tenant_a).json()["items"]
+    assert any(e["message"] == "estimated resources" for e in events)
 
 
 def test_invalid_group_size_fails_fast_with_layer_names(

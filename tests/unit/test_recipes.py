@@ -65,14 +65,13 @@ def test_described_methods_carry_json_schema() -> None:
         assert set(described[name]["params_schema"]["properties"]) == set(spec.params.model_fields)
 
 
-def test_gptq_group_order_needs_a_group_size() -> None:
+def test_gptq_activation_ordering_choices() -> None:
+    # compressed-tensors 0.19 removed `group` ordering: refused at submission, with the choices.
     with pytest.raises(InvalidInput) as caught:
         validate_recipe([StageIn(method="gptq", params={"actorder": "group"})])
-    assert caught.value.errors[0]["field"] == "recipe[0].params"
-    assert "needs a group_size" in caught.value.errors[0]["message"]
-    [stage] = validate_recipe(
-        [StageIn(method="gptq", params={"bits": 4, "group_size": 64, "actorder": "group"})]
-    )
+    assert caught.value.errors[0]["field"] == "recipe[0].params.actorder"
+    assert "'weight'" in caught.value.errors[0]["choices"]
+    [stage] = validate_recipe([StageIn(method="gptq", params={"bits": 4, "actorder": "weight"})])
     assert stage.params.dampening_frac == 0.01
 
 
@@ -106,7 +105,6 @@ def test_override_errors_name_the_override_field() -> None:
         ("fp8", {"activations": "sometimes"}),
         ("ternary", {"group_size": 48}),
         ("awq", {"n_grid": 0}),
-        ("gptq", {"actorder": "group"}),  # group order needs groups
     ],
 )
 def test_new_method_params_are_validated(method: str, params: dict) -> None:

@@ -20,10 +20,17 @@ def directory_bytes(path: Path) -> int:
 def saved_checkpoint_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Size of the model saved as a safetensors checkpoint with its float tensors in `dtype`
     (the model itself is not changed)."""
-    state = {
-        name: tensor.to(dtype) if tensor.is_floating_point() else tensor
-        for name, tensor in model.state_dict().items()
-    }
+    # Convert each storage once, so tied weights (SmolLM2's embedding and lm_head) stay shared
+    # and are saved once, as save_pretrained does for the model itself.
+    converted: dict[int, torch.Tensor] = {}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            key = tensor.data_ptr()
+            if key not in converted:
+                converted[key] = tensor.to(dtype)
+            tensor = converted[key]
+        state[name] = tensor
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, state_dict=state)  # type: ignore[operator]
         return weight_bytes(Path(tmp))

@@ -37,6 +37,11 @@ class CompressionMethod(ABC):
         """Whether this stage reads the job's calibration samples (some do only for some params)."""
         return self.uses_calibration
 
+    def calibration_cost(self, params: MethodParams) -> tuple[float, bool]:
+        """For the job estimate: (forward passes over the calibration set, whether each
+        linear's input Hessian is accumulated)."""
+        return (2.0 if self.needs_calibration(params) else 0.0), False
+
     def preflight(self, model: torch.nn.Module, params: MethodParams) -> list[str]:
         """Reject impossible settings before heavy work (raise JobFailure); return warnings."""
         return []

@@ -95,6 +95,9 @@ class Awq(CompressionMethod):
     params_type = AwqParams
     uses_calibration = True
 
+    def calibration_cost(self, params: AwqParams) -> tuple[float, bool]:  # type: ignore[override]
+        return 2.0 + params.n_grid, False  # one block forward per grid point
+
     def preflight(self, model: torch.nn.Module, params: AwqParams) -> list[str]:  # type: ignore[override]
         from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY
 

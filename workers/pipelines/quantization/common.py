@@ -49,7 +49,7 @@ def int_weights(
         symmetric=symmetric,
         strategy="group" if group_size else "channel",
         group_size=group_size,
-        actorder=actorder if group_size else None,
+        actorder=actorder,
     )
 
 

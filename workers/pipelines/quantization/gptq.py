@@ -31,6 +31,9 @@ class Gptq(CompressionMethod):
     params_type = GptqParams
     uses_calibration = True
 
+    def calibration_cost(self, params: GptqParams) -> tuple[float, bool]:  # type: ignore[override]
+        return 2.0, True  # sequential pipeline: calibrate + propagate each layer
+
     def preflight(self, model: torch.nn.Module, params: GptqParams) -> list[str]:  # type: ignore[override]
         return preflight_weight_quant(self.name, model, params)
 

@@ -29,6 +29,10 @@ class W8A8(CompressionMethod):
     params_type = W8A8Params
     uses_calibration = True
 
+    def calibration_cost(self, params: W8A8Params) -> tuple[float, bool]:  # type: ignore[override]
+        smoothing = 1.0 if params.smoothing_strength > 0 else 0.0
+        return 2.0 + smoothing, params.weight_method == "gptq"
+
     def preflight(self, model: torch.nn.Module, params: W8A8Params) -> list[str]:  # type: ignore[override]
         from llmcompressor.modifiers.transform.smoothquant.utils import MAPPINGS_REGISTRY
 

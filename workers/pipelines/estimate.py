@@ -1,0 +1,133 @@
+"""Before a job starts: how much memory and time it will need on this worker's device.
+
+A first-order model, not a promise. Time = floating-point work / the matmul rate this device
+reaches right now (probed with a few seconds' worth of float32/bfloat16 GEMMs, so a busy or slow
+machine estimates slower). Work counted:
+- evaluation: a forward pass over the evaluation tokens, for the original and the compressed
+  model (2 x non-embedding parameters x tokens, plus the lm_head);
+- calibrated stages: llm-compressor's sequential pipeline runs every decoder layer twice per
+  sample (calibrate, then propagate); GPTQ also accumulates each linear's Hessian
+  (2 x tokens x in^2) and AWQ re-runs each smoothed block once per grid point.
+Memory = the model in the compute dtype, a second copy while the artifact is saved and
+reloaded, the calibration activations cached between layers, one layer's Hessians, and one
+sample's attention and MLP activations.
+
+The report puts the estimate beside the measured timings, so its error is visible per job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from app.recipes import MethodParams
+from workers.pipelines.registry import get_method
+
+PROBE_SIZE = 512
+PROBE_SECONDS = 0.3
+
+
+@dataclass(frozen=True)
+class Estimate:
+    memory_bytes: int
+    available_bytes: int | None
+    seconds: float
+    device_gflops: float
+    breakdown_s: dict[str, float]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype) -> float:
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device, dtype=dtype)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device, dtype=dtype)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < PROBE_SECONDS:
+        a @ b
+        runs += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * PROBE_SIZE**3 * runs / (time.perf_counter() - started)
+
+
+def available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else None
+
+
+def _decoder_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+
+
+def estimate_job(
+    model: torch.nn.Module,
+    stages: list[tuple[str, MethodParams]],
+    *,
+    calibration_samples: int,
+    calibration_length: int,
+    eval_tokens: int,
+    evaluate_original: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Estimate:
+    config = model.config
+    hidden = int(config.hidden_size)
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    heads = int(getattr(config, "num_attention_heads", 1))
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
+    vocab = int(getattr(config, "vocab_size", 0))
+    linears = _decoder_linears(model)
+    body_params = sum(m.weight.numel() for m in linears)
+    params = sum(p.numel() for p in model.parameters())
+    element = torch.finfo(dtype).bits // 8
+    rate = matmul_flops_per_second(device, dtype)
+
+    def forward_flops(tokens: int) -> float:
+        return 2.0 * (body_params + hidden * vocab) * tokens
+
+    breakdown: dict[str, float] = {}
+    passes = 2 if evaluate_original else 1
+    breakdown["evaluate"] = forward_flops(eval_tokens) * passes / rate
+
+    calibration_tokens = calibration_samples * calibration_length
+    calibrated = False
+    for index, (name, stage_params) in enumerate(stages):
+        passes_over_data, hessians = get_method(name).calibration_cost(stage_params)
+        if not passes_over_data:
+            continue
+        calibrated = True
+        work = passes_over_data * 2.0 * body_params * calibration_tokens
+        if hessians:
+            work += sum(2.0 * calibration_tokens * m.in_features**2 for m in linears)
+        breakdown[f"stage_{index}_{name}"] = work / rate
+    cache_bytes = calibration_tokens * hidden * element * 2 if calibrated else 0
+    hessian_bytes = (
+        sum(4 * m.in_features**2 for m in linears) // max(layers, 1) if calibrated else 0
+    )
+    longest = max(calibration_length if calibrated else 0, 512)
+    sample_bytes = longest * (intermediate * 3 + hidden * 4) * element + (
+        heads * longest**2 * element
+    )
+    memory = params * element * 2 + cache_bytes + hessian_bytes + sample_bytes
+    return Estimate(
+        memory_bytes=int(memory),
+        available_bytes=available_memory(device),
+        seconds=round(sum(breakdown.values()), 1),
+        device_gflops=round(rate / 1e9, 1),
+        breakdown_s={k: round(v, 1) for k, v in breakdown.items()},
+    )
