@@ -7,10 +7,18 @@ This module is the single source of truth for which methods exist and what param
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.errors import InvalidInput
 
@@ -28,6 +36,17 @@ MAX_OVERRIDES = 32
 def _check_group_size(group_size: int | None) -> None:
     if group_size is not None and group_size & (group_size - 1):
         raise ValueError("group_size must be a power of two (e.g. 32, 64, 128)")
+
+
+def check_patterns(patterns: list[str]) -> list[str]:
+    """`re:` patterns must compile here, not fail inside a worker after the model loaded."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return patterns
 
 
 class LayerOverride(MethodParams):
@@ -48,6 +67,11 @@ class LayerOverride(MethodParams):
     )
     symmetric: bool | None = Field(default=None, description="null = the stage's setting")
 
+    @field_validator("targets")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return check_patterns(patterns)
+
     @model_validator(mode="after")
     def _group_is_power_of_two(self) -> LayerOverride:
         if isinstance(self.group_size, int):
@@ -64,6 +88,11 @@ class QuantTargets(MethodParams):
     ignore: list[str] = Field(
         default=["lm_head"], description="Layer names or `re:` patterns left unquantized"
     )
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return check_patterns(patterns)
 
 
 class WeightQuantParams(QuantTargets):
@@ -293,6 +322,20 @@ def validate_recipe(stages: list[StageIn], *, field: str = "recipe") -> list[Sta
                 if "expected" in (err.get("ctx") or {}):
                     entry["choices"] = err["ctx"]["expected"]
                 errors.append(entry)
+    quantized_by = None
+    for index, stage in enumerate(stages):
+        spec = METHODS.get(stage.method)
+        if spec is None or spec.family != "quantization":
+            continue
+        if quantized_by is not None:
+            errors.append(
+                {
+                    "field": f"{field}[{index}].method",
+                    "message": f"{stage.method!r} cannot follow {quantized_by!r}: a model is "
+                    "quantized once per recipe (use overrides for per-layer precision)",
+                }
+            )
+        quantized_by = stage.method
     if errors:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise InvalidInput(detail, code="invalid_recipe", errors=errors)

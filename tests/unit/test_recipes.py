@@ -111,3 +111,17 @@ def test_new_method_params_are_validated(method: str, params: dict) -> None:
     with pytest.raises(InvalidInput) as caught:
         validate_recipe([StageIn(method=method, params=params)])
     assert caught.value.errors[0]["field"].startswith("recipe[0].params")
+
+
+def test_a_recipe_quantizes_once_and_patterns_must_compile() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [
+                StageIn(method="rtn", params={"ignore": ["re:(unclosed"]}),
+                StageIn(method="gptq", params={"overrides": [{"targets": ["re:*"], "bits": 8}]}),
+            ]
+        )
+    by_field = {e["field"]: e["message"] for e in caught.value.errors}
+    assert "invalid regular expression 're:(unclosed'" in by_field["recipe[0].params.ignore"]
+    assert "recipe[1].params.overrides[0].targets" in by_field
+    assert "'gptq' cannot follow 'rtn'" in by_field["recipe[1].method"]
