@@ -47,6 +47,7 @@ def test_submit_returns_202_location_and_the_job(api: TestClient, tenant_a: dict
                 "symmetric": True,
                 "targets": ["Linear"],
                 "ignore": ["lm_head"],
+                "overrides": [],
             },
         }
     ]
@@ -138,8 +139,8 @@ def test_bad_parameter_is_422_naming_it(
 
 
 def test_bits_error_lists_valid_choices(api: TestClient, tenant_a: dict) -> None:
-    problem = submit(api, tenant_a, tiny_job(recipe=[{"method": "rtn", "params": {"bits": 3}}]))
-    assert problem.json()["errors"][0]["choices"] == "4 or 8"
+    problem = submit(api, tenant_a, tiny_job(recipe=[{"method": "rtn", "params": {"bits": 5}}]))
+    assert problem.json()["errors"][0]["choices"] == "2, 3, 4 or 8"
 
 
 @pytest.mark.parametrize(
@@ -251,7 +252,8 @@ def test_methods_come_from_the_recipe_schema(api: TestClient) -> None:
     items = api.get("/v1/methods").json()["items"]
     assert [m["name"] for m in items] == list(METHODS)
     rtn = next(m for m in items if m["name"] == "rtn")
-    assert rtn["params_schema"]["properties"]["bits"]["enum"] == [4, 8]
+    assert rtn["params_schema"]["properties"]["bits"]["enum"] == [2, 3, 4, 8]
+    assert "overrides" in rtn["params_schema"]["properties"]
     gptq = next(m for m in items if m["name"] == "gptq")
     assert {"actorder", "dampening_frac", "block_size"} <= set(gptq["params_schema"]["properties"])
 

@@ -127,7 +127,7 @@ def estimate_job(
     return Estimate(
         memory_bytes=int(memory),
         available_bytes=available_memory(device),
-        seconds=round(sum(breakdown.values()), 1),
+        seconds=round(sum(breakdown.values()), 3),
         device_gflops=round(rate / 1e9, 1),
-        breakdown_s={k: round(v, 1) for k, v in breakdown.items()},
+        breakdown_s={k: round(v, 3) for k, v in breakdown.items()},
     )
