@@ -213,3 +213,17 @@ def test_mixed_precision_overrides_keep_named_layers_at_8_bits(
     assert 16 < len(torch.unique(row)) <= 256  # per-channel 8-bit, not 4-bit groups
     config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert len(config["config_groups"]) == 3  # the stage's scheme + one per override setting
+
+
+def test_awq_reports_which_mappings_applied(
+    tiny_model_dir: Path, calibration: list[list[int]]
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    outcome = run_stages(model, None, [("awq", AwqParams(group_size=32))], calibration)
+    mappings = outcome.stage_notes[0]["mappings"]
+    # Grouped-query attention (4 heads, 2 KV heads): v_proj's 32 outputs cannot balance o_proj's
+    # 64 inputs, so that mapping is skipped in both layers; the other three apply everywhere.
+    assert mappings["re:.*v_proj$ -> re:.*o_proj$"] == {"applied": 0, "skipped": 2}
+    applied = {k: v for k, v in mappings.items() if "o_proj" not in k}
+    assert len(applied) == 3
+    assert all(v == {"applied": 2, "skipped": 0} for v in applied.values())
