@@ -161,10 +161,13 @@ def execute(
     def on_stage(index: int, name: str) -> None:
         ctx.progress(f"stage:{name}", 35 + 25 * index / len(parsed))
 
-    with ctx.timed("stages"):
-        outcome = run_stages(model, tokenizer, parsed, calibration_ids, ctx, on_stage)
-    for index, notes in enumerate(outcome.stage_notes):
+    def on_stage_done(index: int, notes: dict[str, Any]) -> None:
         ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
+
+    with ctx.timed("stages"):
+        outcome = run_stages(
+            model, tokenizer, parsed, calibration_ids, ctx, on_stage, on_stage_done
+        )
     save_format, stage_notes = outcome.save_format, outcome.stage_notes
 
     ctx.progress("save", 60)

@@ -105,6 +105,8 @@ def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
     assert report["estimate"]["memory_bytes"] > 0 and "stages" in report["timings_s"]
     events = api.get(f"/v1/jobs/{job['id']}/events", headers=tenant_a).json()["items"]
     assert any(e["message"] == "estimated resources" for e in events)
+    [stage_event] = [e for e in events if e["kind"] == "stage"]
+    assert stage_event["message"] == "stage 0 (gptq) done"
 
 
 def test_invalid_group_size_fails_fast_with_layer_names(

@@ -54,6 +54,7 @@ def run_stages(
     calibration_ids: list[list[int]],
     ctx: JobContext | None = None,
     on_stage: Callable[[int, str], None] | None = None,
+    on_stage_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RecipeOutcome:
     outcome = RecipeOutcome(model)
     for index, (name, params) in enumerate(stages):
@@ -67,6 +68,8 @@ def run_stages(
         if result.save_format != "dense":
             outcome.save_format = result.save_format
         outcome.stage_notes.append({"method": name, **result.notes})
+        if on_stage_done:
+            on_stage_done(index, outcome.stage_notes[-1])
     return outcome
 
 
