@@ -60,6 +60,11 @@ AWQ_SAMPLES = 16
 ROWS: dict[str, tuple[str, MethodParams, str]] = {
     "rtn int8": ("rtn", RtnParams(bits=8), "int8 per-channel sym"),
     "gptq int8": ("gptq", GptqParams(bits=8), "int8 per-channel sym"),
+    "awq int8": (
+        "awq",
+        AwqParams(bits=8, group_size=None, symmetric=True, n_grid=10),
+        "int8 per-channel sym",
+    ),
     "rtn int4": ("rtn", RtnParams(bits=4, group_size=G), "int4 g64 sym"),
     "gptq int4": ("gptq", GptqParams(bits=4, group_size=G), "int4 g64 sym"),
     "awq int4": ("awq", AwqParams(bits=4, group_size=G, symmetric=True, n_grid=10), "int4 g64 sym"),
