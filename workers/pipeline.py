@@ -158,10 +158,15 @@ def execute(
     original["checkpoint_bytes_bf16"] = saved_checkpoint_bytes(model, STORAGE_DTYPE)
     model.to(compute_dtype(device))
 
+    stage_started: dict[int, float] = {}
+
     def on_stage(index: int, name: str) -> None:
         ctx.progress(f"stage:{name}", 35 + 25 * index / len(parsed))
+        stage_started[index] = time.perf_counter()
 
     def on_stage_done(index: int, notes: dict[str, Any]) -> None:
+        seconds = time.perf_counter() - stage_started[index]
+        ctx.timings[f"stage_{index}_{notes['method']}"] = round(seconds, 3)
         ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
 
     with ctx.timed("stages"):
