@@ -26,17 +26,14 @@ from typing import Any
 
 import torch
 
-from app.jobs.state import ErrorCode
 from app.recipes import AwqParams
-from workers.errors import JobFailure
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
 from workers.pipelines.quantization.common import (
     architecture,
-    config_groups,
-    layer_settings,
-    layer_summary,
     preflight_weight_quant,
+    require_mappings,
+    weight_quant_plan,
 )
 from workers.pipelines.registry import register
 
@@ -101,32 +98,24 @@ class Awq(CompressionMethod):
     def preflight(self, model: torch.nn.Module, params: AwqParams) -> list[str]:  # type: ignore[override]
         from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY
 
-        if architecture(model) not in AWQ_MAPPING_REGISTRY:
-            raise JobFailure(
-                ErrorCode.INVALID_RECIPE,
-                f"awq: architecture {architecture(model)} has no smoothing mappings; "
-                f"supported: {sorted(AWQ_MAPPING_REGISTRY)}",
-            )
+        require_mappings(self.name, model, AWQ_MAPPING_REGISTRY)
         return preflight_weight_quant(self.name, model, params)
 
     def apply(self, stage: StageInput, params: AwqParams) -> StageResult:  # type: ignore[override]
-        samples = require_calibration(self.name, stage)
-        settings = layer_settings(stage.model, params)
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
+        samples = require_calibration(self.name, stage)
+        groups, notes = weight_quant_plan(stage.model, params)
         # The transform searches scales for the scheme the quantization modifier attaches.
         awq = recording_awq_modifier(duo_scaling=params.duo_scaling, n_grid=params.n_grid)
-        quantize = QuantizationModifier(
-            config_groups=config_groups(stage.model, params), ignore=list(params.ignore)
-        )
+        quantize = QuantizationModifier(config_groups=groups, ignore=list(params.ignore))
         with pinning_disabled_without_accelerator():
             oneshot_calibrated(stage.model, [awq, quantize], samples)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",
             notes={
-                "quantized_layers": len(settings),
-                "layers_by_scheme": layer_summary(settings),
+                **notes,
                 "calibration_samples": len(samples),
                 "mappings": mapping_report(stage.model, awq._squash_applied),
             },

@@ -76,7 +76,9 @@ def layer_settings(
     return settings
 
 
-def config_groups(model: torch.nn.Module, params: WeightQuantParams) -> dict[str, Any]:
+def config_groups(
+    params: WeightQuantParams, settings: dict[str, tuple[int, int | None, bool]]
+) -> dict[str, Any]:
     """compressed-tensors config groups: the stage's scheme for its targets, plus one group per
     distinct override setting that lists its layers by exact name. compressed-tensors ranks exact
     names above patterns and class names, so the override wins without depending on how it
@@ -92,7 +94,7 @@ def config_groups(model: torch.nn.Module, params: WeightQuantParams) -> dict[str
     }
     default = (params.bits, params.group_size, params.symmetric)
     by_setting: dict[tuple[int, int | None, bool], list[str]] = {}
-    for name, setting in layer_settings(model, params).items():
+    for name, setting in settings.items():
         if setting != default:
             by_setting.setdefault(setting, []).append(name)
     for index, (setting, names) in enumerate(sorted(by_setting.items(), key=str), start=1):
@@ -102,13 +104,30 @@ def config_groups(model: torch.nn.Module, params: WeightQuantParams) -> dict[str
     return groups
 
 
-def layer_summary(settings: dict[str, tuple[int, int | None, bool]]) -> dict[str, int]:
-    """How many layers use each setting, e.g. {"int4 g64 sym": 180, "int8 channel sym": 30}."""
+def weight_quant_plan(
+    model: torch.nn.Module, params: WeightQuantParams
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Resolve the overrides once: (compressed-tensors config groups, the stage's notes with how
+    many layers use each setting, e.g. {"int4 g64 sym": 180, "int8 channel sym": 30})."""
+    settings = layer_settings(model, params)
     counts: dict[str, int] = {}
     for bits, group, symmetric in settings.values():
         key = f"int{bits} {f'g{group}' if group else 'channel'} {'sym' if symmetric else 'asym'}"
         counts[key] = counts.get(key, 0) + 1
-    return counts
+    notes = {"quantized_layers": len(settings), "layers_by_scheme": counts}
+    return config_groups(params, settings), notes
+
+
+def require_mappings(
+    method: str, model: torch.nn.Module, registry: dict[str, Any], remedy: str = ""
+) -> None:
+    """Methods that smooth between layer pairs need the architecture's mapping list."""
+    if architecture(model) not in registry:
+        raise JobFailure(
+            ErrorCode.INVALID_RECIPE,
+            f"{method}: no smoothing mappings for architecture {architecture(model)}; "
+            f"supported: {sorted(registry)}{remedy}",
+        )
 
 
 def require_layers(method: str, model: torch.nn.Module, params: QuantTargets) -> list[str]:

@@ -16,12 +16,7 @@ import torch
 from app.recipes import GptqParams
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import (
-    config_groups,
-    layer_settings,
-    layer_summary,
-    preflight_weight_quant,
-)
+from workers.pipelines.quantization.common import preflight_weight_quant, weight_quant_plan
 from workers.pipelines.registry import register
 
 
@@ -41,9 +36,9 @@ class Gptq(CompressionMethod):
         from llmcompressor.modifiers.quantization import GPTQModifier
 
         samples = require_calibration(self.name, stage)
-        settings = layer_settings(stage.model, params)
+        groups, notes = weight_quant_plan(stage.model, params)
         modifier = GPTQModifier(
-            config_groups=config_groups(stage.model, params),
+            config_groups=groups,
             ignore=list(params.ignore),
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
@@ -53,8 +48,7 @@ class Gptq(CompressionMethod):
             model=stage.model,
             save_format="compressed-tensors",
             notes={
-                "quantized_layers": len(settings),
-                "layers_by_scheme": layer_summary(settings),
+                **notes,
                 "calibration_samples": len(samples),
                 "calibration_tokens": sum(len(s) for s in samples),
             },

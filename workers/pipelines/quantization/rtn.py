@@ -13,12 +13,7 @@ import torch
 
 from app.recipes import RtnParams
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.common import (
-    config_groups,
-    layer_settings,
-    layer_summary,
-    preflight_weight_quant,
-)
+from workers.pipelines.quantization.common import preflight_weight_quant, weight_quant_plan
 from workers.pipelines.registry import register
 
 
@@ -34,13 +29,7 @@ class RoundToNearest(CompressionMethod):
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
-        settings = layer_settings(stage.model, params)
-        modifier = QuantizationModifier(
-            config_groups=config_groups(stage.model, params), ignore=list(params.ignore)
-        )
+        groups, notes = weight_quant_plan(stage.model, params)
+        modifier = QuantizationModifier(config_groups=groups, ignore=list(params.ignore))
         oneshot(model=stage.model, recipe=modifier)
-        return StageResult(
-            model=stage.model,
-            save_format="compressed-tensors",
-            notes={"quantized_layers": len(settings), "layers_by_scheme": layer_summary(settings)},
-        )
+        return StageResult(model=stage.model, save_format="compressed-tensors", notes=notes)

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from app.jobs.state import ErrorCode
 from app.recipes import W8A8Params
-from workers.errors import JobFailure
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import architecture, require_layers
+from workers.pipelines.quantization.common import require_layers, require_mappings
 from workers.pipelines.registry import register
 
 
@@ -36,12 +34,8 @@ class W8A8(CompressionMethod):
     def preflight(self, model: torch.nn.Module, params: W8A8Params) -> list[str]:  # type: ignore[override]
         from llmcompressor.modifiers.transform.smoothquant.utils import MAPPINGS_REGISTRY
 
-        if params.smoothing_strength > 0 and architecture(model) not in MAPPINGS_REGISTRY:
-            raise JobFailure(
-                ErrorCode.INVALID_RECIPE,
-                f"w8a8: SmoothQuant has no mappings for architecture {architecture(model)}; "
-                f"supported: {sorted(MAPPINGS_REGISTRY)} (or set smoothing_strength 0)",
-            )
+        if params.smoothing_strength > 0:
+            require_mappings(self.name, model, MAPPINGS_REGISTRY, " (or set smoothing_strength 0)")
         require_layers(self.name, model, params)
         return []
 
