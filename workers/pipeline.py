@@ -21,12 +21,14 @@ from workers.errors import JobFailure
 from workers.evaluation.measure import (
     directory_bytes,
     greedy_generations,
+    nonzero_parameter_count,
     parameter_count,
     quantized_weight_storage,
     saved_checkpoint_bytes,
     weight_bytes,
 )
 from workers.evaluation.perplexity import perplexity
+from workers.formats.loader import PLAIN, artifact_format, load_pretrained
 from workers.models.datasets import CALIBRATION_SHARE, load_corpus, split_tokens
 from workers.models.sources import resolve_model
 from workers.pipelines.estimate import Estimate, estimate_job
@@ -143,7 +145,10 @@ def execute(
             "windows": result.windows,
         }
 
-    original: dict[str, Any] = {"parameters": parameter_count(model)}
+    original: dict[str, Any] = {
+        "parameters": parameter_count(model),
+        "nonzero_parameters": nonzero_parameter_count(model),
+    }
     with ctx.timed("evaluate_original"):
         if evaluation["compare_original"]:
             if evaluation["perplexity"]:
@@ -174,6 +179,12 @@ def execute(
             model, tokenizer, parsed, calibration_ids, ctx, on_stage, on_stage_done
         )
     save_format, stage_notes = outcome.save_format, outcome.stage_notes
+    # Counted on the compressed model before saving: its weights are plain tensors here (a
+    # reloaded quantized model holds packed integers, where counting elements means nothing).
+    counts = {
+        "parameters": parameter_count(outcome.model),
+        "nonzero_parameters": nonzero_parameter_count(outcome.model),
+    }
 
     ctx.progress("save", 60)
     out_dir = scratch / "model"
@@ -182,11 +193,13 @@ def execute(
     del model, outcome
     gc.collect()
 
-    # An artifact that does not load with plain transformers never ships.
+    # An artifact that does not load never ships. Plain transformers loads it, unless its layout
+    # (sparse bitmask, low-rank) needs the loader the package ships: the report says which.
     ctx.progress("load_check", 65)
     started = time.perf_counter()
+    layout = artifact_format(out_dir)
     try:
-        loaded = load_model(out_dir, device)
+        loaded = load_pretrained(out_dir).to(device).eval()
         generations = greedy_generations(
             loaded, tokenizer, evaluation["prompts"], evaluation["max_new_tokens"]
         )
@@ -194,12 +207,15 @@ def execute(
         raise JobFailure(ErrorCode.LOAD_CHECK_FAILED, f"artifact does not load: {exc}") from exc
     load_check = {
         "ok": True,
-        "loader": "transformers.AutoModelForCausalLM.from_pretrained",
+        "artifact_format": layout,
+        "loader": "transformers.AutoModelForCausalLM.from_pretrained"
+        if layout == PLAIN
+        else "squash.load_pretrained",
         "seconds": round(time.perf_counter() - started, 3),
     }
 
     compressed: dict[str, Any] = {
-        "parameters": parameter_count(loaded),
+        **counts,
         "checkpoint_bytes": weight_bytes(out_dir),
         "artifact_bytes": directory_bytes(out_dir),
         "quantized_storage": quantized_weight_storage(out_dir),

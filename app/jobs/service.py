@@ -20,7 +20,8 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
 from app.jobs.state import TERMINAL, JobState
 from app.queue import queue_for
-from app.recipes import validate_recipe
+from app.recipes import BUILTIN_SHAPES, validate_recipe
+from app.sources import BuiltinModel
 
 
 def request_hash(body: JobCreate) -> str:
@@ -38,7 +39,9 @@ def create_job(
 ) -> tuple[Job, bool]:
     """Returns (job, created). A repeated Idempotency-Key with the same body returns the
     original job; with another body it is refused."""
-    stages = validate_recipe(body.recipe)
+    # Built-in models' layer sizes are known here; other sources are checked by the worker.
+    shape = BUILTIN_SHAPES.get(body.model.name) if isinstance(body.model, BuiltinModel) else None
+    stages = validate_recipe(body.recipe, shape=shape)
     digest = request_hash(body)
     if idempotency_key:
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)

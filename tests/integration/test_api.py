@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.recipes import METHODS
 from tests.support.jobs import tiny_job
 from tests.support.services import wait_until
 
@@ -113,9 +114,10 @@ def test_unknown_method_names_field_and_choices(api: TestClient, tenant_a: dict)
         {
             "field": "recipe[1].method",
             "message": "unknown method 'magic'",
-            "choices": ["awq", "fp8", "gptq", "rtn", "ternary", "w8a8"],
+            "choices": sorted(METHODS),
         }
     ]
+    assert {"rtn", "gptq", "sparsegpt", "wanda", "structured", "low_rank"} <= set(METHODS)
 
 
 @pytest.mark.parametrize(
@@ -263,3 +265,79 @@ def test_health_and_readiness(api: TestClient) -> None:
     ready = api.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "object_store": "ok"}
+
+
+SMOLLM2 = {"kind": "builtin", "name": "smollm2-135m-instruct"}
+
+
+@pytest.mark.parametrize(
+    ("model", "recipe", "field", "says"),
+    [
+        (
+            None,
+            [{"method": "gptq"}, {"method": "sparsegpt"}],
+            "recipe[1].method",
+            "prune first",
+        ),
+        (
+            None,
+            [{"method": "low_rank", "params": {"param_ratio": 0.5}}, {"method": "rtn"}],
+            "recipe[1].method",
+            "quantizing low-rank factors is not supported",
+        ),
+        (None, [{"method": "wanda", "params": {"sparsity": 1.0}}], "recipe[0].params.sparsity", ""),
+        (
+            None,
+            [{"method": "magnitude", "params": {"sparsity": 0}}],
+            "recipe[0].params.sparsity",
+            "",
+        ),
+        (
+            None,
+            [{"method": "wanda", "params": {"mask_structure": "2:4", "sparsity": 0.6}}],
+            "recipe[0].params",
+            "contradicts",
+        ),
+        (
+            SMOLLM2,
+            [{"method": "sparsegpt", "params": {"mask_structure": "3:7"}}],
+            "recipe[0].params.mask_structure",
+            "does not divide",
+        ),
+        (
+            SMOLLM2,
+            [{"method": "structured", "params": {"query_heads_per_group": 3}}],
+            "recipe[0].params.query_heads_per_group",
+            "below the 3",
+        ),
+        (
+            SMOLLM2,
+            [
+                {"method": "structured", "params": {"layers": 10}},
+                {"method": "wanda", "params": {"layer_sparsity": [0.5] * 30}},
+            ],
+            "recipe[1].params.layer_sparsity",
+            "20, got 30",
+        ),
+    ],
+)
+def test_bad_pruning_recipes_are_refused_at_submission(
+    api: TestClient, tenant_a: dict, model: dict | None, recipe: list, field: str, says: str
+) -> None:
+    body = tiny_job(recipe=recipe, device="gpu", **({"model": model} if model else {}))
+    problem = assert_problem(submit(api, tenant_a, body), 422, "invalid_recipe")
+    error = next(e for e in problem["errors"] if e["field"] == field)
+    assert says in error["message"], problem["errors"]
+
+
+def test_composed_recipe_is_accepted_with_defaults(api: TestClient, tenant_a: dict) -> None:
+    recipe = [
+        {"method": "structured", "params": {"mlp_channels": 0.25}},
+        {"method": "sparsegpt", "params": {"mask_structure": "2:4"}},
+        {"method": "gptq", "params": {"bits": 4, "group_size": 64}},
+    ]
+    response = submit(api, tenant_a, tiny_job(model=SMOLLM2, recipe=recipe, device="gpu"))
+    assert response.status_code == 202, response.text
+    stages = response.json()["recipe"]
+    assert [s["method"] for s in stages] == ["structured", "sparsegpt", "gptq"]
+    assert stages[1]["params"]["storage"] == "sparse"

@@ -125,3 +125,35 @@ def test_a_recipe_quantizes_once_and_patterns_must_compile() -> None:
     assert "invalid regular expression 're:(unclosed'" in by_field["recipe[0].params.ignore"]
     assert "recipe[1].params.overrides[0].targets" in by_field
     assert "'gptq' cannot follow 'rtn'" in by_field["recipe[1].method"]
+
+
+def test_composition_table_allows_the_documented_orders() -> None:
+    from app.recipes.composition import why_cannot_follow
+
+    assert why_cannot_follow("structured", "sparsity") is None
+    assert why_cannot_follow("sparsity", "quantization") is None
+    assert why_cannot_follow("structured", "quantization") is None
+    assert why_cannot_follow("structured", "low_rank") is None
+    for earlier, later in [
+        ("quantization", "sparsity"),
+        ("quantization", "quantization"),
+        ("sparsity", "sparsity"),
+        ("sparsity", "structured"),
+        ("low_rank", "quantization"),
+        ("sparsity", "low_rank"),
+    ]:
+        assert why_cannot_follow(earlier, later), (earlier, later)
+
+
+def test_shape_checks_follow_the_structured_stage() -> None:
+    from app.recipes import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["smollm2-135m-instruct"]
+    # 25% of 1536 channels -> 1152 kept; 2:4 and 8:16 divide 576 and 1152, 5:7 does not
+    ok = [StageIn(method="structured", params={"mlp_channels": 0.25})]
+    validate_recipe([*ok, StageIn(method="wanda", params={"mask_structure": "8:16"})], shape=shape)
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [*ok, StageIn(method="wanda", params={"mask_structure": "5:7"})], shape=shape
+        )
+    assert "[576, 1152]" in caught.value.errors[0]["message"]

@@ -47,6 +47,17 @@ def parameter_count(model: torch.nn.Module) -> int:
     return total
 
 
+def nonzero_parameter_count(model: torch.nn.Module) -> int:
+    """Unique parameters that are not zero: what pruning removed shows here, not in the count."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += int(torch.count_nonzero(param))
+    return total
+
+
 @torch.no_grad()
 def greedy_generations(
     model: torch.nn.Module, tokenizer: object, prompts: list[str], max_new_tokens: int
@@ -78,27 +89,38 @@ def quantized_weight_storage(path: Path) -> dict[str, float | int]:
     """Bits on disk per quantized weight, read from the safetensors files themselves.
 
     A layer counts as quantized when it has a `weight_scale`; its storage is every `weight*`
-    tensor it saved (packed integers, scales, zero points, shape). Returns the number of such
-    layers, their weights, their bytes and bits per weight; zeros when nothing is quantized.
+    tensor it saved (packed integers, scales, zero points, shape), and in a sparse artifact the
+    bitmask and nonzero values that replace its weight. Returns the number of such layers, their
+    weights, their bytes and bits per weight; zeros when nothing is quantized.
     """
+    import json
+
     from safetensors import safe_open
 
+    manifest = path / "squash_format.json"
+    sparse = json.loads(manifest.read_text()).get("tensors", {}) if manifest.exists() else {}
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                layer, _, part = key.rpartition(".")
+                base, suffix = key, ""
+                for ending in (".bitmask", ".values"):
+                    if key.endswith(ending) and key[: -len(ending)] in sparse:
+                        base, suffix = key[: -len(ending)], ending
+                layer, _, part = base.rpartition(".")
                 if part in QUANTIZED_WEIGHT_PARTS:
-                    parts.setdefault(layer, {})[part] = handle.get_tensor(key)
+                    parts.setdefault(layer, {})[part + suffix] = handle.get_tensor(key)
     weights = stored = layers = 0
-    for tensors in parts.values():
+    for layer, tensors in parts.items():
         if "weight_scale" not in tensors:
             continue
         layers += 1
         if "weight_shape" in tensors:
             weights += int(torch.prod(tensors["weight_shape"].long()))
-        else:
+        elif "weight" in tensors:
             weights += tensors["weight"].numel()
+        else:
+            weights += int(torch.prod(torch.tensor(sparse[f"{layer}.weight"]["shape"])))
         stored += sum(t.numel() * t.element_size() for t in tensors.values())
     return {
         "quantized_layers": layers,

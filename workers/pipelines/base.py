@@ -26,6 +26,12 @@ class StageResult:
     # How the artifact must be saved: "compressed-tensors" asks save_pretrained to compress.
     save_format: str = "dense"
     notes: dict[str, Any] = field(default_factory=dict)
+    # Sparsity stages: the layers whose zeros later stages must keep, and whether the artifact
+    # stores them sparse (workers/formats/sparse_bitmask.py).
+    masked_layers: list[str] = field(default_factory=list)
+    sparse_storage: bool = False
+    # "low-rank": factored layers, saved by workers/formats/low_rank.py.
+    layout: str | None = None
 
 
 class CompressionMethod(ABC):

@@ -3,6 +3,7 @@ tests and benchmarks share with the worker, without queue, database or object st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +13,23 @@ import torch
 
 from app.recipes import METHODS, MethodParams
 from workers.context import JobContext
+from workers.formats import low_rank, sparse_bitmask
 from workers.pipelines.base import StageInput
+from workers.pipelines.pruning.common import capture_masks, reapply_masks
 from workers.pipelines.registry import get_method
 from workers.pipelines.storage_dtype import cast_for_storage
 
 STORAGE_DTYPE = torch.bfloat16
+# Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json
+# from the *source* model's file (for vLLM compatibility), which would undo them.
+STRUCTURAL_CONFIG_KEYS = (
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "layer_types",
+)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -37,6 +50,13 @@ def preflight(model: torch.nn.Module, stages: list[tuple[str, MethodParams]]) ->
     warnings: list[str] = []
     for name, params in stages:
         warnings.extend(get_method(name).preflight(model, params))
+    sparse = [n for n, p in stages if METHODS[n].kind == "sparsity"]
+    asymmetric = [n for n, p in stages if getattr(p, "symmetric", True) is False]
+    if sparse and asymmetric:
+        warnings.append(
+            f"{asymmetric[0]} is asymmetric: a pruned weight becomes the zero point, not the "
+            "integer 0, so the sparsity does not shrink the artifact (use symmetric)"
+        )
     return warnings
 
 
@@ -45,6 +65,15 @@ class RecipeOutcome:
     model: torch.nn.Module
     save_format: str = "dense"
     stage_notes: list[dict[str, Any]] = field(default_factory=list)
+    sparse_layers: list[str] = field(default_factory=list)
+    layout: str | None = None
+
+    @property
+    def artifact_format(self) -> str:
+        """What loads the artifact: plain transformers, or squash.load_pretrained."""
+        if self.layout == "low-rank":
+            return low_rank.FORMAT
+        return sparse_bitmask.FORMAT if self.sparse_layers else "transformers"
 
 
 def run_stages(
@@ -57,6 +86,7 @@ def run_stages(
     on_stage_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RecipeOutcome:
     outcome = RecipeOutcome(model)
+    masks: dict[str, torch.Tensor] = {}
     for index, (name, params) in enumerate(stages):
         if on_stage:
             on_stage(index, name)
@@ -65,19 +95,46 @@ def run_stages(
             params,
         )
         outcome.model = result.model
+        notes: dict[str, Any] = {"method": name, **result.notes}
+        if masks:
+            notes["mask_refilled_weights"] = reapply_masks(outcome.model, masks)
+        if result.masked_layers:
+            masks = capture_masks(outcome.model, result.masked_layers)
+            if result.sparse_storage:
+                outcome.sparse_layers = list(result.masked_layers)
         if result.save_format != "dense":
             outcome.save_format = result.save_format
-        outcome.stage_notes.append({"method": name, **result.notes})
+        outcome.layout = result.layout or outcome.layout
+        outcome.stage_notes.append(notes)
         if on_stage_done:
-            on_stage_done(index, outcome.stage_notes[-1])
+            on_stage_done(index, notes)
     return outcome
 
 
 def save_artifact(outcome: RecipeOutcome, tokenizer: Any, out_dir: Path) -> None:
     """Cast to the 16-bit storage dtype (quantized weights kept on their grid) and save."""
     cast_for_storage(outcome.model, STORAGE_DTYPE)
-    outcome.model.save_pretrained(  # type: ignore[operator]
-        str(out_dir), save_compressed=outcome.save_format == "compressed-tensors"
-    )
+    if outcome.layout == "low-rank":
+        low_rank.save(outcome.model, out_dir)
+    else:
+        outcome.model.save_pretrained(  # type: ignore[operator]
+            str(out_dir), save_compressed=outcome.save_format == "compressed-tensors"
+        )
+        restore_structural_config(outcome.model, out_dir)
+        if outcome.sparse_layers:
+            sparse_bitmask.convert(out_dir, outcome.sparse_layers)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
+
+
+def restore_structural_config(model: torch.nn.Module, out_dir: Path) -> None:
+    path = out_dir / "config.json"
+    saved = json.loads(path.read_text())
+    current = model.config.to_dict()  # type: ignore[union-attr]
+    changed = {
+        key: current[key]
+        for key in STRUCTURAL_CONFIG_KEYS
+        if key in current and saved.get(key) != current[key]
+    }
+    if changed:
+        path.write_text(json.dumps({**saved, **changed}, indent=2, sort_keys=True) + "\n")

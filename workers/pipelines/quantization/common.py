@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
-from app.recipes import LayerOverride, QuantTargets, WeightQuantParams
+from app.recipes import LayerOverride, LayerTargets, WeightQuantParams
 from workers.errors import JobFailure
 
 # vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
@@ -130,7 +130,7 @@ def require_mappings(
         )
 
 
-def require_layers(method: str, model: torch.nn.Module, params: QuantTargets) -> list[str]:
+def require_layers(method: str, model: torch.nn.Module, params: LayerTargets) -> list[str]:
     layers = targeted_linears(model, list(params.targets), list(params.ignore))
     if not layers:
         raise JobFailure(

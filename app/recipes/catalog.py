@@ -1,0 +1,294 @@
+"""The method catalog and recipe validation: an ordered list of stages, each `{method, params}`.
+
+The single source of truth for which methods exist, what parameters they take and which may
+follow which. `GET /v1/methods`, request validation and the OpenAPI document read it; a test
+asserts that `workers/pipelines/registry.py` implements exactly these methods. Pure pydantic:
+no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import InvalidInput
+from app.recipes.common import MethodParams
+from app.recipes.composition import Kind, why_cannot_follow
+from app.recipes.low_rank import LowRankParams
+from app.recipes.pruning import (
+    MagnitudeParams,
+    SparseGptParams,
+    SparsityParams,
+    StructuredParams,
+    WandaParams,
+    parse_mask_structure,
+)
+from app.recipes.quantization import (
+    AwqParams,
+    Fp8Params,
+    GptqParams,
+    RtnParams,
+    TernaryParams,
+    W8A8Params,
+)
+from app.recipes.shapes import ModelShape
+
+MAX_STAGES = 16
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: Literal["quantization", "pruning", "distillation", "low_rank"]
+    kind: Kind  # what composition checks (app/recipes/composition.py)
+    summary: str
+    params: type[MethodParams]
+
+
+def _spec(name: str, family: Any, kind: Kind, summary: str, params: Any) -> MethodSpec:
+    return MethodSpec(name=name, family=family, kind=kind, summary=summary, params=params)
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(
+            "rtn",
+            "quantization",
+            "quantization",
+            "Round-to-nearest weight-only INT8/4/3/2 quantization, per channel or group.",
+            RtnParams,
+        ),
+        _spec(
+            "gptq",
+            "quantization",
+            "quantization",
+            "GPTQ weight-only INT8/4/3/2 quantization with calibration data.",
+            GptqParams,
+        ),
+        _spec(
+            "awq",
+            "quantization",
+            "quantization",
+            "AWQ activation-aware weight-only quantization (4-bit by default).",
+            AwqParams,
+        ),
+        _spec(
+            "w8a8",
+            "quantization",
+            "quantization",
+            "SmoothQuant + INT8 weights and dynamic per-token INT8 activations.",
+            W8A8Params,
+        ),
+        _spec(
+            "fp8",
+            "quantization",
+            "quantization",
+            "FP8 E4M3 weights and activations (optionally FP8 KV cache).",
+            Fp8Params,
+        ),
+        _spec(
+            "ternary",
+            "quantization",
+            "quantization",
+            "Ternary (1.58-bit) absmean weights, stored packed at 2 bits.",
+            TernaryParams,
+        ),
+        _spec(
+            "magnitude",
+            "pruning",
+            "sparsity",
+            "Magnitude pruning, unstructured or N:M (no calibration data).",
+            MagnitudeParams,
+        ),
+        _spec(
+            "wanda",
+            "pruning",
+            "sparsity",
+            "Wanda pruning (|W| x activation norm), unstructured or N:M.",
+            WandaParams,
+        ),
+        _spec(
+            "sparsegpt",
+            "pruning",
+            "sparsity",
+            "SparseGPT one-shot pruning with weight reconstruction, unstructured or N:M.",
+            SparseGptParams,
+        ),
+        _spec(
+            "structured",
+            "pruning",
+            "structured",
+            "Remove attention heads, MLP channels and decoder layers: a smaller dense model.",
+            StructuredParams,
+        ),
+        _spec(
+            "low_rank",
+            "low_rank",
+            "low_rank",
+            "Activation-aware SVD of Linear layers at a parameter or rank budget.",
+            LowRankParams,
+        ),
+    )
+}
+
+
+class StageIn(BaseModel):
+    """One recipe stage as submitted. `params` is checked against the method's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(json_schema_extra={"enum": sorted(METHODS)})
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    method: str
+    params: MethodParams
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params.model_dump(mode="json")}
+
+
+def validate_recipe(
+    stages: list[StageIn], *, field: str = "recipe", shape: ModelShape | None = None
+) -> list[Stage]:
+    """Check every stage, their order and (when the model's layer sizes are known) whether they
+    fit it; collect all errors with their field paths before failing."""
+    errors: list[dict[str, Any]] = []
+    validated: list[tuple[int, Stage]] = []
+    if not stages:
+        errors.append({"field": field, "message": "a recipe needs at least one stage"})
+    if len(stages) > MAX_STAGES:
+        errors.append({"field": field, "message": f"at most {MAX_STAGES} stages"})
+    for index, stage in enumerate(stages):
+        where = f"{field}[{index}]"
+        spec = METHODS.get(stage.method)
+        if spec is None:
+            errors.append(
+                {
+                    "field": f"{where}.method",
+                    "message": f"unknown method {stage.method!r}",
+                    "choices": sorted(METHODS),
+                }
+            )
+            continue
+        try:
+            params = spec.params.model_validate(stage.params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+                entry: dict[str, Any] = {"field": f"{where}.params{loc}", "message": err["msg"]}
+                if "expected" in (err.get("ctx") or {}):
+                    entry["choices"] = err["ctx"]["expected"]
+                errors.append(entry)
+            continue
+        validated.append((index, Stage(stage.method, params)))
+    errors.extend(_order_errors(stages, field))
+    if shape is not None:
+        errors.extend(_shape_errors(validated, shape, field))
+    if errors:
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidInput(detail, code="invalid_recipe", errors=errors)
+    return [stage for _, stage in validated]
+
+
+def _order_errors(stages: list[StageIn], field: str) -> list[dict[str, Any]]:
+    errors = []
+    seen: list[tuple[str, str]] = []  # (kind, method) of the earlier stages
+    for index, stage in enumerate(stages):
+        spec = METHODS.get(stage.method)
+        if spec is None:
+            continue
+        for earlier_kind, earlier_method in seen:
+            reason = why_cannot_follow(earlier_kind, spec.kind)
+            if reason:
+                errors.append(
+                    {
+                        "field": f"{field}[{index}].method",
+                        "message": f"{stage.method!r} cannot follow {earlier_method!r}: {reason}",
+                    }
+                )
+                break
+        seen.append((spec.kind, stage.method))
+    return errors
+
+
+def _shape_errors(
+    stages: list[tuple[int, Stage]], shape: ModelShape, field: str
+) -> list[dict[str, Any]]:
+    """Checks that need the model's layer sizes, applied to the shape each stage will see."""
+    errors = []
+    for index, stage in stages:
+        where = f"{field}[{index}].params"
+        params = stage.params
+        if isinstance(params, StructuredParams):
+            group = shape.num_attention_heads // shape.num_key_value_heads
+            if params.query_heads_per_group >= group:
+                errors.append(
+                    {
+                        "field": f"{where}.query_heads_per_group",
+                        "message": f"must be below the {group} query heads per key/value group",
+                    }
+                )
+            if params.kv_groups >= shape.num_key_value_heads:
+                errors.append(
+                    {
+                        "field": f"{where}.kv_groups",
+                        "message": f"must be below the model's {shape.num_key_value_heads} "
+                        "key/value groups",
+                    }
+                )
+            if params.layers >= shape.num_hidden_layers:
+                errors.append(
+                    {
+                        "field": f"{where}.layers",
+                        "message": f"must be below the model's {shape.num_hidden_layers} layers",
+                    }
+                )
+            kv = shape.num_key_value_heads - params.kv_groups
+            shape = replace(
+                shape,
+                intermediate_size=params.kept_channels(shape.intermediate_size),
+                num_key_value_heads=max(kv, 1),
+                num_attention_heads=max(kv, 1) * max(group - params.query_heads_per_group, 1),
+                num_hidden_layers=max(shape.num_hidden_layers - params.layers, 1),
+            )
+        if isinstance(params, SparsityParams):
+            pattern = parse_mask_structure(params.mask_structure)
+            sizes = shape.linear_input_sizes
+            if pattern and any(size % pattern[1] for size in sizes):
+                errors.append(
+                    {
+                        "field": f"{where}.mask_structure",
+                        "message": f"M={pattern[1]} does not divide the layer input sizes "
+                        f"{sizes} of this model",
+                    }
+                )
+            layers = shape.num_hidden_layers
+            if params.layer_sparsity is not None and len(params.layer_sparsity) != layers:
+                errors.append(
+                    {
+                        "field": f"{where}.layer_sparsity",
+                        "message": f"needs one value per decoder layer: {layers}, "
+                        f"got {len(params.layer_sparsity)}",
+                    }
+                )
+    return errors
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": spec.name,
+            "family": spec.family,
+            "kind": spec.kind,
+            "summary": spec.summary,
+            "description": (spec.params.__doc__ or "").strip(),
+            "params_schema": spec.params.model_json_schema(),
+        }
+        for spec in METHODS.values()
+    ]

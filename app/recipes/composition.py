@@ -1,0 +1,50 @@
+"""Which stage may follow which: the one table composed recipes are checked against.
+
+Order of work in a recipe: change the architecture first (structured pruning, low-rank), then
+zero weights (sparsity), then put the remaining weights on a grid (quantization). Going back is
+refused because the later stage would undo the earlier one: pruning after quantization moves
+weights off the quantization grid, a structured change after sparsity reshapes the masks, a
+second quantization re-rounds rounded weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Kind = Literal["structured", "low_rank", "sparsity", "quantization"]
+
+# kind -> the kinds that may come before it in the same recipe.
+CAN_FOLLOW: dict[str, frozenset[str]] = {
+    "structured": frozenset(),
+    "low_rank": frozenset({"structured"}),
+    "sparsity": frozenset({"structured"}),
+    "quantization": frozenset({"structured", "sparsity"}),
+}
+
+WHY_NOT: dict[tuple[str, str], str] = {
+    ("quantization", "quantization"): "a model is quantized once per recipe (use overrides "
+    "for per-layer precision)",
+    ("sparsity", "sparsity"): "a model is sparsified once per recipe (use layer_sparsity for "
+    "per-layer sparsity)",
+    ("quantization", "sparsity"): "pruning after quantization would move weights off the "
+    "quantization grid: prune first",
+    ("quantization", "structured"): "structured pruning must come before quantization",
+    ("sparsity", "structured"): "structured pruning must come before sparsity (it would "
+    "reshape the masks)",
+    ("structured", "structured"): "use one structured stage (it removes heads, channels and "
+    "layers together, ranked on the same calibration pass)",
+    ("low_rank", "quantization"): "quantizing low-rank factors is not supported: the factored "
+    "layers are saved in Squash's own format, which has no quantized variant yet",
+    ("low_rank", "sparsity"): "sparsity after a low-rank factorization is not supported",
+    ("quantization", "low_rank"): "factorizing quantized weights is not supported",
+    ("sparsity", "low_rank"): "factorizing sparse weights would fill in the zeros",
+    ("low_rank", "low_rank"): "use one low-rank stage",
+    ("low_rank", "structured"): "structured pruning must come before a low-rank factorization",
+}
+
+
+def why_cannot_follow(earlier: str, later: str) -> str | None:
+    """None if a stage of kind `later` may come after one of kind `earlier`, else the reason."""
+    if earlier in CAN_FOLLOW[later]:
+        return None
+    return WHY_NOT.get((earlier, later), f"a {later} stage cannot follow a {earlier} stage")

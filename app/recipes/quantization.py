@@ -1,0 +1,173 @@
+"""Parameters of the quantization methods (one model per method; see `catalog.py`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from app.recipes.common import LayerTargets, MethodParams, check_patterns, check_power_of_two
+
+IntBits = Literal[2, 3, 4, 8]
+MAX_OVERRIDES = 32
+
+
+class LayerOverride(MethodParams):
+    """Mixed precision: the layers matched here use these settings instead of the stage's.
+
+    Example: `{"targets": ["re:.*down_proj", "re:model\\.layers\\.(0|29)\\..*"], "bits": 8}`.
+    When several overrides match a layer, the last one wins.
+    """
+
+    targets: list[str] = Field(
+        min_length=1, max_length=64, description="Layer names or `re:` name patterns"
+    )
+    bits: IntBits = Field(description="Bits per weight for these layers")
+    group_size: int | Literal["channel"] | None = Field(
+        default=None,
+        description="Weights per scale; `channel` = one scale per output channel; "
+        "null = the stage's group_size",
+    )
+    symmetric: bool | None = Field(default=None, description="null = the stage's setting")
+
+    @field_validator("targets")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return check_patterns(patterns)
+
+    @model_validator(mode="after")
+    def _group_is_power_of_two(self) -> LayerOverride:
+        if isinstance(self.group_size, int):
+            if not 8 <= self.group_size <= 4096:
+                raise ValueError("group_size must be between 8 and 4096")
+            check_power_of_two(self.group_size)
+        return self
+
+
+class WeightQuantParams(LayerTargets):
+    """Integer weight-only quantization settings shared by RTN, GPTQ and AWQ."""
+
+    bits: IntBits = Field(
+        default=8,
+        description="Bits per weight. 2 and 3 bits are stored densely packed (3 bits per weight "
+        "on disk, plus scales)",
+    )
+    group_size: int | None = Field(
+        default=None,
+        ge=8,
+        le=4096,
+        description="Weights per scale along the input dimension; null = one scale per "
+        "output channel. Must divide every quantized layer's input size.",
+    )
+    symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric")
+    overrides: list[LayerOverride] = Field(
+        default=[],
+        max_length=MAX_OVERRIDES,
+        description="Mixed precision: per-layer bits/group size, e.g. keep down_proj at 8 bits",
+    )
+
+    @model_validator(mode="after")
+    def _group_is_power_of_two(self) -> WeightQuantParams:
+        check_power_of_two(self.group_size)
+        return self
+
+
+class RtnParams(WeightQuantParams):
+    """Round-to-nearest weight-only integer quantization (the PTQ baseline).
+
+    Example stage: `{"method": "rtn", "params": {"bits": 4, "group_size": 64}}`.
+    Stored in the compressed-tensors `pack-quantized` format, which transformers loads with
+    `from_pretrained` and vLLM serves.
+    """
+
+
+class GptqParams(WeightQuantParams):
+    """GPTQ: one-shot second-order weight quantization on calibration data.
+
+    Example stage: `{"method": "gptq", "params": {"bits": 4, "group_size": 64}}`. Uses the job's
+    `calibration` (num_samples sequences of max_seq_length tokens). Same storage as RTN.
+    """
+
+    actorder: Literal["weight", "static"] | None = Field(
+        default=None,
+        description="Activation ordering: quantize columns by decreasing Hessian diagonal "
+        "during calibration (`static` is an alias of `weight`; the stored format is unchanged). "
+        "compressed-tensors 0.19 removed the `group` ordering.",
+    )
+    dampening_frac: float = Field(
+        default=0.01, gt=0, lt=1, description="Fraction of the mean Hessian diagonal added"
+    )
+    block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
+
+
+class AwqParams(WeightQuantParams):
+    """AWQ: activation-aware weight quantization. Scales salient input channels (found from
+    calibration activations) before rounding, folding the inverse scale into the previous
+    layer, so no extra op runs at inference.
+
+    Example stage: `{"method": "awq", "params": {"bits": 4, "group_size": 64}}`. Asymmetric by
+    default, as in the AWQ paper. Same storage as RTN.
+    """
+
+    bits: IntBits = Field(default=4, description="Bits per weight")
+    group_size: int | None = Field(default=128, ge=8, le=4096, description="Weights per scale")
+    symmetric: bool = Field(default=False, description="Symmetric or asymmetric (default)")
+    duo_scaling: bool = Field(
+        default=True, description="Use weight magnitudes as well as activations for the scales"
+    )
+    n_grid: int = Field(default=20, ge=1, le=100, description="Scale exponents searched per layer")
+
+
+class W8A8Params(LayerTargets):
+    """SmoothQuant + INT8 W8A8: migrate activation outliers into the weights (per-channel
+    smoothing), then INT8 weights (per output channel) and dynamic per-token INT8 activations.
+
+    Example stage: `{"method": "w8a8", "params": {"smoothing_strength": 0.8}}`. Stored in the
+    compressed-tensors `int-quantized` format (vLLM runs it with INT8 GEMM kernels).
+    """
+
+    smoothing_strength: float = Field(
+        default=0.8, ge=0, le=1, description="Share of activation scale moved into the weights"
+    )
+    weight_method: Literal["gptq", "rtn"] = Field(
+        default="gptq", description="How the INT8 weights are rounded after smoothing"
+    )
+
+
+class Fp8Params(LayerTargets):
+    """FP8 (E4M3) weights and activations.
+
+    Example stage: `{"method": "fp8", "params": {"activations": "dynamic"}}`. `dynamic`: one weight
+    scale per output channel, activation scales computed per token at run time (no calibration).
+    `static`: per-tensor weight and activation scales from calibration. `kv_cache` also stores
+    the attention KV cache in FP8 (per-tensor scales from calibration). Producing FP8 needs no
+    GPU; serving it fast needs one with FP8 support (Hopper/Ada or newer).
+    """
+
+    activations: Literal["dynamic", "static"] = Field(
+        default="dynamic",
+        description="Per-token dynamic or calibrated per-tensor activation scales",
+    )
+    kv_cache: bool = Field(default=False, description="Also quantize the KV cache to FP8")
+
+
+class TernaryParams(LayerTargets):
+    """Ternary (1.58-bit) weights by BitNet b1.58 absmean ternarization, post-training.
+
+    Each weight becomes -1, 0 or +1 times a scale `s = mean(|W|)` of its output channel (or
+    group): `W_t = clip(round(W / s), -1, 1)`. Stored as 2-bit compressed-tensors `pack-quantized`
+    (loads with plain transformers). Without training it loses much quality (measured in the
+    README); recovering it is what distillation is for.
+    """
+
+    group_size: int | None = Field(
+        default=None,
+        ge=8,
+        le=4096,
+        description="Weights per scale along the input dimension; null = per output channel",
+    )
+
+    @model_validator(mode="after")
+    def _group_is_power_of_two(self) -> TernaryParams:
+        check_power_of_two(self.group_size)
+        return self

@@ -1,0 +1,36 @@
+"""SparseGPT (Frantar & Alistarh 2023): one-shot pruning that picks the mask and updates the
+remaining weights of each layer with the inverse input Hessian, so the layer's output on the
+calibration data changes as little as possible."""
+
+from __future__ import annotations
+
+import torch
+
+from app.recipes import SparseGptParams
+from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.pruning.calibrated import modifier_scope, prune_calibrated
+from workers.pipelines.pruning.common import preflight_sparsity
+from workers.pipelines.registry import register
+
+
+@register
+class SparseGpt(CompressionMethod):
+    name = "sparsegpt"
+    params_type = SparseGptParams
+    uses_calibration = True
+
+    def calibration_cost(self, params: SparseGptParams) -> tuple[float, bool]:  # type: ignore[override]
+        return 2.0, True
+
+    def preflight(self, model: torch.nn.Module, params: SparseGptParams) -> list[str]:  # type: ignore[override]
+        return preflight_sparsity(self.name, model, params)
+
+    def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:  # type: ignore[override]
+        from llmcompressor.modifiers.pruning import SparseGPTModifier
+
+        modifier = SparseGPTModifier(
+            **modifier_scope(stage.model, params),
+            block_size=params.block_size,
+            dampening_frac=params.dampening_frac,
+        )
+        return prune_calibrated(self.name, stage, params, modifier)
