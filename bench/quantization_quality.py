@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from app.config import Settings
 from app.recipes import (
     AwqParams,
     Fp8Params,
@@ -39,19 +38,16 @@ from app.recipes import (
     TernaryParams,
     W8A8Params,
 )
+from bench.common import RESULTS_DIR, smollm2_setup
 from workers.evaluation.measure import (
     quantized_weight_storage,
     saved_checkpoint_bytes,
     weight_bytes,
 )
-from workers.evaluation.perplexity import perplexity
-from workers.models.datasets import builtin_text, split_tokens
-from workers.models.sources import resolve_model
 from workers.pipelines.recipe import STORAGE_DTYPE, run_stages, save_artifact
 from workers.pipelines.registry import get_method
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "quantization_quality.json"
+RESULTS = RESULTS_DIR / "quantization_quality.json"
 
 G = 64  # divides SmolLM2's 576 and 1536
 # AWQ's grid search re-runs each block per grid point: at 32 x 512 tokens and n_grid 20 it took
@@ -107,25 +103,10 @@ def main() -> None:
     parser.add_argument("--calibration-length", type=int, default=512)
     parser.add_argument("--only", default="", help="run the rows whose name contains this")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    settings = Settings(work_dir=ROOT / ".squash" / "bench-work")
-    with tempfile.TemporaryDirectory() as scratch:
-        source = resolve_model(
-            {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
-        )
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
-    calibration_pool, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
-    ids = pool[: args.tokens]
-    length = args.calibration_length
-    calibration = [
-        calibration_pool[i : i + length]
-        for i in range(0, args.calibration_samples * length, length)
-    ]
-
-    def ppl(model: torch.nn.Module) -> float:
-        return perplexity(model, ids, context_length=512, stride=512).perplexity
-
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
+    setup = smollm2_setup(args.tokens, args.calibration_samples, args.calibration_length)
+    source_path, tokenizer, ids, ppl = setup.model_path, setup.tokenizer, setup.eval_ids, setup.ppl
+    calibration, length = setup.calibration, args.calibration_length
+    model = setup.load_original()
     original_ppl = ppl(model)
     original_bytes = saved_checkpoint_bytes(model, STORAGE_DTYPE)
     print(
@@ -142,7 +123,7 @@ def main() -> None:
     for name, (method, params, grid) in ROWS.items():
         if args.only not in name:
             continue
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(source_path, dtype=torch.float32).eval()
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             samples = calibration[:AWQ_SAMPLES] if method == "awq" else calibration

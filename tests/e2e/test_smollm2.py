@@ -13,11 +13,14 @@ from tests.support.services import WorkerProcess
 pytestmark = pytest.mark.e2e
 
 
-def run_job(api: TestClient, headers: dict, params: dict[str, Any]) -> dict[str, Any]:
+def run_job(
+    api: TestClient, headers: dict, params: dict[str, Any], recipe: list | None = None
+) -> dict[str, Any]:
     body = {
         "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
-        "recipe": [{"method": "rtn", "params": params}],
-        # CI-sized evaluation; bench/ runs the full 16k-token tables.
+        "recipe": recipe or [{"method": "rtn", "params": params}],
+        # CI-sized calibration and evaluation; bench/ runs the full 16k-token tables.
+        "calibration": {"num_samples": 8, "max_seq_length": 256},
         "evaluation": {"max_tokens": 4096, "context_length": 512, "max_new_tokens": 8},
         "device": "cpu",
     }
@@ -47,3 +50,53 @@ def test_int8_per_channel_is_within_one_percent_and_smaller(
     assert original["checkpoint_bytes_bf16"] == pytest.approx(2 * (linear + other), rel=0.01)
     # Greedy generations of both models are recorded side by side.
     assert len(original["generations"]) == len(compressed["generations"]) == 3
+
+
+def test_composed_structured_sparse_quantized_job(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess
+) -> None:
+    """Pruning family end to end: structured (25% of MLP channels) -> Wanda 2:4 -> RTN INT8,
+    one artifact, stored sparse, loaded back by squash.load_pretrained in the worker."""
+    recipe = [
+        {"method": "structured", "params": {"mlp_channels": 0.25}},
+        {"method": "wanda", "params": {"mask_structure": "2:4"}},
+        {"method": "rtn", "params": {"bits": 8}},
+    ]
+    job = run_job(api, tenant_a, {}, recipe)
+    assert job["state"] == "succeeded", (job["error"], worker.tail())
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    original, compressed = report["original"], report["compressed"]
+    structured, wanda, rtn = report["stages"]
+    assert structured["intermediate_size"] == [1536, 1152]
+    assert wanda["n_m_holds"] is True and abs(wanda["measured_sparsity"] - 0.5) < 0.005
+    assert rtn["mask_refilled_weights"] == 0
+    assert report["load_check"] == {
+        **report["load_check"],
+        "ok": True,
+        "artifact_format": "squash-sparse-bitmask",
+        "loader": "squash.load_pretrained",
+    }
+    # 30 x 3 x 576 x 384 MLP weights gone; half of the remaining Linear weights are zeros.
+    assert original["parameters"] - compressed["parameters"] == 30 * 3 * 576 * 384
+    assert compressed["nonzero_parameters"] < 0.65 * original["nonzero_parameters"]
+    # INT8 alone stores ~163 MB (the test above); 2:4 stores half the integers plus a 1-bit mask
+    assert compressed["checkpoint_bytes"] < 0.75 * 163e6
+    assert compressed["perplexity"] < 10 * original["perplexity"]  # damaged, not destroyed
+    assert len(compressed["generations"]) == 3
+
+
+def test_low_rank_job_reports_the_real_parameter_reduction(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess
+) -> None:
+    job = run_job(api, tenant_a, {}, [{"method": "low_rank", "params": {"param_ratio": 0.8}}])
+    assert job["state"] == "succeeded", (job["error"], worker.tail())
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    original, compressed = report["original"], report["compressed"]
+    [notes] = report["stages"]
+    assert notes["factored_layers"] == 210
+    saved = notes["factored_parameters_before"] - notes["factored_parameters_after"]
+    assert original["parameters"] - compressed["parameters"] == saved
+    assert saved > 0.15 * 106e6
+    assert report["load_check"]["loader"] == "squash.load_pretrained"
+    assert report["summary"]["compression_ratio"] > 1.1
+    assert compressed["perplexity"] < 10 * original["perplexity"]

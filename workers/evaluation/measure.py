@@ -36,26 +36,27 @@ def saved_checkpoint_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
         return weight_bytes(Path(tmp))
 
 
+# Parameters compressed-tensors adds beside a quantized weight: storage overhead (counted in
+# the checkpoint size and bits per weight), not model parameters.
+QUANTIZATION_PARAMETERS = ("_scale", "_zero_point", "_g_idx", "_global_scale")
+
+
+def _model_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Unique parameters (tied embeddings once), without quantization scales / zero points."""
+    unique: dict[int, torch.Tensor] = {}
+    for name, param in model.named_parameters(remove_duplicate=True):
+        if not name.endswith(QUANTIZATION_PARAMETERS):
+            unique.setdefault(id(param), param)
+    return list(unique.values())
+
+
 def parameter_count(model: torch.nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for param in model.parameters():
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += param.numel()
-    return total
+    return sum(p.numel() for p in _model_parameters(model))
 
 
 def nonzero_parameter_count(model: torch.nn.Module) -> int:
-    """Unique parameters that are not zero: what pruning removed shows here, not in the count."""
-    seen: set[int] = set()
-    total = 0
-    for param in model.parameters():
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += int(torch.count_nonzero(param))
-    return total
+    """Parameters that are not zero: what pruning removed shows here, not in the count."""
+    return sum(int(torch.count_nonzero(p)) for p in _model_parameters(model))
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import torch
 from app.jobs.state import ErrorCode
 from app.recipes import StructuredParams
 from workers.errors import JobFailure
+from workers.evaluation.measure import parameter_count
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.pruning.common import decoder_layers
 from workers.pipelines.quantization.calibration import require_calibration
@@ -232,10 +233,6 @@ def prune(model: torch.nn.Module, importance: Importance, params: StructuredPara
     }
 
 
-def parameter_total(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 @register
 class Structured(CompressionMethod):
     name = "structured"
@@ -253,10 +250,10 @@ class Structured(CompressionMethod):
     def apply(self, stage: StageInput, params: StructuredParams) -> StageResult:  # type: ignore[override]
         samples = require_calibration(self.name, stage)
         model = stage.model
-        before = parameter_total(model)
+        before = parameter_count(model)
         importance = measure_importance(model, samples)
         notes = prune(model, importance, params)
-        after = parameter_total(model)
+        after = parameter_count(model)
         notes.update(
             parameters=[before, after],
             removed_parameter_share=round(1 - after / before, 6),

@@ -1,0 +1,64 @@
+"""What the SmolLM2 benchmarks share: the model source, the disjoint calibration / evaluation
+split of the built-in corpus, perplexity and CPU decode speed, all through the worker's code."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.config import Settings
+from workers.evaluation.perplexity import perplexity
+from workers.models.datasets import builtin_text, split_tokens
+from workers.models.sources import resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+@dataclass
+class Setup:
+    model_path: Path
+    tokenizer: Any
+    eval_ids: list[int]
+    calibration: list[list[int]]
+
+    def ppl(self, model: torch.nn.Module) -> float:
+        return perplexity(model, self.eval_ids, context_length=512, stride=512).perplexity
+
+    def load_original(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
+
+
+def smollm2_setup(tokens: int, samples: int, length: int) -> Setup:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    settings = Settings(work_dir=ROOT / ".squash" / "bench-work")
+    with tempfile.TemporaryDirectory() as scratch:
+        source = resolve_model(
+            {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    calibration_pool, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    calibration = [calibration_pool[i : i + length] for i in range(0, samples * length, length)]
+    return Setup(source.path, tokenizer, pool[:tokens], calibration)
+
+
+@torch.no_grad()
+def decode_tokens_per_second(
+    model: torch.nn.Module, prompt: list[int], batch: int, new_tokens: int = 32
+) -> float:
+    """Greedy decode throughput on this CPU: batch x new tokens / seconds, after a warm-up."""
+    inputs = torch.tensor([prompt] * batch)
+    options = {"do_sample": False, "pad_token_id": 0}
+    model.generate(inputs, max_new_tokens=2, min_new_tokens=2, **options)
+    started = time.perf_counter()
+    model.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
+    return batch * new_tokens / (time.perf_counter() - started)
