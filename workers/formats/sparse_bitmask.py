@@ -8,7 +8,8 @@ supported"), and vLLM dropped the 2:4 kernels with them. The layout follows the 
 little) and `<name>.values` (the nonzeros in row-major order).
 
 Works on the tensors as saved, after quantization packed them:
-- 16-bit float, int8 (W8A8) and fp8 weights: the nonzero elements, bit for bit;
+- 16-bit float, int8 (W8A8) and fp8 weights: the nonzero elements, bit for bit (a pruned
+  weight stored as -0.0 comes back as +0.0);
 - `weight_packed` (INT2-8 pack-quantized): the nonzero integers, packed again at the same
   width. The mask is integer != 0, so a pruned weight must quantize to 0 (symmetric schemes).
 A tensor is converted only where that is smaller; everything else is copied as is, and
