@@ -3,6 +3,8 @@ split of the built-in corpus, perplexity and CPU decode speed, all through the w
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,3 +68,12 @@ def decode_tokens_per_second(
         model.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
         best = max(best, batch * new_tokens / (time.perf_counter() - started))
     return best
+
+
+def write_results(path: Path, result: dict[str, Any], failures: list[str]) -> None:
+    """Save the bench's JSON (with its broken targets) and exit 1 if any target broke."""
+    path.write_text(json.dumps({**result, "target_failures": failures}, indent=2) + "\n")
+    if failures:
+        print("TARGETS BROKEN:\n  " + "\n  ".join(failures), file=sys.stderr)
+        sys.exit(1)
+    print("all targets hold")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from app.recipes import (
     StructuredParams,
     WandaParams,
 )
-from bench.common import RESULTS_DIR, decode_tokens_per_second, smollm2_setup
+from bench.common import RESULTS_DIR, decode_tokens_per_second, smollm2_setup, write_results
 from squash import load_pretrained
 from workers.evaluation.measure import (
     nonzero_parameter_count,
@@ -178,13 +177,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "original": original,
         "rows": ordered,
-        "target_failures": failures,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    if failures:
-        print("TARGETS BROKEN:\n  " + "\n  ".join(failures), file=sys.stderr)
-        sys.exit(1)
-    print("all targets hold")
+    write_results(RESULTS, result, failures)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from app.recipes import (
     TernaryParams,
     W8A8Params,
 )
-from bench.common import RESULTS_DIR, smollm2_setup
+from bench.common import RESULTS_DIR, smollm2_setup, write_results
 from workers.evaluation.measure import (
     quantized_weight_storage,
     saved_checkpoint_bytes,
@@ -165,13 +164,8 @@ def main() -> None:
         "original_perplexity": round(original_ppl, 3),
         "original_checkpoint_bytes_bf16": original_bytes,
         "rows": ordered,
-        "target_failures": failures,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    if failures:
-        print("TARGETS BROKEN:\n  " + "\n  ".join(failures), file=sys.stderr)
-        sys.exit(1)
-    print("all quality targets hold")
+    write_results(RESULTS, result, failures)
 
 
 if __name__ == "__main__":

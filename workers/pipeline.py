@@ -56,12 +56,8 @@ def pick_device(preference: str) -> torch.device:
 
 
 def load_model(path: Path, device: torch.device) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-    )
-    return model.to(device).eval()
+    """Any model or artifact directory, float32, on `device` (the one loader users get too)."""
+    return load_pretrained(path).to(device).eval()
 
 
 def library_versions() -> dict[str, str]:
@@ -199,7 +195,7 @@ def execute(
     started = time.perf_counter()
     layout = artifact_format(out_dir)
     try:
-        loaded = load_pretrained(out_dir).to(device).eval()
+        loaded = load_model(out_dir, device)
         generations = greedy_generations(
             loaded, tokenizer, evaluation["prompts"], evaluation["max_new_tokens"]
         )

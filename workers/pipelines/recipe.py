@@ -99,7 +99,8 @@ def run_stages(
         if masks:
             notes["mask_refilled_weights"] = reapply_masks(outcome.model, masks)
         if result.masked_layers:
-            masks = capture_masks(outcome.model, result.masked_layers)
+            if index < len(stages) - 1:  # a later stage might refill pruned weights
+                masks = capture_masks(outcome.model, result.masked_layers)
             if result.sparse_storage:
                 outcome.sparse_layers = list(result.masked_layers)
         if result.save_format != "dense":

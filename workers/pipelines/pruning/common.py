@@ -10,6 +10,7 @@ import torch
 from app.jobs.state import ErrorCode
 from app.recipes import SparsityParams, parse_mask_structure
 from workers.errors import JobFailure
+from workers.pipelines.base import CompressionMethod
 from workers.pipelines.quantization.common import require_layers, targeted_linears
 
 
@@ -138,3 +139,10 @@ def reapply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> int
         refilled += int(((weight != 0) & ~mask).sum())
         weight.mul_(mask.to(weight.dtype))
     return refilled
+
+
+class SparsityMethod(CompressionMethod):
+    """Unstructured / N:M pruning methods: the same checks before heavy work."""
+
+    def preflight(self, model: torch.nn.Module, params: SparsityParams) -> list[str]:  # type: ignore[override]
+        return preflight_sparsity(self.name, model, params)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from app.recipes import MagnitudeParams, parse_mask_structure
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.base import StageInput, StageResult
 from workers.pipelines.pruning.common import (
-    preflight_sparsity,
+    SparsityMethod,
     pruned_linears,
     sparsity_notes,
     sparsity_of_layer,
@@ -36,12 +36,9 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: tuple[int, in
 
 
 @register
-class Magnitude(CompressionMethod):
+class Magnitude(SparsityMethod):
     name = "magnitude"
     params_type = MagnitudeParams
-
-    def preflight(self, model: torch.nn.Module, params: MagnitudeParams) -> list[str]:  # type: ignore[override]
-        return preflight_sparsity(self.name, model, params)
 
     @torch.no_grad()
     def apply(self, stage: StageInput, params: MagnitudeParams) -> StageResult:  # type: ignore[override]

@@ -4,26 +4,21 @@ calibration data changes as little as possible."""
 
 from __future__ import annotations
 
-import torch
-
 from app.recipes import SparseGptParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.base import StageInput, StageResult
 from workers.pipelines.pruning.calibrated import modifier_scope, prune_calibrated
-from workers.pipelines.pruning.common import preflight_sparsity
+from workers.pipelines.pruning.common import SparsityMethod
 from workers.pipelines.registry import register
 
 
 @register
-class SparseGpt(CompressionMethod):
+class SparseGpt(SparsityMethod):
     name = "sparsegpt"
     params_type = SparseGptParams
     uses_calibration = True
 
     def calibration_cost(self, params: SparseGptParams) -> tuple[float, bool]:  # type: ignore[override]
         return 2.0, True
-
-    def preflight(self, model: torch.nn.Module, params: SparseGptParams) -> list[str]:  # type: ignore[override]
-        return preflight_sparsity(self.name, model, params)
 
     def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:  # type: ignore[override]
         from llmcompressor.modifiers.pruning import SparseGPTModifier

@@ -3,26 +3,21 @@ channel over calibration data, compared within each output row; no weight update
 
 from __future__ import annotations
 
-import torch
-
 from app.recipes import WandaParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.base import StageInput, StageResult
 from workers.pipelines.pruning.calibrated import modifier_scope, prune_calibrated
-from workers.pipelines.pruning.common import preflight_sparsity
+from workers.pipelines.pruning.common import SparsityMethod
 from workers.pipelines.registry import register
 
 
 @register
-class Wanda(CompressionMethod):
+class Wanda(SparsityMethod):
     name = "wanda"
     params_type = WandaParams
     uses_calibration = True
 
     def calibration_cost(self, params: WandaParams) -> tuple[float, bool]:  # type: ignore[override]
         return 2.0, False
-
-    def preflight(self, model: torch.nn.Module, params: WandaParams) -> list[str]:  # type: ignore[override]
-        return preflight_sparsity(self.name, model, params)
 
     def apply(self, stage: StageInput, params: WandaParams) -> StageResult:  # type: ignore[override]
         from llmcompressor.modifiers.pruning import WandaPruningModifier
