@@ -38,6 +38,14 @@ class ObjectStore(ABC):
         """Size of a stored object; raises ObjectNotFound."""
 
     @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download an object to `path`; raises ObjectNotFound."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix/`; returns how many."""
+
+    @abstractmethod
     def presigned_url(self, key: str, expires_s: int, filename: str) -> str: ...
 
     @abstractmethod
@@ -82,6 +90,28 @@ class S3Store(ObjectStore):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey as exc:
             raise ObjectNotFound(key) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise ObjectNotFound(key) from exc
+            raise
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix.rstrip("/") + "/")
+        )
+        for page in pages:  # a page holds at most 1000 keys, DeleteObjects' limit too
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                deleted += len(keys)
+        return deleted
 
     def size(self, key: str) -> int:
         from botocore.exceptions import ClientError
@@ -140,6 +170,20 @@ class LocalStore(ObjectStore):
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(prefix)
+        if folder == self.root or not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        return count
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

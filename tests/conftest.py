@@ -29,6 +29,13 @@ def tiny_model_dir(models_root: Path) -> Path:
     return build_tiny_model(models_root / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(models_root: Path, tiny_model_dir: Path) -> Path:
+    from tests.support.tiny_model import train_tiny_teacher
+
+    return train_tiny_teacher(tiny_model_dir, models_root / "tiny-teacher")
+
+
 @pytest.fixture
 def unique_name() -> str:
     return uuid.uuid4().hex[:10]

@@ -72,9 +72,10 @@ class JobContext:
         if self.cancel_requested.is_set():
             raise JobCancelled(str(self.job_id))
 
-    def progress(self, stage: str, percent: float) -> None:
+    def progress(self, stage: str, percent: float, detail: dict[str, Any] | None = None) -> None:
         """Record progress (fenced by the lease) and act on cancellation. Writes at most once
-        per PROGRESS_WRITE_S within a stage: evaluation calls this for every window."""
+        per PROGRESS_WRITE_S within a stage: evaluation calls this for every window. `detail`
+        (a training step's loss, ETA…) replaces the job's `progress_detail`."""
         self.check()
         now = time.monotonic()
         if self._last_write[0] == stage and now - self._last_write[1] < PROGRESS_WRITE_S:
@@ -87,6 +88,7 @@ class JobContext:
                 generation=self.generation,
                 stage=stage,
                 progress=max(0.0, min(100.0, percent)),
+                detail=detail,
             )
         self._observe(state)
         self.check()

@@ -34,13 +34,13 @@ from workers.models.sources import resolve_model
 from workers.pipelines.estimate import Estimate, estimate_job
 from workers.pipelines.recipe import (
     STORAGE_DTYPE,
-    compute_dtype,
     needs_calibration,
     parse_stages,
     preflight,
     run_stages,
     save_artifact,
 )
+from workers.pipelines.storage_dtype import compute_dtype
 from workers.publish import publish
 
 REPORT_VERSION = 1
@@ -172,7 +172,19 @@ def execute(
 
     with ctx.timed("stages"):
         outcome = run_stages(
-            model, tokenizer, parsed, calibration_ids, ctx, on_stage, on_stage_done
+            model,
+            tokenizer,
+            parsed,
+            calibration_ids,
+            ctx,
+            on_stage,
+            on_stage_done,
+            source_path=resolved.path,
+            eval_ids=eval_ids,
+            eval_context_length=context_length,
+            scratch=scratch,
+            seed=spec.get("seed", 0),
+            progress_span=(35.0, 60.0),
         )
     save_format, stage_notes = outcome.save_format, outcome.stage_notes
     # Counted on the compressed model before saving: its weights are plain tensors here (a

@@ -17,6 +17,12 @@ def attempt_prefix(job_id: uuid.UUID, generation: int) -> str:
     return f"jobs/{job_id}/{generation}"
 
 
+def checkpoint_prefix(job_id: uuid.UUID | str) -> str:
+    """Training checkpoints of a job, shared by its attempts (a retry resumes from them);
+    outside `jobs/` so they are never mistaken for published files."""
+    return f"checkpoints/{job_id}"
+
+
 def build_manifest(
     *,
     job_id: uuid.UUID,

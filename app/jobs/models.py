@@ -47,6 +47,9 @@ class Job(Base):
 
     stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # What the running stage reports beside the percentage (a distillation's step, loss,
+    # tokens/s, ETA, last checkpoint); replaced by every progress write.
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
     # Fencing token: bumped by every claim; every worker write is conditional on it.

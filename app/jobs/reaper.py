@@ -60,6 +60,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 lease_expires_at=None,
                 stage=None,
                 progress=0.0,
+                progress_detail=None,
             ):
                 counts["requeued"] += 1
                 to_send.append((job.id, job.queue, job.priority))

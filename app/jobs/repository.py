@@ -63,7 +63,8 @@ async def get_job_async(
 # request here; this prepared statement on a psycopg pool costs ~0.4 ms (bench/status_load.py).
 # Postgres only; the integration tests read every job through it.
 JOB_STATUS_SQL = """
-SELECT j.id, j.state, j.device, j.priority, j.stage, j.progress, j.attempts, j.max_attempts,
+SELECT j.id, j.state, j.device, j.priority, j.stage, j.progress, j.progress_detail,
+       j.attempts, j.max_attempts,
        j.error_code, j.error_message, j.metrics, j.created_at, j.updated_at, j.started_at,
        j.finished_at,
        json_build_object('model', j.spec->'model', 'recipe', j.spec->'recipe') AS spec,
@@ -235,7 +236,13 @@ def heartbeat(
 
 
 def set_progress(
-    session: Session, job_id: uuid.UUID, *, generation: int, stage: str, progress: float
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    generation: int,
+    stage: str,
+    progress: float,
+    detail: dict[str, Any] | None = None,
 ) -> str | None:
     """Fenced progress write; returns the job's state (so callers see a cancel at once)."""
     row = session.execute(
@@ -245,7 +252,7 @@ def set_progress(
             Job.lease_generation == generation,
             Job.state.in_([s.value for s in LEASED]),
         )
-        .values(stage=stage, progress=progress, updated_at=utcnow())
+        .values(stage=stage, progress=progress, progress_detail=detail, updated_at=utcnow())
         .returning(Job.state),
         execution_options=NO_SYNC,
     ).one_or_none()

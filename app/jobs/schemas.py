@@ -99,6 +99,12 @@ class JobRead(BaseModel):
     recipe: list[dict[str, Any]]
     stage: str | None
     progress: float = Field(description="0-100")
+    progress_detail: dict[str, Any] | None = Field(
+        default=None,
+        description="What the running stage reports beside the percentage; a distill stage: "
+        "step, max_steps, loss, tokens_per_second, eta_seconds, checkpoint_step, "
+        "resumed_from_step",
+    )
     attempts: int
     max_attempts: int
     error: JobError | None

@@ -185,6 +185,7 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
         recipe=job.spec["recipe"],
         stage=job.stage,
         progress=round(job.progress, 2),
+        progress_detail=job.progress_detail,
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         error=error,

@@ -13,6 +13,13 @@ from app.recipes.catalog import (
     validate_recipe,
 )
 from app.recipes.common import LayerTargets, MethodParams, check_patterns
+from app.recipes.distillation import (
+    DerivedStudent,
+    DistillParams,
+    LoraSpec,
+    ModelStudent,
+    PreviousStudent,
+)
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
     MagnitudeParams,
@@ -42,16 +49,21 @@ __all__ = [
     "MAX_STAGES",
     "METHODS",
     "AwqParams",
+    "DerivedStudent",
+    "DistillParams",
     "Fp8Params",
     "GptqParams",
     "IntBits",
     "LayerOverride",
     "LayerTargets",
+    "LoraSpec",
     "LowRankParams",
     "MagnitudeParams",
     "MethodParams",
     "MethodSpec",
     "ModelShape",
+    "ModelStudent",
+    "PreviousStudent",
     "RtnParams",
     "SparseGptParams",
     "SparsityParams",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.errors import InvalidInput
 from app.recipes.common import MethodParams
 from app.recipes.composition import Kind, why_cannot_follow
+from app.recipes.distillation import DerivedStudent, DistillParams, PreviousStudent
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
     MagnitudeParams,
@@ -131,6 +132,14 @@ METHODS: dict[str, MethodSpec] = {
             "Activation-aware SVD of Linear layers at a parameter or rank budget.",
             LowRankParams,
         ),
+        _spec(
+            "distill",
+            "distillation",
+            "distillation",
+            "Knowledge distillation (forward KL, reverse KL or on-policy GKD) into the "
+            "compressed, a derived smaller, or another student, with checkpoint and resume.",
+            DistillParams,
+        ),
     )
 }
 
@@ -188,6 +197,7 @@ def validate_recipe(
             continue
         validated.append((index, Stage(stage.method, params)))
     errors.extend(_order_errors(stages, field))
+    errors.extend(_student_errors(validated, field))
     if shape is not None:
         errors.extend(_shape_errors(validated, shape, field))
     if errors:
@@ -214,6 +224,34 @@ def _order_errors(stages: list[StageIn], field: str) -> list[dict[str, Any]]:
                 )
                 break
         seen.append((spec.kind, stage.method))
+    return errors
+
+
+def _student_errors(stages: list[tuple[int, Stage]], field: str) -> list[dict[str, Any]]:
+    """A distill stage's student must make sense where the stage stands in the recipe."""
+    errors = []
+    for index, stage in stages:
+        if not isinstance(stage.params, DistillParams):
+            continue
+        where = f"{field}[{index}].params.student"
+        previous = isinstance(stage.params.student, PreviousStudent)
+        if previous and index == 0:
+            errors.append(
+                {
+                    "field": where,
+                    "message": "student 'previous' distills the output of earlier stages, and "
+                    "this is the first stage: compress first, or use a 'derived' or 'model' "
+                    "student",
+                }
+            )
+        if not previous and index > 0:
+            errors.append(
+                {
+                    "field": where,
+                    "message": f"a {stage.params.student.kind!r} student starts a new model, "
+                    "which would discard the earlier stages: make the distill stage the first",
+                }
+            )
     return errors
 
 
@@ -256,6 +294,20 @@ def _shape_errors(
                 num_key_value_heads=max(kv, 1),
                 num_attention_heads=max(kv, 1) * max(group - params.query_heads_per_group, 1),
                 num_hidden_layers=max(shape.num_hidden_layers - params.layers, 1),
+            )
+        if isinstance(params, DistillParams) and isinstance(params.student, DerivedStudent):
+            if params.student.drop_layers >= shape.num_hidden_layers:
+                errors.append(
+                    {
+                        "field": f"{where}.student.drop_layers",
+                        "message": f"must be below the model's {shape.num_hidden_layers} layers",
+                    }
+                )
+            cut = params.student.structured
+            shape = replace(
+                shape,
+                intermediate_size=cut.kept_channels(shape.intermediate_size),
+                num_hidden_layers=max(shape.num_hidden_layers - cut.layers, 1),
             )
         if isinstance(params, SparsityParams):
             pattern = parse_mask_structure(params.mask_structure)

@@ -1,7 +1,9 @@
 """Which stage may follow which: the one table composed recipes are checked against.
 
 Order of work in a recipe: change the architecture first (structured pruning, low-rank), then
-zero weights (sparsity), then put the remaining weights on a grid (quantization). Going back is
+train the result back towards the original (distillation), then zero weights (sparsity; a
+distillation after it keeps the zeros), then put the remaining weights on a grid
+(quantization). Going back is
 refused because the later stage would undo the earlier one: pruning after quantization moves
 weights off the quantization grid, a structured change after sparsity reshapes the masks, a
 second quantization re-rounds rounded weights.
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["structured", "low_rank", "sparsity", "quantization"]
+Kind = Literal["structured", "low_rank", "distillation", "sparsity", "quantization"]
 
 # kind -> the kinds that may come before it in the same recipe.
 CAN_FOLLOW: dict[str, frozenset[str]] = {
     "structured": frozenset(),
     "low_rank": frozenset({"structured"}),
-    "sparsity": frozenset({"structured"}),
-    "quantization": frozenset({"structured", "sparsity"}),
+    "distillation": frozenset({"structured", "low_rank", "sparsity"}),
+    "sparsity": frozenset({"structured", "distillation"}),
+    "quantization": frozenset({"structured", "distillation", "sparsity"}),
 }
 
 WHY_NOT: dict[tuple[str, str], str] = {
@@ -36,6 +39,14 @@ WHY_NOT: dict[tuple[str, str], str] = {
     ("low_rank", "quantization"): "quantizing low-rank factors is not supported: the factored "
     "layers are saved in Squash's own format, which has no quantized variant yet",
     ("low_rank", "sparsity"): "sparsity after a low-rank factorization is not supported",
+    ("distillation", "distillation"): "use one distill stage (raise max_steps)",
+    ("quantization", "distillation"): "distillation trains float weights, which would leave "
+    "the quantization grid (quantization-aware training is not supported): distill first, "
+    "then quantize",
+    ("distillation", "structured"): "structured pruning must come before distillation (the "
+    "distillation recovers what it cost)",
+    ("distillation", "low_rank"): "a low-rank factorization must come before distillation (the "
+    "distillation recovers what it cost)",
     ("quantization", "low_rank"): "factorizing quantized weights is not supported",
     ("sparsity", "low_rank"): "factorizing sparse weights would fill in the zeros",
     ("low_rank", "low_rank"): "use one low-rank stage",

@@ -43,3 +43,31 @@ def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> P
     model.save_pretrained(target)
     fast.save_pretrained(target)
     return target
+
+
+def train_tiny_teacher(source: Path, target: Path, *, steps: int = 200, seed: int = 0) -> Path:
+    """The tiny model after a short plain language-model training on the calibration share of
+    the built-in corpus: a teacher with real preferences (a random one predicts nearly
+    uniformly, leaving a student nothing to learn)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from workers.formats.loader import load_pretrained
+    from workers.models.datasets import builtin_text, split_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    length, batch = 64, 16
+    sequences = torch.tensor(pool[: len(pool) // length * length]).view(-1, length)
+    torch.manual_seed(seed)
+    model = load_pretrained(source).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        ids = sequences[torch.randint(len(sequences), (batch,))]
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

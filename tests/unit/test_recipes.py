@@ -157,3 +157,71 @@ def test_shape_checks_follow_the_structured_stage() -> None:
             [*ok, StageIn(method="wanda", params={"mask_structure": "5:7"})], shape=shape
         )
     assert "[576, 1152]" in caught.value.errors[0]["message"]
+
+
+def test_distill_stands_between_architecture_changes_and_grids() -> None:
+    from app.recipes import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["smollm2-135m-instruct"]
+    recipe = [
+        StageIn(method="structured", params={"layers": 6}),
+        StageIn(method="distill", params={"max_steps": 10, "loss": "gkd", "beta": 0.3}),
+        StageIn(method="wanda", params={"mask_structure": "2:4"}),
+        StageIn(method="gptq", params={"bits": 4, "group_size": 64}),
+    ]
+    stages = validate_recipe(recipe, shape=shape)
+    assert stages[1].params.beta_for_loss == 0.3  # type: ignore[attr-defined]
+    validate_recipe(
+        [StageIn(method="low_rank", params={"param_ratio": 0.7}), StageIn(method="distill")]
+    )
+    validate_recipe([StageIn(method="magnitude"), StageIn(method="distill")])
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [
+                StageIn(method="rtn", params={"bits": 2, "group_size": 64}),
+                StageIn(method="distill"),
+                StageIn(method="structured", params={"layers": 1}),
+            ]
+        )
+    by_field = {e["field"]: e["message"] for e in caught.value.errors}
+    assert "quantization-aware training is not supported" in by_field["recipe[1].method"]
+    assert "'structured' cannot follow" in by_field["recipe[2].method"]
+
+
+def test_distill_students_must_fit_their_place_and_the_model() -> None:
+    from app.recipes import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["smollm2-135m-instruct"]
+    derived = {"student": {"kind": "derived", "drop_layers": 6, "mlp_channels": 0.25}}
+    validate_recipe([StageIn(method="distill", params=derived)], shape=shape)
+    cases = [
+        ([StageIn(method="distill")], "recipe[0].params.student", "first stage"),
+        (
+            [StageIn(method="magnitude"), StageIn(method="distill", params=derived)],
+            "recipe[1].params.student",
+            "discard the earlier stages",
+        ),
+        (
+            [StageIn(method="distill", params={"student": {"kind": "derived", "drop_layers": 30}})],
+            "recipe[0].params.student.drop_layers",
+            "below the model's 30 layers",
+        ),
+        (
+            [StageIn(method="distill", params={"student": {"kind": "derived"}})],
+            "recipe[0].params.student.derived",
+            "drop_layers and/or mlp_channels",
+        ),
+        (
+            [
+                StageIn(method="magnitude"),
+                StageIn(method="distill", params={"loss": "gkd", "prompt_tokens": 256}),
+            ],
+            "recipe[1].params",
+            "prompt_tokens must be below seq_length",
+        ),
+    ]
+    for recipe, field, message in cases:
+        with pytest.raises(InvalidInput) as caught:
+            validate_recipe(recipe, shape=shape)
+        found = {e["field"]: e["message"] for e in caught.value.errors}
+        assert field in found and message in found[field], found

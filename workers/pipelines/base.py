@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,17 @@ class StageInput:
     tokenizer: Any
     calibration_ids: list[list[int]]
     ctx: JobContext | None = None  # None outside a job (tests, benchmarks)
+    # What a training stage needs beyond the model: the job's input model (a teacher),
+    # held-out text for its before/after figures, the zeros earlier stages made (kept while
+    # training), its share of the job's progress bar, a scratch directory and the seed.
+    source_path: Path | None = None
+    eval_ids: list[int] = field(default_factory=list)
+    eval_context_length: int = 512
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: int = 0
+    progress_span: tuple[float, float] = (0.0, 100.0)
+    scratch: Path | None = None
+    seed: int = 0
 
 
 @dataclass

@@ -32,11 +32,6 @@ STRUCTURAL_CONFIG_KEYS = (
 )
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """float32 on CPU (bfloat16 matmuls are several times slower there), bfloat16 on GPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def parse_stages(stages: list[dict[str, Any]]) -> list[tuple[str, MethodParams]]:
     return [(s["method"], METHODS[s["method"]].params.model_validate(s["params"])) for s in stages]
 
@@ -84,16 +79,38 @@ def run_stages(
     ctx: JobContext | None = None,
     on_stage: Callable[[int, str], None] | None = None,
     on_stage_done: Callable[[int, dict[str, Any]], None] | None = None,
+    *,
+    source_path: Path | None = None,
+    eval_ids: list[int] | None = None,
+    eval_context_length: int = 512,
+    scratch: Path | None = None,
+    seed: int = 0,
+    progress_span: tuple[float, float] = (0.0, 100.0),
 ) -> RecipeOutcome:
+    """Apply the stages in order. `source_path` (the unmodified input model) and `eval_ids`
+    are what a distill stage reads as its teacher and held-out text."""
     outcome = RecipeOutcome(model)
     masks: dict[str, torch.Tensor] = {}
+    low, high = progress_span
+    share = (high - low) / max(len(stages), 1)
     for index, (name, params) in enumerate(stages):
         if on_stage:
             on_stage(index, name)
-        result = get_method(name).apply(
-            StageInput(outcome.model, tokenizer, calibration_ids, ctx),
-            params,
+        stage_input = StageInput(
+            outcome.model,
+            tokenizer,
+            calibration_ids,
+            ctx,
+            source_path=source_path,
+            eval_ids=list(eval_ids or []),
+            eval_context_length=eval_context_length,
+            masks=masks,
+            index=index,
+            progress_span=(low + share * index, low + share * (index + 1)),
+            scratch=scratch,
+            seed=seed,
         )
+        result = get_method(name).apply(stage_input, params)
         outcome.model = result.model
         notes: dict[str, Any] = {"method": name, **result.notes}
         if masks:

@@ -19,6 +19,7 @@ def get_method(name: str) -> CompressionMethod:
 
 
 # Each method module registers itself on import; list them here.
+from workers.pipelines.distillation import method  # noqa: E402, F401
 from workers.pipelines.low_rank import svd  # noqa: E402, F401
 from workers.pipelines.pruning import magnitude, sparsegpt, structured, wanda  # noqa: E402, F401
 from workers.pipelines.quantization import awq, fp8, gptq, rtn, ternary, w8a8  # noqa: E402, F401

@@ -17,6 +17,11 @@ from __future__ import annotations
 import torch
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """float32 on CPU (bfloat16 matmuls are several times slower there), bfloat16 on GPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 @torch.no_grad()
 def cast_for_storage(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize

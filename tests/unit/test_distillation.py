@@ -1,0 +1,253 @@
+"""Distillation on tiny models, through the worker's own stage code: each loss lowers its
+training loss and the student's KL to the teacher on held-out text; a run interrupted and
+resumed from its checkpoint ends with the uninterrupted run's weights; earlier zeros survive
+training; LoRA trains adapters only; the losses are the divergences they are named after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from app.config import Settings
+from app.recipes import DistillParams, MagnitudeParams
+from app.storage import LocalStore
+from squash import load_pretrained
+from workers.models.datasets import builtin_text, split_tokens
+from workers.pipelines.base import StageInput
+from workers.pipelines.distillation.checkpoint import WEIGHTS, CheckpointStore
+from workers.pipelines.distillation.data import batch_indices, pack
+from workers.pipelines.distillation.losses import divergence, layer_map
+from workers.pipelines.distillation.models import build_student, load_teacher
+from workers.pipelines.distillation.trainer import TrainingRun, train
+from workers.pipelines.recipe import run_stages
+
+DERIVED = {"kind": "derived", "drop_layers": 1, "mlp_channels": 0.5}
+FAST = {"seq_length": 64, "batch_size": 8, "learning_rate": 2e-3, "eval_tokens": 4096}
+
+
+@pytest.fixture(scope="module")
+def text(tiny_teacher_dir: Path) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    calibration, held_out = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    return {
+        "tokenizer": tokenizer,
+        "calibration": [calibration[i : i + 64] for i in range(0, 64 * 8, 64)],
+        "eval": held_out[:4096],
+    }
+
+
+def distill(teacher_dir: Path, text: dict[str, Any], stages: list[tuple[str, Any]]) -> dict:
+    model = load_pretrained(teacher_dir).eval()
+    outcome = run_stages(
+        model,
+        text["tokenizer"],
+        stages,
+        text["calibration"],
+        source_path=teacher_dir,
+        eval_ids=text["eval"],
+        eval_context_length=128,
+    )
+    return {"model": outcome.model, "notes": outcome.stage_notes[-1]}
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "gkd"])
+def test_each_loss_lowers_training_loss_and_heldout_kl(
+    loss: str, tiny_teacher_dir: Path, text: dict[str, Any]
+) -> None:
+    params = DistillParams(
+        student=DERIVED,
+        loss=loss,
+        max_steps=30,
+        prompt_tokens=16,
+        **FAST,  # type: ignore[arg-type]
+    )
+    notes = distill(tiny_teacher_dir, text, [("distill", params)])["notes"]
+    curve = notes["loss_curve"]
+    assert notes["steps"] == 30 and len(curve) == 30
+    assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5, curve
+    assert notes["kl_to_teacher_after"] < 0.8 * notes["kl_to_teacher_before"], notes
+    assert notes["student_perplexity_after"] < notes["student_perplexity_before"], notes
+    assert notes["teacher_perplexity"] < notes["student_perplexity_before"]
+    assert 0 < notes["gap_recovered"] <= 1.2
+
+
+def test_lm_and_hidden_state_losses_train_too(tiny_teacher_dir: Path, text: dict[str, Any]) -> None:
+    params = DistillParams(
+        student=DERIVED,  # type: ignore[arg-type]
+        max_steps=20,
+        lm_loss_weight=0.3,
+        hidden_loss_weight=1.0,
+        **FAST,
+    )
+    notes = distill(tiny_teacher_dir, text, [("distill", params)])["notes"]
+    assert notes["kl_to_teacher_after"] < notes["kl_to_teacher_before"]
+    # One student layer maps onto the teacher's last of two.
+    assert layer_map(1, 2) == [(1, 2)] and layer_map(2, 4) == [(1, 2), (2, 4)]
+
+
+def test_divergences_match_their_definitions() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, :2] = False
+    log_s, log_t = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+    forward = (log_t.exp() * (log_t - log_s)).sum(-1)[mask].mean()
+    reverse = (log_s.exp() * (log_s - log_t)).sum(-1)[mask].mean()
+    assert torch.allclose(divergence(student, teacher, mask, beta=0.0, temperature=1.0), forward)
+    assert torch.allclose(divergence(student, teacher, mask, beta=1.0, temperature=1.0), reverse)
+    # Temperature T: KL of the softened distributions, times T^2.
+    soft_s, soft_t = F.log_softmax(student / 2, -1), F.log_softmax(teacher / 2, -1)
+    soft = (soft_t.exp() * (soft_t - soft_s)).sum(-1)[mask].mean() * 4
+    assert torch.allclose(divergence(student, teacher, mask, beta=0.0, temperature=2.0), soft)
+    # The JSD lies between 0 and log 2 per token, and is 0 for identical distributions.
+    jsd = divergence(student, teacher, mask, beta=0.5, temperature=1.0)
+    assert 0 < float(jsd) < float(torch.log(torch.tensor(2.0)))
+    assert float(divergence(teacher, teacher, mask, beta=0.5, temperature=1.0)) < 1e-6
+
+
+def test_batch_order_depends_only_on_seed_and_position() -> None:
+    first = [batch_indices(p, sequences=10, batch_size=4, seed=3) for p in range(5)]
+    again = [batch_indices(p, sequences=10, batch_size=4, seed=3) for p in (4, 2, 0, 1, 3)]
+    assert torch.equal(first[4], again[0]) and torch.equal(first[0], again[2])
+    # One epoch (2 batches of 4 out of 10) never repeats a row.
+    assert len(set(torch.cat(first[:2]).tolist())) == 8
+    assert not torch.equal(batch_indices(0, sequences=10, batch_size=4, seed=4), first[0])
+    assert pack(list(range(10)), 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+class Crash(Exception):
+    """Stands in for the worker dying: nothing runs after it (no checkpoint on the way out)."""
+
+
+def _run(
+    teacher_dir: Path,
+    text: dict[str, Any],
+    params: DistillParams,
+    checkpoints: CheckpointStore | None,
+    crash_at: int | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    stage = StageInput(
+        load_pretrained(teacher_dir),
+        text["tokenizer"],
+        text["calibration"],
+        source_path=teacher_dir,
+    )
+    torch.manual_seed(0)
+    teacher = load_teacher(stage, params, torch.device("cpu"), torch.float32)
+    student, _ = build_student(stage, params, teacher, torch.device("cpu"))
+    pool, _ = split_tokens(text["tokenizer"](builtin_text("pydoc-topics"))["input_ids"])
+    calls = {"n": 0}
+
+    def check() -> None:
+        calls["n"] += 1
+        if crash_at is not None and calls["n"] > crash_at:
+            raise Crash
+
+    outcome = train(
+        TrainingRun(
+            student=student,
+            teacher=teacher,
+            params=params,
+            sequences=pack(pool, params.seq_length),
+            seed=7,
+            checkpoints=checkpoints,
+            check=check,
+            eos_token_id=0,
+        )
+    )
+    return student, outcome
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "gkd"])
+def test_resumed_run_ends_with_the_uninterrupted_runs_weights(
+    loss: str, tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
+) -> None:
+    params = DistillParams(
+        student=DERIVED,  # type: ignore[arg-type]
+        loss=loss,  # type: ignore[arg-type]
+        lmbda=0.5,
+        prompt_tokens=16,
+        max_steps=6,
+        grad_accum=2,
+        checkpoint_every=2,
+        lr_schedule="cosine",
+        warmup_steps=1,
+        **FAST,
+    )
+    reference, _ = _run(tiny_teacher_dir, text, params, None)
+
+    settings = Settings()
+    store = LocalStore(tmp_path / "objects", settings)
+
+    def checkpoints() -> CheckpointStore:
+        return CheckpointStore(
+            store, "checkpoints/job", tmp_path / "scratch", generation=1, fingerprint="same"
+        )
+
+    # Dies in step 5's second micro-batch: the last checkpoint is step 4's.
+    with pytest.raises(Crash):
+        _run(tiny_teacher_dir, text, params, checkpoints(), crash_at=9)
+    resumed, outcome = _run(tiny_teacher_dir, text, params, checkpoints())
+    assert outcome.resumed_from_step == 4 and outcome.state.step == 6
+    assert outcome.state.micro_batches == 12
+    for (name, a), (_, b) in zip(
+        reference.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # A retry after training finished loads the final state and trains no more.
+    again, finished = _run(tiny_teacher_dir, text, params, checkpoints())
+    assert finished.stopped_by == "finished_before" and finished.state.step == 6
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(resumed.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+
+
+def test_a_corrupted_checkpoint_is_not_trusted(
+    tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
+) -> None:
+    params = DistillParams(student=DERIVED, max_steps=2, checkpoint_every=1, **FAST)  # type: ignore[arg-type]
+    store = LocalStore(tmp_path / "objects", Settings())
+    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=1, fingerprint="f")
+    _run(tiny_teacher_dir, text, params, checkpoints)
+    weights = next((tmp_path / "objects" / "ck").glob(f"*/{WEIGHTS}"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    _, outcome = _run(tiny_teacher_dir, text, params, checkpoints)
+    assert outcome.resumed_from_step is None and outcome.state.step == 2
+    assert "sha256" in (outcome.resume_note or "")
+    other = CheckpointStore(store, "ck", tmp_path / "s", generation=2, fingerprint="other")
+    _, outcome = _run(tiny_teacher_dir, text, params, other)
+    assert outcome.resumed_from_step is None and "another training setup" in outcome.resume_note
+
+
+def test_distillation_keeps_the_zeros_of_an_earlier_sparsity_stage(
+    tiny_teacher_dir: Path, text: dict[str, Any]
+) -> None:
+    stages = [
+        ("magnitude", MagnitudeParams(sparsity=0.5)),
+        ("distill", DistillParams(max_steps=5, **FAST)),
+    ]
+    result = distill(tiny_teacher_dir, text, stages)
+    assert result["notes"]["mask_refilled_weights"] == 0
+    assert result["notes"]["kl_to_teacher_after"] < result["notes"]["kl_to_teacher_before"]
+    q_proj = result["model"].model.layers[0].self_attn.q_proj.weight
+    assert abs(float((q_proj == 0).float().mean()) - 0.5) < 0.01
+
+
+def test_lora_trains_adapters_only_and_merges(tiny_teacher_dir: Path, text: dict[str, Any]) -> None:
+    params = DistillParams(
+        student=DERIVED,  # type: ignore[arg-type]
+        max_steps=15,
+        lora={"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj", "re:mlp\\.down_proj$"]},  # type: ignore[arg-type]
+        **{**FAST, "learning_rate": 5e-3},
+    )
+    result = distill(tiny_teacher_dir, text, [("distill", params)])
+    model = result["model"]
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert result["notes"]["kl_to_teacher_after"] < result["notes"]["kl_to_teacher_before"]

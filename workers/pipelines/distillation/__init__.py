@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, training data, checkpoints, the student and the loop."""

@@ -1,0 +1,95 @@
+"""Distillation losses on next-token distributions, plus hidden-state matching.
+
+The divergence is TRL's generalized Jensen-Shannon divergence (GKD, Agarwal et al. 2024): at
+beta 0 it is exactly KL(teacher || student) (forward KL, standard KD), at beta 1
+KL(student || teacher) (reverse KL, MiniLLM), in between the JSD that GKD trains with. TRL
+keeps it as a static method of its (experimental) GKD trainer; we use the function, not the
+trainer, whose loop cannot checkpoint to our object store under a job lease.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from trl.experimental.gkd import GKDTrainer
+
+IGNORE = -100
+
+
+def divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Mean over the masked positions of the generalized JSD between the two distributions.
+    Logits are (batch, positions, vocab); `mask` (batch, positions) marks scored positions."""
+    labels = torch.where(mask, 0, IGNORE)
+    loss = GKDTrainer.generalized_jsd_loss(
+        student_logits.float(),
+        teacher_logits.float(),
+        labels=labels,
+        beta=beta,
+        temperature=temperature,
+        reduction="batchmean",
+    )
+    # Hinton et al.: scale by T^2 so gradients keep their size when the temperature changes.
+    return loss * temperature**2
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Plain language-model cross-entropy of logits[:, t] against ids[:, t + 1]."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+def hidden_state_loss(
+    student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """Mean relative squared error between student layer i's output and the teacher layer it
+    maps to (evenly spread when the depths differ; the embeddings, index 0, are skipped)."""
+    pairs = layer_map(len(student_hidden) - 1, len(teacher_hidden) - 1)
+    losses = []
+    for s_index, t_index in pairs:
+        target = teacher_hidden[t_index].float()
+        diff = student_hidden[s_index].float() - target
+        losses.append(diff.pow(2).mean() / target.pow(2).mean().clamp_min(1e-8))
+    return torch.stack(losses).mean()
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Student layer i (1-based output index) -> teacher layer round(i * T / S): the last
+    layers always pair up."""
+    return [
+        (i, max(1, round(i * teacher_layers / student_layers)))
+        for i in range(1, student_layers + 1)
+    ]
+
+
+@torch.no_grad()
+def heldout_kl(
+    student: torch.nn.Module, teacher: torch.nn.Module, token_ids: list[int], context_length: int
+) -> float:
+    """Mean per-token KL(teacher || student) over non-overlapping windows of held-out text:
+    how far the student's next-token distributions are from the teacher's."""
+    device = next(student.parameters()).device
+    total, count = 0.0, 0
+    for begin in range(0, len(token_ids) - 1, context_length):
+        window = torch.tensor(token_ids[begin : begin + context_length], device=device)[None]
+        if window.shape[1] < 2:
+            break
+        mask = torch.ones(window.shape, dtype=torch.bool, device=device)
+        kl = divergence(
+            student(window).logits, teacher(window).logits, mask, beta=0.0, temperature=1.0
+        )
+        total += float(kl) * window.shape[1]
+        count += window.shape[1]
+    return total / count

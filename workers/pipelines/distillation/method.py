@@ -1,0 +1,210 @@
+"""The `distill` stage: teacher and student, training text, before/after figures, training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+from app.artifacts.manifest import checkpoint_prefix
+from app.config import get_settings
+from app.jobs.state import ErrorCode
+from app.recipes import DerivedStudent, DistillParams
+from app.storage import make_store
+from workers.errors import JobFailure
+from workers.evaluation.perplexity import perplexity
+from workers.models.datasets import load_corpus, split_tokens
+from workers.pipelines.base import CompressionMethod, StageInput, StageResult
+from workers.pipelines.distillation.checkpoint import CheckpointStore
+from workers.pipelines.distillation.data import pack
+from workers.pipelines.distillation.losses import heldout_kl
+from workers.pipelines.distillation.models import (
+    add_lora,
+    build_student,
+    check_hidden_sizes,
+    load_teacher,
+    merge_lora,
+)
+from workers.pipelines.distillation.trainer import StepReport, TrainingRun, train
+from workers.pipelines.registry import register
+from workers.pipelines.storage_dtype import compute_dtype
+
+
+@register
+class Distill(CompressionMethod):
+    name = "distill"
+    params_type = DistillParams
+
+    def needs_calibration(self, params: DistillParams) -> bool:  # type: ignore[override]
+        # Only to choose which layers/channels a derived student drops; training reads
+        # params.dataset.
+        return isinstance(params.student, DerivedStudent)
+
+    def calibration_cost(self, params: DistillParams) -> tuple[float, bool]:  # type: ignore[override]
+        return (1.0 if self.needs_calibration(params) else 0.0), False
+
+    def preflight(self, model: torch.nn.Module, params: DistillParams) -> list[str]:  # type: ignore[override]
+        if isinstance(params.student, DerivedStudent):
+            from workers.pipelines.pruning.structured import check_architecture  # import cycle
+
+            check_architecture(model, params.student.structured)
+        warnings = []
+        if params.max_seconds is None and params.max_steps > 10_000:
+            warnings.append("no max_seconds: training is bounded only by max_steps")
+        return warnings
+
+    def apply(self, stage: StageInput, params: DistillParams) -> StageResult:  # type: ignore[override]
+        device = next(stage.model.parameters()).device
+        teacher = load_teacher(stage, params, device, compute_dtype(device))
+        incoming_dtype = next(stage.model.parameters()).dtype
+        student, notes = build_student(stage, params, teacher, device)
+        if params.hidden_loss_weight:
+            check_hidden_sizes(student, teacher)
+        sequences, corpus_note = training_sequences(stage, params)
+        notes.update(corpus_note)
+
+        eval_ids = stage.eval_ids[: params.eval_tokens] if params.eval_tokens else []
+        figures: dict[str, float] = {}
+        if len(eval_ids) >= 2:
+            figures["teacher_perplexity"] = _ppl(teacher, eval_ids, stage)
+            figures["student_perplexity_before"] = _ppl(student, eval_ids, stage)
+            figures["kl_to_teacher_before"] = _kl(student, teacher, eval_ids, stage)
+
+        if params.lora is not None:
+            student = add_lora(student, params.lora)
+        checkpoints = None
+        if stage.ctx is not None:
+            checkpoints = CheckpointStore(
+                make_store(stage.ctx.settings),
+                checkpoint_prefix(stage.ctx.job_id),
+                (stage.scratch or get_settings().work_dir) / "checkpoints",  # type: ignore[operator]
+                generation=stage.ctx.generation,
+                fingerprint=fingerprint(stage, params, student),
+            )
+        span_start, span_end = stage.progress_span
+
+        def on_step(report: StepReport) -> None:
+            if stage.ctx is None:
+                return
+            done = report.step / report.max_steps
+            if params.max_seconds:
+                done = max(done, report.train_seconds / params.max_seconds)
+            percent = span_start + (span_end - span_start) * min(done, 1.0)
+            stage.ctx.progress(f"stage:{self.name}", percent, detail=report.as_json())
+
+        outcome = train(
+            TrainingRun(
+                student=student,
+                teacher=teacher,
+                params=params,
+                sequences=sequences,
+                seed=stage.seed,
+                masks=stage.masks,
+                checkpoints=checkpoints,
+                check=stage.ctx.check if stage.ctx else None,
+                on_step=on_step,
+                eos_token_id=getattr(stage.tokenizer, "eos_token_id", None),
+            )
+        )
+        if outcome.resumed_from_step is not None and stage.ctx is not None:
+            stage.ctx.event(
+                "info",
+                f"distillation resumed from the checkpoint at step {outcome.resumed_from_step}",
+                {"resumed_from_step": outcome.resumed_from_step},
+            )
+        if outcome.resume_note and stage.ctx is not None:
+            stage.ctx.warn(outcome.resume_note)
+        student = merge_lora(student).eval()
+        if len(eval_ids) >= 2:
+            figures["student_perplexity_after"] = _ppl(student, eval_ids, stage)
+            figures["kl_to_teacher_after"] = _kl(student, teacher, eval_ids, stage)
+            gap = figures["student_perplexity_before"] - figures["teacher_perplexity"]
+            if gap > 0:
+                recovered = (
+                    figures["student_perplexity_before"] - figures["student_perplexity_after"]
+                )
+                figures["gap_recovered"] = recovered / gap
+        del teacher
+        state = outcome.state
+        losses = state.losses
+        notes.update(
+            {
+                "loss": params.loss,
+                "steps": state.step,
+                "stopped_by": outcome.stopped_by,
+                "resumed_from_step": outcome.resumed_from_step,
+                "trained_tokens": state.tokens,
+                "train_seconds": round(state.train_seconds, 3),
+                "tokens_per_second": round(state.tokens / state.train_seconds, 2)
+                if state.train_seconds
+                else None,
+                "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None,
+                "loss_curve": _thin(losses),
+                "checkpoint_bytes_written": outcome.checkpoint_bytes,
+                "evaluation_tokens": len(eval_ids),
+                **{key: round(value, 6) for key, value in figures.items()},
+            }
+        )
+        return StageResult(model=student.to(incoming_dtype), notes=notes)
+
+
+def training_sequences(
+    stage: StageInput, params: DistillParams
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The calibration share of the training corpus (never the evaluation share), packed."""
+    settings = stage.ctx.settings if stage.ctx else get_settings()
+    corpus = load_corpus(params.dataset.model_dump(), settings)
+    train_pool, _ = split_tokens(stage.tokenizer(corpus.text)["input_ids"])
+    sequences = pack(train_pool, params.seq_length)
+    if len(sequences) == 0:
+        raise JobFailure(
+            ErrorCode.DATA_ERROR,
+            f"{corpus.name}: {len(train_pool)} training tokens, fewer than one sequence of "
+            f"seq_length {params.seq_length}",
+        )
+    return sequences, {
+        "dataset": corpus.name,
+        "dataset_sha256": corpus.sha256,
+        "train_sequences": len(sequences),
+        "split": "the first 80% of the corpus's tokens (evaluation reads only the rest)",
+    }
+
+
+def fingerprint(stage: StageInput, params: DistillParams, student: torch.nn.Module) -> str:
+    """A checkpoint is only restored into the same training setup: same stage, parameters,
+    seed and trainable tensor shapes."""
+    shapes = {n: list(p.shape) for n, p in student.named_parameters() if p.requires_grad}
+    blob = json.dumps(
+        [stage.index, stage.seed, params.model_dump(mode="json"), shapes], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _ppl(model: torch.nn.Module, ids: list[int], stage: StageInput) -> float:
+    was_training = model.training
+    model.eval()
+    length = stage.eval_context_length
+    result = perplexity(model, ids, context_length=length, stride=length).perplexity
+    model.train(was_training)
+    return result
+
+
+def _kl(
+    student: torch.nn.Module, teacher: torch.nn.Module, ids: list[int], stage: StageInput
+) -> float:
+    was_training = student.training
+    student.eval()
+    result = heldout_kl(student, teacher, ids, stage.eval_context_length)
+    student.train(was_training)
+    return result
+
+
+def _thin(values: list[float], points: int = 50) -> list[float]:
+    """At most `points` values of a loss curve, evenly spaced, for the report."""
+    if len(values) <= points:
+        return values
+    step = len(values) / points
+    return [values[int(i * step)] for i in range(points)] + [values[-1]]

@@ -1,0 +1,122 @@
+"""The teacher and the student of a distill stage, and LoRA adapters when asked for."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.config import Settings, get_settings
+from app.jobs.state import ErrorCode
+from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent
+from workers.errors import JobFailure
+from workers.formats.loader import load_pretrained
+from workers.models.sources import resolve_model
+from workers.pipelines.base import StageInput
+
+
+def _settings(stage: StageInput) -> Settings:
+    return stage.ctx.settings if stage.ctx else get_settings()
+
+
+def _load(
+    stage: StageInput, source: dict[str, Any] | None, role: str, device: torch.device
+) -> torch.nn.Module:
+    if source is None:
+        if stage.source_path is None:
+            raise JobFailure(ErrorCode.INVALID_RECIPE, f"no {role} model: name one")
+        path = stage.source_path
+    else:
+        scratch = (stage.scratch or Path(_settings(stage).work_dir)) / role
+        path = resolve_model(source, _settings(stage), scratch).path
+    try:
+        return load_pretrained(path).to(device)
+    except JobFailure:
+        raise
+    except Exception as exc:
+        raise JobFailure(ErrorCode.INVALID_MODEL, f"the {role} model does not load: {exc}") from exc
+
+
+def load_teacher(
+    stage: StageInput, params: DistillParams, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """Frozen, in eval mode, in the compute dtype: it only runs forward passes."""
+    source = params.teacher.model_dump() if params.teacher is not None else None
+    teacher = _load(stage, source, "teacher", device).to(dtype).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def build_student(
+    stage: StageInput, params: DistillParams, teacher: torch.nn.Module, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model that trains, in float32 (the optimizer's master weights), and notes on it."""
+    # Imported here: structured.py registers itself through the registry, which imports this.
+    from workers.pipelines.pruning.structured import check_architecture, measure_importance, prune
+
+    spec = params.student
+    if isinstance(spec, DerivedStudent):
+        student = copy.deepcopy(teacher).float()
+        cut = spec.structured
+        check_architecture(student, cut)
+        if not stage.calibration_ids:
+            raise JobFailure(ErrorCode.INVALID_RECIPE, "a derived student needs calibration text")
+        with torch.no_grad():
+            notes = prune(student, measure_importance(student, stage.calibration_ids), cut)
+        return student, {"student": "derived", **notes}
+    if isinstance(spec, ModelStudent):
+        student = _load(stage, spec.model.model_dump(), "student", device).float()
+        check_vocabulary(student, teacher)
+        return student, {"student": "model"}
+    return stage.model.float(), {"student": "previous"}
+
+
+def check_vocabulary(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    sizes = (student.config.vocab_size, teacher.config.vocab_size)  # type: ignore[union-attr]
+    if sizes[0] != sizes[1]:
+        raise JobFailure(
+            ErrorCode.INVALID_RECIPE,
+            f"the student's vocabulary ({sizes[0]} tokens) differs from the teacher's "
+            f"({sizes[1]}): distillation needs one tokenizer",
+        )
+
+
+def check_hidden_sizes(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    sizes = (student.config.hidden_size, teacher.config.hidden_size)  # type: ignore[union-attr]
+    if sizes[0] != sizes[1]:
+        raise JobFailure(
+            ErrorCode.INVALID_RECIPE,
+            f"hidden_loss_weight needs equal hidden sizes: student {sizes[0]}, teacher {sizes[1]}",
+        )
+
+
+def add_lora(student: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
+    """PEFT LoRA adapters on the matching Linear layers; the rest of the student is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    suffixes = [t for t in spec.targets if not t.startswith("re:")]
+    patterns = [re.compile(t[3:]) for t in spec.targets if t.startswith("re:")]
+    names = [
+        name
+        for name, module in student.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and "lm_head" not in name
+        and (
+            any(name.split(".")[-1] == s for s in suffixes) or any(p.search(name) for p in patterns)
+        )
+    ]
+    if not names:
+        raise JobFailure(
+            ErrorCode.INVALID_RECIPE, f"lora.targets {spec.targets} match no Linear layer"
+        )
+    config = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names
+    )
+    return get_peft_model(student, config)
+
+
+def merge_lora(student: torch.nn.Module) -> torch.nn.Module:
+    return student.merge_and_unload() if hasattr(student, "merge_and_unload") else student
