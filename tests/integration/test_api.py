@@ -258,6 +258,11 @@ def test_methods_come_from_the_recipe_schema(api: TestClient) -> None:
     assert "overrides" in rtn["params_schema"]["properties"]
     gptq = next(m for m in items if m["name"] == "gptq")
     assert {"actorder", "dampening_frac", "block_size"} <= set(gptq["params_schema"]["properties"])
+    distill = next(m for m in items if m["name"] == "distill")
+    assert distill["family"] == "distillation" and distill["kind"] == "distillation"
+    assert {"loss", "student", "teacher", "max_seconds", "lora"} <= set(
+        distill["params_schema"]["properties"]
+    )
 
 
 def test_health_and_readiness(api: TestClient) -> None:
@@ -318,6 +323,43 @@ SMOLLM2 = {"kind": "builtin", "name": "smollm2-135m-instruct"}
             ],
             "recipe[1].params.layer_sparsity",
             "20, got 30",
+        ),
+        (
+            None,
+            [{"method": "rtn", "params": {"bits": 2, "group_size": 32}}, {"method": "distill"}],
+            "recipe[1].method",
+            "distill first, then quantize",
+        ),
+        (None, [{"method": "distill"}], "recipe[0].params.student", "first stage"),
+        (
+            None,
+            [{"method": "magnitude"}, {"method": "distill", "params": {"loss": "kl"}}],
+            "recipe[1].params.loss",
+            "",
+        ),
+        (
+            SMOLLM2,
+            [
+                {
+                    "method": "distill",
+                    "params": {"student": {"kind": "derived", "drop_layers": 30}},
+                }
+            ],
+            "recipe[0].params.student.drop_layers",
+            "below the model's 30 layers",
+        ),
+        (
+            None,
+            [
+                {
+                    "method": "distill",
+                    "params": {
+                        "student": {"kind": "model", "model": {"kind": "local", "path": "../x"}}
+                    },
+                }
+            ],
+            "recipe[0].params.student.model.model.local.path",
+            "relative path",
         ),
     ],
 )

@@ -130,7 +130,9 @@ def _run(
     params: DistillParams,
     checkpoints: CheckpointStore | None,
     crash_at: int | None = None,
+    warnings: list[str] | None = None,
 ) -> tuple[torch.nn.Module, Any]:
+    warnings = [] if warnings is None else warnings
     stage = StageInput(
         load_pretrained(teacher_dir),
         text["tokenizer"],
@@ -157,6 +159,7 @@ def _run(
             seed=7,
             checkpoints=checkpoints,
             check=check,
+            on_warning=warnings.append,
             eos_token_id=0,
         )
     )
@@ -251,3 +254,27 @@ def test_lora_trains_adapters_only_and_merges(tiny_teacher_dir: Path, text: dict
     assert type(model).__name__ == "LlamaForCausalLM"
     assert not any("lora" in name for name, _ in model.named_parameters())
     assert result["notes"]["kl_to_teacher_after"] < result["notes"]["kl_to_teacher_before"]
+
+
+class UnreachableStore(LocalStore):
+    def put_file(self, key: str, path: Path) -> None:
+        raise ConnectionRefusedError("object store unreachable")
+
+
+def test_a_failed_checkpoint_costs_only_the_resume_point(
+    tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
+) -> None:
+    params = DistillParams(student=DERIVED, max_steps=3, checkpoint_every=1, **FAST)  # type: ignore[arg-type]
+    store = UnreachableStore(tmp_path / "objects", Settings())
+    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=1, fingerprint="f")
+    warnings: list[str] = []
+    _, outcome = _run(tiny_teacher_dir, text, params, checkpoints, warnings=warnings)
+    assert outcome.state.step == 3 and outcome.checkpoint_bytes == 0
+    assert len(warnings) == 3 and "checkpoint at step 1 failed" in warnings[0]
+
+
+def test_wall_clock_budget_stops_training(tiny_teacher_dir: Path, text: dict[str, Any]) -> None:
+    params = DistillParams(student=DERIVED, max_steps=100_000, max_seconds=0.5, **FAST)  # type: ignore[arg-type]
+    _, outcome = _run(tiny_teacher_dir, text, params, None)
+    assert outcome.stopped_by == "max_seconds"
+    assert 1 <= outcome.state.step < 100_000 and outcome.state.train_seconds >= 0.5

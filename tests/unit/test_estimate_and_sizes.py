@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.recipes import GptqParams, RtnParams
+from app.recipes import DistillParams, GptqParams, MagnitudeParams, RtnParams
 from workers.errors import JobFailure
 from workers.evaluation.measure import quantized_weight_storage, saved_checkpoint_bytes
 from workers.pipeline import check_memory
@@ -44,6 +44,21 @@ def test_estimate_counts_calibration_work_and_memory(model: torch.nn.Module) -> 
     assert rtn.memory_bytes >= 2 * 4 * params  # the model and its saved copy, in float32
     assert bigger.memory_bytes > gptq.memory_bytes  # cached calibration activations
     assert gptq.device_gflops > 0 and gptq.available_bytes and gptq.available_bytes > 0
+
+
+def test_estimate_counts_training_work_its_cap_and_optimizer_memory(
+    model: torch.nn.Module,
+) -> None:
+    rtn = estimate(model, [("rtn", RtnParams())])
+    sparse = ("magnitude", MagnitudeParams())
+    short = estimate(model, [sparse, ("distill", DistillParams(max_steps=10))])
+    long = estimate(model, [sparse, ("distill", DistillParams(max_steps=1000))])
+    capped = DistillParams(max_steps=1000, max_seconds=0.5)
+    bounded = estimate(model, [sparse, ("distill", capped)])
+    assert long.breakdown_s["stage_1_distill"] > 50 * short.breakdown_s["stage_1_distill"]
+    assert bounded.breakdown_s["stage_1_distill"] == 0.5
+    params = sum(p.numel() for p in model.parameters())
+    assert short.memory_bytes >= rtn.memory_bytes + 4 * 4 * params
 
 
 class Recorder:

@@ -60,6 +60,11 @@ class CompressionMethod(ABC):
         linear's input Hessian is accumulated)."""
         return (2.0 if self.needs_calibration(params) else 0.0), False
 
+    def training_cost(self, params: MethodParams) -> tuple[int, int, float | None]:
+        """For the job estimate, stages that train: (tokens trained, tokens per micro-batch,
+        wall-clock cap in seconds or None)."""
+        return 0, 0, None
+
     def preflight(self, model: torch.nn.Module, params: MethodParams) -> list[str]:
         """Reject impossible settings before heavy work (raise JobFailure); return warnings."""
         return []

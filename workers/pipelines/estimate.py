@@ -7,10 +7,14 @@ machine estimates slower). Work counted:
   model (2 x non-embedding parameters x tokens, plus the lm_head);
 - calibrated stages: llm-compressor's sequential pipeline runs every decoder layer twice per
   sample (calibrate, then propagate); GPTQ also accumulates each linear's Hessian
-  (2 x tokens x in^2) and AWQ re-runs each smoothed block once per grid point.
+  (2 x tokens x in^2) and AWQ re-runs each smoothed block once per grid point;
+- training stages (distill): per trained token a teacher forward and a student forward and
+  backward (~3 forwards), i.e. 4 forwards, capped by the stage's wall-clock budget (GKD's
+  sampling is not counted).
 Memory = the model in the compute dtype, a second copy while the artifact is saved and
 reloaded, the calibration activations cached between layers, one layer's Hessians, and one
-sample's attention and MLP activations.
+sample's attention and MLP activations; a training stage adds the student's float32 weights,
+gradients and AdamW moments (4 copies) and one micro-batch's logits for both models.
 
 The report puts the estimate beside the measured timings, so its error is visible per job.
 """
@@ -120,6 +124,18 @@ def estimate_job(
         if hessians:
             work += sum(2.0 * calibration_tokens * m.in_features**2 for m in linears)
         breakdown[f"stage_{index}_{name}"] = work / rate
+    training_bytes = 0
+    for index, (name, stage_params) in enumerate(stages):
+        tokens, micro_tokens, cap = get_method(name).training_cost(stage_params)
+        if not tokens:
+            continue
+        seconds = 4 * forward_flops(tokens) / rate
+        key = f"stage_{index}_{name}"
+        breakdown[key] = breakdown.get(key, 0.0) + (min(seconds, cap) if cap else seconds)
+        # 4 float32 copies of the student, 4 float32 logit-sized tensors per model (logits,
+        # log-softmax, the divergence and its gradient), activations kept for backward.
+        activations = micro_tokens * (layers * (intermediate * 3 + hidden * 6) + 8 * vocab) * 4
+        training_bytes = max(training_bytes, params * 4 * 4 + activations)
     cache_bytes = calibration_tokens * hidden * element * 2 if calibrated else 0
     hessian_bytes = (
         sum(4 * m.in_features**2 for m in linears) // max(layers, 1) if calibrated else 0
@@ -128,7 +144,7 @@ def estimate_job(
     sample_bytes = longest * (intermediate * 3 + hidden * 4) * element + (
         heads * longest**2 * element
     )
-    memory = params * element * 2 + cache_bytes + hessian_bytes + sample_bytes
+    memory = params * element * 2 + cache_bytes + hessian_bytes + sample_bytes + training_bytes
     return Estimate(
         memory_bytes=int(memory),
         available_bytes=available_memory(device),

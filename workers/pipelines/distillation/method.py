@@ -45,6 +45,10 @@ class Distill(CompressionMethod):
     def calibration_cost(self, params: DistillParams) -> tuple[float, bool]:  # type: ignore[override]
         return (1.0 if self.needs_calibration(params) else 0.0), False
 
+    def training_cost(self, params: DistillParams) -> tuple[int, int, float | None]:  # type: ignore[override]
+        micro = params.batch_size * params.seq_length
+        return params.max_steps * params.grad_accum * micro, micro, params.max_seconds
+
     def preflight(self, model: torch.nn.Module, params: DistillParams) -> list[str]:  # type: ignore[override]
         if isinstance(params.student, DerivedStudent):
             from workers.pipelines.pruning.structured import check_architecture  # import cycle
@@ -105,6 +109,7 @@ class Distill(CompressionMethod):
                 checkpoints=checkpoints,
                 check=stage.ctx.check if stage.ctx else None,
                 on_step=on_step,
+                on_warning=stage.ctx.warn if stage.ctx else None,
                 eos_token_id=getattr(stage.tokenizer, "eos_token_id", None),
             )
         )

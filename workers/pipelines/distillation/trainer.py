@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from botocore.exceptions import BotoCoreError, ClientError
 
 from app.recipes import DistillParams
 from workers.errors import JobCancelled
@@ -53,7 +54,20 @@ class TrainingRun:
     checkpoints: CheckpointStore | None = None
     check: Callable[[], None] | None = None  # raises to stop (cancel, lost lease)
     on_step: Callable[[StepReport], None] | None = None
+    on_warning: Callable[[str], None] | None = None
     eos_token_id: int | None = None
+
+    def checkpoint(self, state: TrainingState, optimizer: Any, scheduler: Any) -> int:
+        """Save a checkpoint; a failed one (object store down) costs only the resume point,
+        so training goes on and the job's warnings say so."""
+        if self.checkpoints is None:
+            return 0
+        try:
+            return self.checkpoints.save(state, self.student, optimizer, scheduler)
+        except (OSError, BotoCoreError, ClientError) as exc:
+            if self.on_warning:
+                self.on_warning(f"checkpoint at step {state.step} failed: {exc}")
+            return 0
 
 
 @dataclass
@@ -135,23 +149,17 @@ def train(run: TrainingRun) -> TrainingOutcome:
             state.tokens += step_tokens
             state.train_seconds += seconds
             state.losses = [*state.losses, round(step_loss, 6)][-LOSS_HISTORY:]
-            if (
-                run.checkpoints is not None
-                and state.step % params.checkpoint_every == 0
-                and state.step < params.max_steps
-            ):
-                written += run.checkpoints.save(state, student, optimizer, scheduler)
+            if state.step % params.checkpoint_every == 0 and state.step < params.max_steps:
+                written += run.checkpoint(state, optimizer, scheduler)
             if run.on_step:
                 run.on_step(_report(run, state, step_loss, step_tokens / seconds, resumed_from))
     except JobCancelled:
         # Keep what was trained: the last completed step (the partial one is dropped).
-        if run.checkpoints is not None:
-            run.checkpoints.save(state, student, optimizer, scheduler)
+        run.checkpoint(state, optimizer, scheduler)
         raise
     state.done = True
-    if run.checkpoints is not None:
-        # Marked done: a retry of this job (a later stage or the upload failed) skips training.
-        written += run.checkpoints.save(state, student, optimizer, scheduler)
+    # Marked done: a retry of this job (a later stage or the upload failed) skips training.
+    written += run.checkpoint(state, optimizer, scheduler)
     student.eval()
     return TrainingOutcome(state, stopped_by, resumed_from, note, written)
 
