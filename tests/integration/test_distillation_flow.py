@@ -164,3 +164,34 @@ def test_killed_worker_resumes_distillation_from_its_last_checkpoint(
         f"distillation resume: killed at step {killed_at}, resumed from {resumed}, "
         f"{steps} steps in all"
     )
+
+
+def test_another_model_as_student_needs_the_teachers_tokenizer(
+    api: TestClient,
+    tenant_a: dict,
+    worker: WorkerProcess,
+    models_root: Path,
+    tiny_teacher_dir: Path,
+) -> None:
+    from tests.support.tiny_model import build_tiny_model
+
+    build_tiny_model(models_root / "tiny-other-vocab", vocab_size=300)
+
+    def job(student_path: str) -> dict[str, Any]:
+        body = distill_job(3, 100)
+        body["recipe"][0]["params"]["student"] = {
+            "kind": "model",
+            "model": {"kind": "local", "path": student_path},
+        }
+        return api.post("/v1/jobs", json=body, headers=tenant_a).json()
+
+    same, other = job("tiny-llama"), job("tiny-other-vocab")
+    done = wait_for_state(api, tenant_a, same["id"], worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+    notes = api.get(f"/v1/jobs/{same['id']}/report", headers=tenant_a).json()["stages"][0]
+    assert notes["student"] == "model" and notes["steps"] == 3
+    # The random tiny-llama student is far from the trained teacher, and moves towards it.
+    assert notes["kl_to_teacher_after"] < notes["kl_to_teacher_before"]
+    refused = wait_for_state(api, tenant_a, other["id"], worker=worker)
+    assert refused["state"] == "failed" and refused["error"]["code"] == "invalid_recipe"
+    assert "vocabulary (300 tokens) differs" in refused["error"]["message"]

@@ -22,16 +22,16 @@ def _settings(stage: StageInput) -> Settings:
     return stage.ctx.settings if stage.ctx else get_settings()
 
 
-def _load(
-    stage: StageInput, source: dict[str, Any] | None, role: str, device: torch.device
-) -> torch.nn.Module:
+def _resolve(stage: StageInput, source: dict[str, Any] | None, role: str) -> Path:
     if source is None:
         if stage.source_path is None:
             raise JobFailure(ErrorCode.INVALID_RECIPE, f"no {role} model: name one")
-        path = stage.source_path
-    else:
-        scratch = (stage.scratch or Path(_settings(stage).work_dir)) / role
-        path = resolve_model(source, _settings(stage), scratch).path
+        return stage.source_path
+    scratch = (stage.scratch or Path(_settings(stage).work_dir)) / role
+    return resolve_model(source, _settings(stage), scratch).path
+
+
+def _load(path: Path, role: str, device: torch.device) -> torch.nn.Module:
     try:
         return load_pretrained(path).to(device)
     except JobFailure:
@@ -45,7 +45,7 @@ def load_teacher(
 ) -> torch.nn.Module:
     """Frozen, in eval mode, in the compute dtype: it only runs forward passes."""
     source = params.teacher.model_dump() if params.teacher is not None else None
-    teacher = _load(stage, source, "teacher", device).to(dtype).eval()
+    teacher = _load(_resolve(stage, source, "teacher"), "teacher", device).to(dtype).eval()
     teacher.requires_grad_(False)
     return teacher
 
@@ -68,8 +68,10 @@ def build_student(
             notes = prune(student, measure_importance(student, stage.calibration_ids), cut)
         return student, {"student": "derived", **notes}
     if isinstance(spec, ModelStudent):
-        student = _load(stage, spec.model.model_dump(), "student", device).float()
+        path = _resolve(stage, spec.model.model_dump(), "student")
+        student = _load(path, "student", device).float()
         check_vocabulary(student, teacher)
+        check_tokenizer(path, stage.tokenizer)
         return student, {"student": "model"}
     return stage.model.float(), {"student": "previous"}
 
@@ -81,6 +83,24 @@ def check_vocabulary(student: torch.nn.Module, teacher: torch.nn.Module) -> None
             ErrorCode.INVALID_RECIPE,
             f"the student's vocabulary ({sizes[0]} tokens) differs from the teacher's "
             f"({sizes[1]}): distillation needs one tokenizer",
+        )
+
+
+def check_tokenizer(student_path: Path, tokenizer: Any) -> None:
+    """Equal vocabulary sizes are not enough: token i must be the same string for both."""
+    from transformers import AutoTokenizer
+
+    try:
+        student_tokenizer = AutoTokenizer.from_pretrained(str(student_path))
+    except (OSError, ValueError) as exc:
+        raise JobFailure(
+            ErrorCode.INVALID_MODEL, f"the student model has no loadable tokenizer: {exc}"
+        ) from exc
+    if student_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise JobFailure(
+            ErrorCode.INVALID_RECIPE,
+            "the student's tokenizer differs from the teacher's (same size, other tokens): "
+            "distillation needs one tokenizer",
         )
 
 
