@@ -17,11 +17,12 @@ from app.config import Settings
 from app.recipes import DistillParams, MagnitudeParams
 from app.storage import LocalStore
 from squash import load_pretrained
+from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import builtin_text, split_tokens
 from workers.pipelines.base import StageInput
 from workers.pipelines.distillation.checkpoint import WEIGHTS, CheckpointStore
 from workers.pipelines.distillation.data import batch_indices, pack
-from workers.pipelines.distillation.losses import divergence, layer_map
+from workers.pipelines.distillation.losses import divergence, heldout_figures, layer_map
 from workers.pipelines.distillation.models import build_student, load_teacher
 from workers.pipelines.distillation.trainer import TrainingRun, train
 from workers.pipelines.recipe import run_stages
@@ -278,3 +279,29 @@ def test_wall_clock_budget_stops_training(tiny_teacher_dir: Path, text: dict[str
     _, outcome = _run(tiny_teacher_dir, text, params, None)
     assert outcome.stopped_by == "max_seconds"
     assert 1 <= outcome.state.step < 100_000 and outcome.state.train_seconds >= 0.5
+
+
+def test_heldout_figures_agree_with_the_jobs_perplexity(
+    tiny_model_dir: Path, tiny_teacher_dir: Path, text: dict[str, Any]
+) -> None:
+    student, teacher = load_pretrained(tiny_model_dir), load_pretrained(tiny_teacher_dir)
+    ids = text["eval"][:1000]
+    figures = heldout_figures(student, teacher, ids, 128)
+    for model, value in (
+        (student, figures.student_perplexity),
+        (teacher, figures.teacher_perplexity),
+    ):
+        expected = perplexity(model, ids, context_length=128, stride=128).perplexity
+        assert value == pytest.approx(expected, rel=1e-6)
+    windows = [ids[i : i + 128] for i in range(0, len(ids), 128)]
+    kl, count = 0.0, 0
+    with torch.no_grad():
+        for window in windows:
+            w = torch.tensor(window)[None]
+            mask = torch.ones(1, len(window) - 1, dtype=torch.bool)
+            s_logits, t_logits = student(w).logits[:, :-1], teacher(w).logits[:, :-1]
+            kl += float(divergence(s_logits, t_logits, mask, beta=0.0, temperature=1.0)) * (
+                len(window) - 1
+            )
+            count += len(window) - 1
+    assert figures.kl_to_teacher == pytest.approx(kl / count, rel=1e-5)

@@ -9,8 +9,10 @@ trainer, whose loop cannot checkpoint to our object store under a job lease.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,22 +76,35 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]
     ]
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    student_perplexity: float
+    teacher_perplexity: float
+    kl_to_teacher: float  # mean per-token KL(teacher || student)
+
+
 @torch.no_grad()
-def heldout_kl(
+def heldout_figures(
     student: torch.nn.Module, teacher: torch.nn.Module, token_ids: list[int], context_length: int
-) -> float:
-    """Mean per-token KL(teacher || student) over non-overlapping windows of held-out text:
-    how far the student's next-token distributions are from the teacher's."""
+) -> HeldOut:
+    """Both models' perplexities and the student's KL to the teacher, from one forward pass
+    of each per window. Windows do not overlap and each scores its own next-token predictions,
+    which is exactly workers.evaluation.perplexity at stride = context_length."""
     device = next(student.parameters()).device
-    total, count = 0.0, 0
+    nll_student, nll_teacher, kl_sum, count = 0.0, 0.0, 0.0, 0
     for begin in range(0, len(token_ids) - 1, context_length):
         window = torch.tensor(token_ids[begin : begin + context_length], device=device)[None]
         if window.shape[1] < 2:
             break
-        mask = torch.ones(window.shape, dtype=torch.bool, device=device)
-        kl = divergence(
-            student(window).logits, teacher(window).logits, mask, beta=0.0, temperature=1.0
-        )
-        total += float(kl) * window.shape[1]
-        count += window.shape[1]
-    return total / count
+        s_log = F.log_softmax(student(window).logits[0, :-1].float(), dim=-1)
+        t_log = F.log_softmax(teacher(window).logits[0, :-1].float(), dim=-1)
+        targets = window[0, 1:, None]
+        nll_student -= float(s_log.gather(1, targets).double().sum())
+        nll_teacher -= float(t_log.gather(1, targets).double().sum())
+        kl_sum += float((t_log.exp() * (t_log - s_log)).sum(-1).double().sum())
+        count += targets.shape[0]
+    return HeldOut(
+        student_perplexity=math.exp(nll_student / count),
+        teacher_perplexity=math.exp(nll_teacher / count),
+        kl_to_teacher=kl_sum / count,
+    )

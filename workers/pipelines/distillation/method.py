@@ -14,12 +14,11 @@ from app.jobs.state import ErrorCode
 from app.recipes import DerivedStudent, DistillParams
 from app.storage import make_store
 from workers.errors import JobFailure
-from workers.evaluation.perplexity import perplexity
 from workers.models.datasets import load_corpus, split_tokens
 from workers.pipelines.base import CompressionMethod, StageInput, StageResult
 from workers.pipelines.distillation.checkpoint import CheckpointStore
 from workers.pipelines.distillation.data import pack
-from workers.pipelines.distillation.losses import heldout_kl
+from workers.pipelines.distillation.losses import HeldOut, heldout_figures
 from workers.pipelines.distillation.models import (
     add_lora,
     build_student,
@@ -72,9 +71,10 @@ class Distill(CompressionMethod):
         eval_ids = stage.eval_ids[: params.eval_tokens] if params.eval_tokens else []
         figures: dict[str, float] = {}
         if len(eval_ids) >= 2:
-            figures["teacher_perplexity"] = _ppl(teacher, eval_ids, stage)
-            figures["student_perplexity_before"] = _ppl(student, eval_ids, stage)
-            figures["kl_to_teacher_before"] = _kl(student, teacher, eval_ids, stage)
+            before = _heldout(student, teacher, eval_ids, stage)
+            figures["teacher_perplexity"] = before.teacher_perplexity
+            figures["student_perplexity_before"] = before.student_perplexity
+            figures["kl_to_teacher_before"] = before.kl_to_teacher
 
         if params.lora is not None:
             student = add_lora(student, params.lora)
@@ -123,8 +123,9 @@ class Distill(CompressionMethod):
             stage.ctx.warn(outcome.resume_note)
         student = merge_lora(student).eval()
         if len(eval_ids) >= 2:
-            figures["student_perplexity_after"] = _ppl(student, eval_ids, stage)
-            figures["kl_to_teacher_after"] = _kl(student, teacher, eval_ids, stage)
+            after = _heldout(student, teacher, eval_ids, stage)
+            figures["student_perplexity_after"] = after.student_perplexity
+            figures["kl_to_teacher_after"] = after.kl_to_teacher
             gap = figures["student_perplexity_before"] - figures["teacher_perplexity"]
             if gap > 0:
                 recovered = (
@@ -188,21 +189,12 @@ def fingerprint(stage: StageInput, params: DistillParams, student: torch.nn.Modu
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _ppl(model: torch.nn.Module, ids: list[int], stage: StageInput) -> float:
-    was_training = model.training
-    model.eval()
-    length = stage.eval_context_length
-    result = perplexity(model, ids, context_length=length, stride=length).perplexity
-    model.train(was_training)
-    return result
-
-
-def _kl(
+def _heldout(
     student: torch.nn.Module, teacher: torch.nn.Module, ids: list[int], stage: StageInput
-) -> float:
+) -> HeldOut:
     was_training = student.training
     student.eval()
-    result = heldout_kl(student, teacher, ids, stage.eval_context_length)
+    result = heldout_figures(student, teacher, ids, stage.eval_context_length)
     student.train(was_training)
     return result
 
