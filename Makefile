@@ -34,6 +34,7 @@ openapi:
 bench: install
 	$(BIN)/python -m bench.quantization_quality
 	$(BIN)/python -m bench.pruning_quality
+	$(BIN)/python -m bench.distillation_quality
 	$(BIN)/python -m bench.status_load
 
 clean:
