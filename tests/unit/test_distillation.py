@@ -143,6 +143,9 @@ def _run(
     torch.manual_seed(0)
     teacher = load_teacher(stage, params, torch.device("cpu"), torch.float32)
     student, _ = build_student(stage, params, teacher, torch.device("cpu"))
+    # A derived student is cut from the frozen teacher, and still trains every weight.
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
     pool, _ = split_tokens(text["tokenizer"](builtin_text("pydoc-topics"))["input_ids"])
     calls = {"n": 0}
 

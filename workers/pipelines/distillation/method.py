@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,7 +84,7 @@ class Distill(CompressionMethod):
             checkpoints = CheckpointStore(
                 make_store(stage.ctx.settings),
                 checkpoint_prefix(stage.ctx.job_id),
-                (stage.scratch or get_settings().work_dir) / "checkpoints",  # type: ignore[operator]
+                (stage.scratch or Path(stage.ctx.settings.work_dir)) / "checkpoints",
                 generation=stage.ctx.generation,
                 fingerprint=fingerprint(stage, params, student),
             )

@@ -53,7 +53,15 @@ def load_teacher(
 def build_student(
     stage: StageInput, params: DistillParams, teacher: torch.nn.Module, device: torch.device
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model that trains, in float32 (the optimizer's master weights), and notes on it."""
+    """The model that trains, in float32 (the optimizer's master weights), every weight
+    trainable (a derived student is a copy of the frozen teacher), and notes on it."""
+    student, notes = _pick_student(stage, params, teacher, device)
+    return student.float().requires_grad_(True), notes
+
+
+def _pick_student(
+    stage: StageInput, params: DistillParams, teacher: torch.nn.Module, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     # Imported here: structured.py registers itself through the registry, which imports this.
     from workers.pipelines.pruning.structured import check_architecture, measure_importance, prune
 
