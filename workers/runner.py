@@ -11,13 +11,12 @@ from typing import Any
 
 import structlog
 
-from app.artifacts.manifest import checkpoint_prefix
+from app.artifacts.retention import drop_checkpoints
 from app.config import Settings
 from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import ErrorCode, JobState
 from app.queue import send_run_job
-from app.storage import make_store
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
 
@@ -82,19 +81,6 @@ def _finish(
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
     if moved and target in (JobState.SUCCEEDED, JobState.FAILED):
         drop_checkpoints(settings, ctx.job_id)
-
-
-def drop_checkpoints(settings: Settings, job_id: uuid.UUID) -> None:
-    """Training checkpoints serve retries only: gone once the job has ended for good. A
-    cancelled job keeps its last one (the trained-so-far student) for the operator's
-    lifecycle rule to expire."""
-    try:
-        removed = make_store(settings).delete_prefix(checkpoint_prefix(job_id))
-    except Exception:
-        log.warning("job.checkpoint_cleanup_failed", job_id=str(job_id), exc_info=True)
-        return
-    if removed:
-        log.info("job.checkpoints_dropped", job_id=str(job_id), objects=removed)
 
 
 def _fail(settings: Settings, ctx: JobContext, code: ErrorCode, message: str) -> None:

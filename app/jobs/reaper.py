@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import structlog
 
+from app.artifacts.retention import drop_checkpoints
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
@@ -29,6 +30,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "resent": 0}
     now = utcnow()
     to_send: list[tuple[uuid.UUID, str, int]] = []
+    ended: list[uuid.UUID] = []  # failed here: their checkpoints go once the moves committed
     with session_scope(settings.database_url) as session:
         for job in repository.expired_leases(session, now=now):
             gen = job.lease_generation
@@ -48,6 +50,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
                     error_code=ErrorCode.MAX_ATTEMPTS_EXCEEDED.value,
                     error_message=f"{silent}; {job.attempts} of {job.max_attempts} attempts used",
                 ):
+                    ended.append(job.id)
                     counts["failed"] += 1
             elif repository.transition(
                 session,
@@ -76,6 +79,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 error_code=ErrorCode.TIMEOUT.value,
                 error_message=f"ran longer than {settings.max_job_runtime_s:.0f}s",
             ):
+                ended.append(job.id)
                 counts["timed_out"] += 1
 
         resend_before = now - timedelta(seconds=settings.requeue_after_s)
@@ -86,6 +90,8 @@ def reap_once(settings: Settings) -> dict[str, int]:
             if (job.id, job.queue, job.priority) not in to_send:
                 to_send.append((job.id, job.queue, job.priority))
                 counts["resent"] += 1
+    for job_id in ended:
+        drop_checkpoints(settings, job_id)
     # Send only after the moves above committed (a worker must find the job `queued`).
     for job_id, queue, priority in to_send:
         try:

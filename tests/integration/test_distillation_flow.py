@@ -195,3 +195,39 @@ def test_another_model_as_student_needs_the_teachers_tokenizer(
     refused = wait_for_state(api, tenant_a, other["id"], worker=worker)
     assert refused["state"] == "failed" and refused["error"]["code"] == "invalid_recipe"
     assert "vocabulary (300 tokens) differs" in refused["error"]["message"]
+
+
+def test_reaper_drops_the_checkpoints_of_a_job_it_fails(
+    api: TestClient, tenant_a: dict, settings: Settings
+) -> None:
+    """A job whose worker died on its last attempt ends `failed` by the reaper, and its training
+    checkpoints (useless now) are deleted; other jobs' are untouched."""
+    import uuid
+
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.jobs import repository
+    from app.jobs.models import Job
+    from app.jobs.reaper import reap_once
+
+    body = tiny_job(device="gpu", priority=0)  # parked: the gpu queue is read by test workers
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    job_id = uuid.UUID(job["id"])
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    other = uuid.uuid4()
+    for owner in (job_id, other):
+        for name in ("latest.json", "step-00000010-g1/student.safetensors"):
+            s3.put_object(Bucket=BUCKET, Key=f"artifacts/checkpoints/{owner}/{name}", Body=b"x")
+    with session_scope(settings.database_url) as session:
+        # A worker that claims it on its last attempt and dies at once.
+        session.execute(update(Job).where(Job.id == job_id).values(max_attempts=1))
+        assert repository.claim(session, job_id, worker_id="ghost", lease_ttl_s=0.1) == 1
+    time.sleep(0.3)
+    reap_once(settings)
+    done = wait_for_state(api, tenant_a, job["id"], timeout=30)
+    assert done["state"] == "failed" and done["error"]["code"] == "max_attempts_exceeded"
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="artifacts/checkpoints/")
+    keys = {item["Key"] for item in listed.get("Contents", [])}
+    assert not any(str(job_id) in key for key in keys)
+    assert {f"artifacts/checkpoints/{other}/latest.json"} <= keys
