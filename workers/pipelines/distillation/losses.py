@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,11 @@ class HeldOut:
 
 @torch.no_grad()
 def heldout_figures(
-    student: torch.nn.Module, teacher: torch.nn.Module, token_ids: list[int], context_length: int
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    token_ids: list[int],
+    context_length: int,
+    on_window: Callable[[], None] | None = None,
 ) -> HeldOut:
     """Both models' perplexities and the student's KL to the teacher, from one forward pass
     of each per window. Windows do not overlap and each scores its own next-token predictions,
@@ -96,6 +101,8 @@ def heldout_figures(
         window = torch.tensor(token_ids[begin : begin + context_length], device=device)[None]
         if window.shape[1] < 2:
             break
+        if on_window:
+            on_window()  # the job's cancel check point
         s_log = F.log_softmax(student(window).logits[0, :-1].float(), dim=-1)
         t_log = F.log_softmax(teacher(window).logits[0, :-1].float(), dim=-1)
         targets = window[0, 1:, None]

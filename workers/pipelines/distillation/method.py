@@ -195,7 +195,8 @@ def _heldout(
 ) -> HeldOut:
     was_training = student.training
     student.eval()
-    result = heldout_figures(student, teacher, ids, stage.eval_context_length)
+    check = stage.ctx.check if stage.ctx else None
+    result = heldout_figures(student, teacher, ids, stage.eval_context_length, check)
     student.train(was_training)
     return result
 
