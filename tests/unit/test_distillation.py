@@ -308,3 +308,20 @@ def test_heldout_figures_agree_with_the_jobs_perplexity(
             )
             count += len(window) - 1
     assert figures.kl_to_teacher == pytest.approx(kl / count, rel=1e-5)
+
+
+class FlakyReadStore(LocalStore):
+    def get_bytes(self, key: str) -> bytes:
+        raise ConnectionRefusedError("object store unreachable")
+
+
+def test_an_unreadable_checkpoint_store_retries_the_job_instead_of_starting_over(
+    tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
+) -> None:
+    from workers.errors import TransientFailure
+
+    params = DistillParams(student=DERIVED, max_steps=2, **FAST)  # type: ignore[arg-type]
+    store = FlakyReadStore(tmp_path / "objects", Settings())
+    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=2, fingerprint="f")
+    with pytest.raises(TransientFailure, match="cannot read the training checkpoint"):
+        _run(tiny_teacher_dir, text, params, checkpoints)

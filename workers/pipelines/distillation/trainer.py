@@ -19,7 +19,7 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.recipes import DistillParams
-from workers.errors import JobCancelled
+from workers.errors import JobCancelled, TransientFailure
 from workers.pipelines.distillation.checkpoint import CheckpointStore, TrainingState, set_rng_state
 from workers.pipelines.distillation.data import batch_indices, micro_seed
 from workers.pipelines.distillation.losses import divergence, hidden_state_loss, next_token_loss
@@ -103,7 +103,11 @@ def train(run: TrainingRun) -> TrainingOutcome:
     )
     state, resumed_from, note, written = TrainingState(), None, None, 0
     if run.checkpoints is not None:
-        restored, note = run.checkpoints.load()
+        try:
+            restored, note = run.checkpoints.load()
+        except (OSError, BotoCoreError, ClientError) as exc:
+            # Starting over could redo hours of training: retry the job once the store is back.
+            raise TransientFailure(f"cannot read the training checkpoint: {exc}") from exc
         if restored is not None:
             named = dict(student.named_parameters())
             with torch.no_grad():
@@ -172,7 +176,7 @@ def _report(
     resumed_from: int | None,
 ) -> StepReport:
     params = run.params
-    per_step = state.train_seconds / max(state.step - (resumed_from or 0), 1)
+    per_step = state.train_seconds / max(state.step, 1)  # both count every attempt
     eta = (params.max_steps - state.step) * per_step
     if params.max_seconds is not None:
         eta = min(eta, max(params.max_seconds - state.train_seconds, 0.0))
