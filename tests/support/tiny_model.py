@@ -54,11 +54,12 @@ def train_tiny_teacher(source: Path, target: Path, *, steps: int = 200, seed: in
 
     from workers.formats.loader import load_pretrained
     from workers.models.datasets import builtin_text, split_tokens
+    from workers.pipelines.distillation.data import pack
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
     length, batch = 64, 16
-    sequences = torch.tensor(pool[: len(pool) // length * length]).view(-1, length)
+    sequences = pack(pool, length)
     torch.manual_seed(seed)
     model = load_pretrained(source).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -215,12 +215,18 @@ def test_resumed_run_ends_with_the_uninterrupted_runs_weights(
     )
 
 
+def local_checkpoints(tmp_path: Path, store: type[LocalStore] = LocalStore) -> CheckpointStore:
+    return CheckpointStore(
+        store(tmp_path / "objects", Settings()), "ck", tmp_path / "s", generation=1, fingerprint="f"
+    )
+
+
 def test_a_corrupted_checkpoint_is_not_trusted(
     tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
 ) -> None:
     params = DistillParams(student=DERIVED, max_steps=2, checkpoint_every=1, **FAST)  # type: ignore[arg-type]
-    store = LocalStore(tmp_path / "objects", Settings())
-    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=1, fingerprint="f")
+    checkpoints = local_checkpoints(tmp_path)
+    store = checkpoints.store
     _run(tiny_teacher_dir, text, params, checkpoints)
     weights = next((tmp_path / "objects" / "ck").glob(f"*/{WEIGHTS}"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
@@ -269,8 +275,7 @@ def test_a_failed_checkpoint_costs_only_the_resume_point(
     tiny_teacher_dir: Path, text: dict[str, Any], tmp_path: Path
 ) -> None:
     params = DistillParams(student=DERIVED, max_steps=3, checkpoint_every=1, **FAST)  # type: ignore[arg-type]
-    store = UnreachableStore(tmp_path / "objects", Settings())
-    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=1, fingerprint="f")
+    checkpoints = local_checkpoints(tmp_path, UnreachableStore)
     warnings: list[str] = []
     _, outcome = _run(tiny_teacher_dir, text, params, checkpoints, warnings=warnings)
     assert outcome.state.step == 3 and outcome.checkpoint_bytes == 0
@@ -321,7 +326,6 @@ def test_an_unreadable_checkpoint_store_retries_the_job_instead_of_starting_over
     from workers.errors import TransientFailure
 
     params = DistillParams(student=DERIVED, max_steps=2, **FAST)  # type: ignore[arg-type]
-    store = FlakyReadStore(tmp_path / "objects", Settings())
-    checkpoints = CheckpointStore(store, "ck", tmp_path / "s", generation=2, fingerprint="f")
+    checkpoints = local_checkpoints(tmp_path, FlakyReadStore)
     with pytest.raises(TransientFailure, match="cannot read the training checkpoint"):
         _run(tiny_teacher_dir, text, params, checkpoints)

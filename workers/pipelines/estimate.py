@@ -115,27 +115,27 @@ def estimate_job(
 
     calibration_tokens = calibration_samples * calibration_length
     calibrated = False
-    for index, (name, stage_params) in enumerate(stages):
-        passes_over_data, hessians = get_method(name).calibration_cost(stage_params)
-        if not passes_over_data:
-            continue
-        calibrated = True
-        work = passes_over_data * 2.0 * body_params * calibration_tokens
-        if hessians:
-            work += sum(2.0 * calibration_tokens * m.in_features**2 for m in linears)
-        breakdown[f"stage_{index}_{name}"] = work / rate
     training_bytes = 0
     for index, (name, stage_params) in enumerate(stages):
-        tokens, micro_tokens, cap = get_method(name).training_cost(stage_params)
-        if not tokens:
-            continue
-        seconds = 4 * forward_flops(tokens) / rate
-        key = f"stage_{index}_{name}"
-        breakdown[key] = breakdown.get(key, 0.0) + (min(seconds, cap) if cap else seconds)
-        # 4 float32 copies of the student, 4 float32 logit-sized tensors per model (logits,
-        # log-softmax, the divergence and its gradient), activations kept for backward.
-        activations = micro_tokens * (layers * (intermediate * 3 + hidden * 6) + 8 * vocab) * 4
-        training_bytes = max(training_bytes, params * 4 * 4 + activations)
+        method = get_method(name)
+        seconds = 0.0
+        passes_over_data, hessians = method.calibration_cost(stage_params)
+        if passes_over_data:
+            calibrated = True
+            work = passes_over_data * 2.0 * body_params * calibration_tokens
+            if hessians:
+                work += sum(2.0 * calibration_tokens * m.in_features**2 for m in linears)
+            seconds += work / rate
+        tokens, micro_tokens, cap = method.training_cost(stage_params)
+        if tokens:
+            training = 4 * forward_flops(tokens) / rate
+            seconds += min(training, cap) if cap else training
+            # 4 float32 copies of the student, 4 float32 logit-sized tensors per model (logits,
+            # log-softmax, the divergence and its gradient), activations kept for backward.
+            activations = micro_tokens * (layers * (intermediate * 3 + hidden * 6) + 8 * vocab) * 4
+            training_bytes = max(training_bytes, params * 4 * 4 + activations)
+        if seconds:
+            breakdown[f"stage_{index}_{name}"] = seconds
     cache_bytes = calibration_tokens * hidden * element * 2 if calibrated else 0
     hessian_bytes = (
         sum(4 * m.in_features**2 for m in linears) // max(layers, 1) if calibrated else 0

@@ -11,7 +11,7 @@ import torch
 
 from app.config import Settings, get_settings
 from app.jobs.state import ErrorCode
-from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent
+from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent, PreviousStudent
 from workers.errors import JobFailure
 from workers.formats.loader import load_pretrained
 from workers.models.sources import resolve_model
@@ -43,9 +43,14 @@ def _load(path: Path, role: str, device: torch.device) -> torch.nn.Module:
 def load_teacher(
     stage: StageInput, params: DistillParams, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
-    """Frozen, in eval mode, in the compute dtype: it only runs forward passes."""
-    source = params.teacher.model_dump() if params.teacher is not None else None
-    teacher = _load(_resolve(stage, source, "teacher"), "teacher", device).to(dtype).eval()
+    """Frozen, in eval mode, in the compute dtype: it only runs forward passes. When the stage
+    is the recipe's first (a derived or other student) and the teacher is the job's model, the
+    model the stage received is that teacher, unchanged: no second load."""
+    if params.teacher is None and not isinstance(params.student, PreviousStudent):
+        teacher = stage.model.to(device, dtype).eval()
+    else:
+        source = params.teacher.model_dump() if params.teacher is not None else None
+        teacher = _load(_resolve(stage, source, "teacher"), "teacher", device).to(dtype).eval()
     teacher.requires_grad_(False)
     return teacher
 
