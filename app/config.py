@@ -44,6 +44,29 @@ class Settings(BaseSettings):
     presign_expiry_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     default_device: Literal["cpu", "gpu"] = "gpu"
 
+    # Per-tenant limits (app/limits/). Token buckets: `burst` requests at once, refilled at
+    # `per_minute` (0 disables); submissions have their own, stricter bucket. Active jobs are
+    # queued, running or cancel_requested ones. Answers 429 with Retry-After, or 413.
+    rate_limit_per_minute: float = Field(default=1200, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    submit_rate_limit_per_minute: float = Field(default=60, ge=0)
+    submit_rate_limit_burst: int = Field(default=20, ge=1)
+    max_active_jobs_per_tenant: int = Field(default=50, ge=0, description="0 = unlimited")
+    quota_retry_after_s: int = Field(default=30, ge=1)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Webhooks (app/webhooks/): a delivery is retried with exponential backoff from
+    # webhook_retry_base_s up to webhook_retry_max_s between attempts, until acknowledged (2xx)
+    # or older than webhook_max_age_s. Hosts in webhook_allowed_hosts skip the https and
+    # public-address rules (an operator's internal receivers; tests).
+    webhook_dispatch_enabled: bool = True
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    webhook_max_age_s: float = Field(default=3 * 24 * 3600, gt=0)
+    webhook_allowed_hosts: tuple[str, ...] = ()
+
     # Where workers may read models from by path, and where they cache downloads.
     model_dirs: tuple[Path, ...] = ()
     work_dir: Path = Path(".squash/work")

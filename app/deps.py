@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth_service
 from app.config import Settings
 from app.db import get_async_sessionmaker, get_sessionmaker
-from app.errors import Unauthorized
+from app.errors import TooManyRequests, Unauthorized
+from app.limits.rate import Bucket, request_bucket, submit_bucket
 from app.storage import ObjectStore
 
 
@@ -59,7 +60,28 @@ async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
     )
     if tenant_id is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    await _limit(request, request_bucket(settings), tenant_id, "requests")
     return tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
+
+
+async def _limit(request: Request, bucket: Bucket, tenant_id: uuid.UUID, what: str) -> None:
+    if not bucket.enabled:
+        return
+    decision = await request.app.state.rate_limiter.take(bucket, str(tenant_id))
+    if not decision.allowed:
+        raise TooManyRequests(
+            f"too many {what}: at most {bucket.per_minute:g} a minute "
+            f"(bursts of {bucket.capacity}); retry after {decision.retry_after_s} s",
+            retry_after_s=decision.retry_after_s,
+        )
+
+
+async def limit_submissions(request: Request, settings: SettingsDep, tenant_id: TenantDep) -> None:
+    """The stricter bucket of POST /v1/jobs (on top of the per-request one)."""
+    await _limit(request, submit_bucket(settings), tenant_id, "job submissions")
+
+
+SubmitLimitDep = Annotated[None, Depends(limit_submissions)]

@@ -19,6 +19,13 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_RESPONSE = {"content": {PROBLEM_JSON: {}}}
 ERRORS_401 = {401: {"description": "Missing, invalid or revoked API key", **PROBLEM_RESPONSE}}
 ERRORS_404 = {404: {"description": "No such job for this tenant", **PROBLEM_RESPONSE}}
+ERRORS_413 = {413: {"description": "Request body over MAX_REQUEST_BYTES", **PROBLEM_RESPONSE}}
+ERRORS_429 = {
+    429: {
+        "description": "Rate limit or active-job quota reached; retry after `Retry-After` s",
+        **PROBLEM_RESPONSE,
+    }
+}
 ERRORS_422 = {422: {"description": "Invalid input; `errors[].field` names it", **PROBLEM_RESPONSE}}
 
 
@@ -62,6 +69,16 @@ class Unauthorized(AppError):
 class Conflict(AppError):
     status = 409
     code = "conflict"
+
+
+class TooManyRequests(AppError):
+    """429 with Retry-After: a rate limit or a quota."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class InvalidInput(AppError):

@@ -12,11 +12,16 @@ from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
 from app.config import Settings, get_settings
 from app.db import open_status_pool
-from app.errors import install_error_handlers
+from app.errors import ERRORS_413, ERRORS_429, install_error_handlers
 from app.jobs import router as jobs_router
-from app.jobs.reaper import ReaperThread
+from app.jobs.reaper import reaper_thread
+from app.limits.body_size import BodySizeLimit
+from app.limits.rate import make_rate_limiter
 from app.logging import configure_logging
+from app.reports import router as reports_router
 from app.storage import make_store
+from app.webhooks import router as webhooks_router
+from app.webhooks.dispatcher import dispatcher_thread
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,30 +29,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reaper = ReaperThread(settings) if settings.reaper_enabled else None
-        if reaper:
-            reaper.start()
+        loops = [
+            *([reaper_thread(settings)] if settings.reaper_enabled else []),
+            *([dispatcher_thread(settings)] if settings.webhook_dispatch_enabled else []),
+        ]
+        for loop in loops:
+            loop.start()
         app.state.pg_pool = await open_status_pool(settings)
         yield
         if app.state.pg_pool is not None:
             await app.state.pg_pool.close()
-        if reaper:
-            reaper.stop()
+        for loop in loops:
+            loop.stop()
 
     app = FastAPI(
         title="Squash",
         version="0.1.0",
         summary="LLM compression as a service: quantization, pruning and distillation jobs.",
         lifespan=lifespan,
+        # Every route: bodies over MAX_REQUEST_BYTES (middleware); authenticated ones also
+        # answer 429 when the tenant's request bucket is empty (app/deps.py).
+        responses={**ERRORS_413, **ERRORS_429},
     )
     app.state.settings = settings
     app.state.store = make_store(settings)
     app.state.tenant_cache = TenantCache(settings.auth_cache_ttl_s)
     app.state.pg_pool = None
+    app.state.rate_limiter = make_rate_limiter(settings)
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health.router)
     app.include_router(jobs_router.router)
     app.include_router(artifacts_router.router)
+    app.include_router(reports_router.router)
+    app.include_router(webhooks_router.router)
     return app
 
 

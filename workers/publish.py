@@ -9,6 +9,7 @@ from typing import Any
 from app.artifacts.manifest import (
     MANIFEST_NAME,
     RECIPE_NAME,
+    REPORT_HTML_NAME,
     REPORT_NAME,
     attempt_prefix,
     build_manifest,
@@ -21,24 +22,32 @@ from workers.errors import TransientFailure
 def publish(
     ctx: JobContext,
     *,
-    model_dir: Path,
+    staging: Path,
+    model_dir: Path | None,
     report: dict[str, Any],
+    report_html: str,
     recipe: list[dict[str, Any]],
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
-    """Upload every file, verify it, then write the manifest last. Returns the job-row values."""
+    """Upload every file, verify it, then write the manifest last. Returns the job-row values.
+    An evaluate job has no `model_dir`: it publishes its report only."""
     store = make_store(ctx.settings)
     prefix = attempt_prefix(ctx.job_id, ctx.generation)
-    staged = model_dir.parent / "publish"
+    staged = staging / "publish"
     staged.mkdir(parents=True, exist_ok=True)
     (staged / RECIPE_NAME).write_text(json.dumps(recipe, indent=2))
     (staged / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
-    local_files = [
-        (f"model/{p.relative_to(model_dir)}", p)
-        for p in sorted(model_dir.rglob("*"))
-        if p.is_file()
-    ]
-    local_files += [(RECIPE_NAME, staged / RECIPE_NAME), (REPORT_NAME, staged / REPORT_NAME)]
+    (staged / REPORT_HTML_NAME).write_text(report_html)
+    local_files = (
+        [
+            (f"model/{p.relative_to(model_dir)}", p)
+            for p in sorted(model_dir.rglob("*"))
+            if p.is_file()
+        ]
+        if model_dir is not None
+        else []
+    )
+    local_files += [(name, staged / name) for name in (RECIPE_NAME, REPORT_NAME, REPORT_HTML_NAME)]
     files: list[dict[str, Any]] = []
     for index, (path, local) in enumerate(local_files):
         ctx.check()

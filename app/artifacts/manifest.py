@@ -7,6 +7,7 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
+REPORT_HTML_NAME = "report.html"
 RECIPE_NAME = "recipe.json"
 MANIFEST_VERSION = 1
 

@@ -7,14 +7,15 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
-from app.artifacts.manifest import MANIFEST_NAME, REPORT_NAME
+from app.artifacts.manifest import MANIFEST_NAME, REPORT_HTML_NAME, REPORT_NAME
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.errors import ERRORS_401, ERRORS_404, NotFound, Unauthorized
 from app.jobs import repository as job_repository
 from app.jobs import service as job_service
 from app.jobs.schemas import ArtifactList, ArtifactRead
+from app.reports.html import CSP
 from app.storage import LocalStore, ObjectNotFound
 
 router = APIRouter(tags=["artifacts"])
@@ -68,6 +69,27 @@ def get_report(
         return json.loads(store.get_bytes(f"{prefix}/{REPORT_NAME}"))
     except ObjectNotFound as exc:
         raise NotFound("report not found", code="report_not_available") from exc
+
+
+@router.get(
+    "/v1/jobs/{job_id}/report.html",
+    response_class=HTMLResponse,
+    responses={
+        **ERRORS_401,
+        **ERRORS_404,
+        200: {"content": {"text/html": {}}, "description": "Self-contained page"},
+    },
+)
+def get_report_html(
+    job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, store: StoreDep
+) -> HTMLResponse:
+    """The report as a self-contained page (inline SVG charts; loads nothing else)."""
+    prefix = _published_prefix(session, tenant_id, job_id)
+    try:
+        page = store.get_bytes(f"{prefix}/{REPORT_HTML_NAME}")
+    except ObjectNotFound as exc:
+        raise NotFound("this job's report has no HTML page", code="report_not_available") from exc
+    return HTMLResponse(page, headers={"Content-Security-Policy": CSP})
 
 
 @router.get("/v1/files/{key:path}", include_in_schema=False)

@@ -14,6 +14,8 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # Signs this tenant's webhook deliveries (app/webhooks/secrets.py); made on first use.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

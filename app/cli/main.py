@@ -21,6 +21,9 @@ DEMO_JOB: dict[str, Any] = {
     "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
     "recipe": [{"method": "rtn", "params": {"bits": 4, "group_size": 64, "symmetric": True}}],
     "device": "cpu",
+    # Fewer timed serving runs than a job's default (30): the demo is about minutes, and
+    # bench/latency_stability.py is where the latency figures are proven stable.
+    "evaluation": {"efficiency": {"warmup": 1, "repetitions": 5}},
     "labels": {"source": "demo"},
 }
 

@@ -62,6 +62,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    # Where state changes are POSTed (checked by app/webhooks/urls.py at submission).
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     # Object-store prefix of the published attempt (set with `succeeded`).
     artifact_prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)
 

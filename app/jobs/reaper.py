@@ -10,13 +10,13 @@ compare-and-set on the job's lease generation, so only one reaper (or worker) wi
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 
 import structlog
 
 from app.artifacts.retention import drop_checkpoints
+from app.background import PeriodicThread
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
@@ -105,18 +105,5 @@ def reap_once(settings: Settings) -> dict[str, int]:
     return counts
 
 
-class ReaperThread(threading.Thread):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(name="squash-reaper", daemon=True)
-        self.settings = settings
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.settings.reaper_interval_s):
-            try:
-                reap_once(self.settings)
-            except Exception:
-                log.exception("reaper.error")
-
-    def stop(self) -> None:
-        self.stopped.set()
+def reaper_thread(settings: Settings) -> PeriodicThread:
+    return PeriodicThread("squash-reaper", settings.reaper_interval_s, lambda: reap_once(settings))

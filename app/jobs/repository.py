@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from app.artifacts.models import Artifact
 from app.db import utcnow
 from app.jobs.models import Job, JobEvent, JobLabel
 from app.jobs.state import LEASED, JobState, check, sources_for
+from app.webhooks.outbox import enqueue_state_change
 
 NO_SYNC = {"synchronize_session": False}
 
@@ -30,7 +31,11 @@ def add_event(
     state: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, state=state, data=data))
+    event = JobEvent(job_id=job_id, kind=kind, message=message, state=state, data=data)
+    session.add(event)
+    if kind == "state":
+        session.flush()  # the event's id names its webhook delivery
+        enqueue_state_change(session, job_id, event.id)
 
 
 def insert_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
@@ -66,7 +71,7 @@ JOB_STATUS_SQL = """
 SELECT j.id, j.state, j.device, j.priority, j.stage, j.progress, j.progress_detail,
        j.attempts, j.max_attempts,
        j.error_code, j.error_message, j.metrics, j.created_at, j.updated_at, j.started_at,
-       j.finished_at,
+       j.finished_at, j.webhook_url,
        json_build_object('model', j.spec->'model', 'recipe', j.spec->'recipe') AS spec,
        coalesce((SELECT json_object_agg(l.key, l.value) FROM job_labels l WHERE l.job_id = j.id),
                 '{}'::json) AS label_map
@@ -84,6 +89,23 @@ async def get_job_row_pg(
             JOB_STATUS_SQL, {"job_id": job_id, "tenant_id": tenant_id}, prepare=True
         )
         return await cursor.fetchone()
+
+
+def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:
+    """A transaction-scoped Postgres advisory lock per tenant (SQLite has one writer anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(tenant_id.bytes[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def count_active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
+    active = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.CANCEL_REQUESTED.value]
+    return int(
+        session.scalar(
+            select(func.count()).where(Job.tenant_id == tenant_id, Job.state.in_(active))
+        )
+        or 0
+    )
 
 
 def get_job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
@@ -117,6 +139,20 @@ def list_jobs(
             or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
         )
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query).unique())
+
+
+def succeeded_jobs_of_tenant(
+    session: Session, tenant_id: uuid.UUID, *, limit: int = 500
+) -> list[Job]:
+    """The tenant's newest succeeded jobs: the population a report's size-vs-quality chart
+    and /v1/compare draw from (filtered by base model in Python: `metrics` is JSON)."""
+    query = (
+        select(Job)
+        .where(Job.tenant_id == tenant_id, Job.state == JobState.SUCCEEDED.value)
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    )
     return list(session.scalars(query).unique())
 
 

@@ -6,8 +6,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.db import get_async_sessionmaker
-from app.deps import SessionDep, SettingsDep, TenantDep
-from app.errors import ERRORS_401, ERRORS_404, ERRORS_422, PROBLEM_RESPONSE, NotFound
+from app.deps import SessionDep, SettingsDep, SubmitLimitDep, TenantDep
+from app.errors import (
+    ERRORS_401,
+    ERRORS_404,
+    ERRORS_422,
+    PROBLEM_RESPONSE,
+    NotFound,
+)
 from app.jobs import repository, service
 from app.jobs.schemas import EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
@@ -28,6 +34,7 @@ def submit_job(
     session: SessionDep,
     tenant_id: TenantDep,
     settings: SettingsDep,
+    _limited: SubmitLimitDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobRead:
     job, created = service.create_job(

@@ -11,9 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.jobs.state import JobState
 from app.recipes import StageIn
-from app.sources import BuiltinDataset, DatasetSource, ModelSource
+from app.sources import BuiltinDataset, DatasetSource, ModelSource, S3Uri
 
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+# Built-in lm-evaluation-harness tasks whose data ships in the worker package.
+BUILTIN_TASKS = ("squash_python_docs_mc", "squash_python_docs_cloze")
+FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 DEFAULT_PROMPTS = [
     "The Python programming language is",
@@ -32,6 +35,59 @@ class CalibrationSpec(_Strict):
     max_seq_length: int = Field(default=512, ge=16, le=8192)
 
 
+class TaskSpec(_Strict):
+    """A zero-shot task run through lm-evaluation-harness."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="A built-in task (squash_python_docs_mc, squash_python_docs_cloze), the name "
+        "you give a task whose `data` you supply, or a standard lm-eval task (hellaswag, "
+        "arc_challenge, winogrande, lambada_openai, …: needs a worker that reaches the "
+        "Hugging Face hub)",
+    )
+    data: S3Uri | None = Field(default=None, description="JSONL file, one record per line")
+    type: Literal["multiple_choice", "cloze", "generate"] | None = Field(
+        default=None,
+        description="For `data` tasks: multiple_choice (pick the choice the model finds most "
+        "likely; acc, acc_norm), cloze (the target continuing the context; acc = greedy "
+        "match, perplexity) or generate (greedy generation to the end of the line; "
+        "exact_match against the target, ignoring case and punctuation)",
+    )
+    context_field: str = Field(default="context", pattern=FIELD_NAME)
+    choices_field: str = Field(default="choices", pattern=FIELD_NAME)
+    label_field: str = Field(default="label", pattern=FIELD_NAME, description="index of the answer")
+    target_field: str = Field(default="target", pattern=FIELD_NAME)
+    limit: int | None = Field(default=None, ge=1, le=100_000, description="first N records")
+    batch_size: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _data_and_type(self) -> TaskSpec:
+        if self.data is not None and self.type is None:
+            raise ValueError(
+                "a task with `data` needs a `type`: multiple_choice, cloze or generate"
+            )
+        if self.data is None and self.type is not None:
+            raise ValueError("`type` only applies to a task with `data`")
+        if self.data is not None and self.name in BUILTIN_TASKS:
+            raise ValueError(f"{self.name!r} is a built-in task: give yours another name")
+        return self
+
+
+class EfficiencySpec(_Strict):
+    """Serving speed and memory, measured on the worker's device in a fresh process."""
+
+    enabled: bool = True
+    prompt_tokens: int = Field(default=128, ge=1, le=8192)
+    new_tokens: int = Field(default=32, ge=2, le=1024)
+    batch_size: int = Field(default=8, ge=1, le=256, description="the larger batch")
+    # Defaults are what bench/latency_stability.py proves stable (two runs within 10 % at the
+    # median on a noisy 2-vCPU machine); 5 repetitions were not (13-24 % apart there).
+    warmup: int = Field(default=2, ge=0, le=10, description="unmeasured runs first")
+    repetitions: int = Field(
+        default=30, ge=1, le=50, description="timed runs; the report gives median and p90"
+    )
+
+
 class EvaluationSpec(_Strict):
     dataset: DatasetSource = Field(default_factory=BuiltinDataset)
     perplexity: bool = True
@@ -45,17 +101,36 @@ class EvaluationSpec(_Strict):
     compare_original: bool = Field(default=True, description="Also evaluate the input model")
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), max_length=16)
     max_new_tokens: int = Field(default=16, ge=1, le=256)
+    tasks: list[TaskSpec] = Field(default_factory=list, max_length=8)
+    efficiency: EfficiencySpec = Field(default_factory=EfficiencySpec)
+    layer_error_tokens: int = Field(
+        default=256,
+        ge=0,
+        le=4096,
+        description="Calibration tokens for the per-layer error (0 = skip it)",
+    )
+    per_stage: bool = Field(
+        default=True, description="Perplexity after every stage of a multi-stage recipe"
+    )
 
     @model_validator(mode="after")
     def _stride_fits(self) -> EvaluationSpec:
         if self.stride is not None and self.stride > self.context_length:
             raise ValueError("stride must not exceed context_length")
+        names = [task.name for task in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
         return self
 
 
 class JobCreate(_Strict):
+    kind: Literal["compress", "evaluate"] = Field(
+        default="compress",
+        description="evaluate: measure `model` as it is (no recipe, no model artifact, only "
+        "the report)",
+    )
     model: ModelSource
-    recipe: list[StageIn] = Field(max_length=16)
+    recipe: list[StageIn] = Field(default_factory=list, max_length=16)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     device: Literal["cpu", "gpu"] | None = Field(
@@ -64,6 +139,13 @@ class JobCreate(_Strict):
     priority: int = Field(default=5, ge=0, le=9, description="9 is served first")
     labels: dict[str, str] = Field(default_factory=dict, max_length=20)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Every state change is POSTed here as JSON, signed with your tenant's "
+        "webhook secret (GET /v1/webhooks/secret). https and a public address only.",
+        examples=["https://hooks.example.com/squash"],
+    )
 
     @field_validator("labels")
     @classmethod
@@ -109,6 +191,7 @@ class JobRead(BaseModel):
     max_attempts: int
     error: JobError | None
     metrics: dict[str, Any] | None
+    webhook_url: str | None = None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

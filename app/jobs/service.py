@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.jobs import repository
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
@@ -22,6 +22,7 @@ from app.jobs.state import TERMINAL, JobState
 from app.queue import queue_for
 from app.recipes import BUILTIN_SHAPES, validate_recipe
 from app.sources import BuiltinModel
+from app.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
 
 
 def request_hash(body: JobCreate) -> str:
@@ -41,14 +42,41 @@ def create_job(
     original job; with another body it is refused."""
     # Built-in models' layer sizes are known here; other sources are checked by the worker.
     shape = BUILTIN_SHAPES.get(body.model.name) if isinstance(body.model, BuiltinModel) else None
-    stages = validate_recipe(body.recipe, shape=shape)
+    if body.kind == "evaluate":
+        if body.recipe:
+            raise InvalidInput(
+                "an evaluate job measures the model as it is: leave `recipe` empty",
+                code="invalid_recipe",
+                field="recipe",
+            )
+        stages = []
+    else:
+        stages = validate_recipe(body.recipe, shape=shape)
+    if body.webhook_url is not None:
+        try:
+            check_webhook_url(body.webhook_url, allowed_hosts=settings.webhook_allowed_hosts)
+        except UnsafeWebhookUrl as error:
+            raise InvalidInput(
+                f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
+            ) from None
     digest = request_hash(body)
     if idempotency_key:
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
+    if settings.max_active_jobs_per_tenant:
+        # Serialise this tenant's submissions so concurrent ones cannot both pass the count.
+        repository.lock_tenant_submissions(session, tenant_id)
+        active = repository.count_active_jobs(session, tenant_id)
+        if active >= settings.max_active_jobs_per_tenant:
+            raise TooManyRequests(
+                f"{active} jobs queued or running: at most {settings.max_active_jobs_per_tenant}"
+                " at once per tenant; retry when one has finished",
+                retry_after_s=settings.quota_retry_after_s,
+                code="quota_exceeded",
+            )
     device = body.device or settings.default_device
-    spec = body.model_dump(mode="json", exclude={"labels", "priority", "device"})
+    spec = body.model_dump(mode="json", exclude={"labels", "priority", "device", "webhook_url"})
     spec["recipe"] = [stage.as_json() for stage in stages]  # defaults filled in
     job = Job(
         tenant_id=tenant_id,
@@ -60,6 +88,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=digest,
         max_attempts=settings.max_attempts,
+        webhook_url=body.webhook_url,
     )
     try:
         with session.begin_nested():
@@ -190,6 +219,7 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
         max_attempts=job.max_attempts,
         error=error,
         metrics=job.metrics,
+        webhook_url=job.webhook_url,
         created_at=job.created_at,
         updated_at=job.updated_at,
         started_at=job.started_at,

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 from fastapi.testclient import TestClient
 
+from app.config import Settings
 from tests.support.jobs import wait_for_state
 from tests.support.services import WorkerProcess
+from workers.models.datasets import builtin_text, split_tokens
+from workers.models.sources import resolve_model
 
 pytestmark = pytest.mark.e2e
+# CI-sized serving measurement (bench/latency_stability.py runs the default settings).
+CI_EFFICIENCY = {"prompt_tokens": 32, "new_tokens": 8, "batch_size": 4, "repetitions": 2}
 
 
 def run_job(
@@ -25,7 +37,13 @@ def run_job(
         "recipe": recipe or [{"method": "rtn", "params": params}],
         # CI-sized calibration and evaluation; bench/ runs the full 16k-token tables.
         "calibration": {"num_samples": 8, "max_seq_length": 256},
-        "evaluation": {"max_tokens": eval_tokens, "context_length": 512, "max_new_tokens": 8},
+        "evaluation": {
+            "max_tokens": eval_tokens,
+            "context_length": 512,
+            "max_new_tokens": 8,
+            "efficiency": CI_EFFICIENCY,
+            "layer_error_tokens": 128,
+        },
         "device": "cpu",
     }
     job = api.post("/v1/jobs", json=body, headers=headers).json()
@@ -90,6 +108,17 @@ def test_composed_structured_sparse_quantized_job(
     assert compressed["perplexity"] < 30 * original["perplexity"]
     assert len(compressed["generations"]) == 3
 
+    # Every stage's contribution: parameters, nonzeros and perplexity after each stage; the
+    # last stage's figures are the saved artifact's.
+    after_structured, after_wanda = structured["metrics_after"], wanda["metrics_after"]
+    assert "metrics_after" not in rtn
+    assert after_structured["parameters"] == compressed["parameters"]
+    assert after_wanda["nonzero_parameters"] < 0.65 * after_structured["nonzero_parameters"]
+    assert original["perplexity"] < after_structured["perplexity"] < after_wanda["perplexity"]
+    assert compressed["perplexity"] == pytest.approx(after_wanda["perplexity"], rel=0.1)
+    # Per-layer error: narrowed MLP layers cannot be compared, attention layers can.
+    assert report["layer_error"]["counts"] == {"ok": 30 * 4, "removed": 0, "reshaped": 30 * 3}
+
 
 def test_low_rank_job_reports_the_real_parameter_reduction(
     api: TestClient, tenant_a: dict, worker: WorkerProcess
@@ -143,3 +172,106 @@ def test_layer_dropped_student_is_distilled(
         distill["student_perplexity_after"], rel=0.02
     )
     assert report["compressed"]["parameters"] < 0.86 * report["original"]["parameters"]
+    # The 24 kept layers are matched to their original indices for the per-layer error.
+    counts = report["layer_error"]["counts"]
+    assert counts == {"ok": 24 * 7, "removed": 6 * 7, "reshaped": 0}
+    removed = {
+        row["layer"].split(".")[2]
+        for row in report["layer_error"]["layers"]
+        if row["status"] == "removed"
+    }
+    assert removed == {str(i) for i in structured["removed_layers"]}
+
+
+def test_evaluate_job_matches_lm_eval_and_an_independent_perplexity(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, settings: Settings, tmp_path: Path
+) -> None:
+    """An evaluate job on SmolLM2: its lm-eval accuracy equals the `lm-eval` command run on the
+    same model and data, and its sliding-window perplexity equals the transformers docs'
+    computation (labels masked with -100) to 4 significant figures."""
+    limit = 40
+    body = {
+        "kind": "evaluate",
+        "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+        "evaluation": {
+            "max_tokens": 2048,
+            "context_length": 512,
+            "stride": 256,
+            "max_new_tokens": 8,
+            "efficiency": CI_EFFICIENCY,
+            "tasks": [{"name": "squash_python_docs_mc", "limit": limit, "batch_size": 8}],
+        },
+        "device": "cpu",
+    }
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    job = wait_for_state(api, tenant_a, job["id"], timeout=900)
+    assert job["state"] == "succeeded", (job["error"], worker.tail())
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    measured = report["model_metrics"]
+    source = resolve_model(body["model"], settings, tmp_path).path  # the worker's cached copy
+
+    # lm-eval's own command line on the same weights and the same shipped task data.
+    from workers.evaluation.harness import BUILTIN_FIELDS, BUILTIN_TASKS, task_config
+
+    kind, data = BUILTIN_TASKS["squash_python_docs_mc"]
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    config = task_config("squash_python_docs_mc", kind, data, BUILTIN_FIELDS)
+    (tasks_dir / "squash_python_docs_mc.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "lm-eval-out"
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lm-eval"),
+            "run",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={source},dtype=float32",
+            "--tasks",
+            "squash_python_docs_mc",
+            "--include_path",
+            str(tasks_dir),
+            "--limit",
+            str(limit),
+            "--batch_size",
+            "8",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    [results_file] = out.rglob("results_*.json")
+    direct = json.loads(results_file.read_text())["results"]["squash_python_docs_mc"]
+    in_job = measured["tasks"]["squash_python_docs_mc"]
+    assert in_job["samples"] == limit
+    assert in_job["metrics"]["acc"] == direct["acc,none"]
+    assert in_job["metrics"]["acc_norm"] == direct["acc_norm,none"]
+    assert in_job["metrics"]["acc"] > 0.4  # chance is 0.25: the model reads the docs
+
+    # Perplexity: the transformers docs' strided loop, with the model computing its own loss.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    _, pool = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    ids = torch.tensor([pool[:2048]])
+    nll_sum, counted, previous_end = 0.0, 0, 0
+    for begin in range(0, ids.shape[1], 256):
+        end = min(begin + 512, ids.shape[1])
+        window = ids[:, begin:end]
+        labels = window.clone()
+        labels[:, : -(end - previous_end)] = -100
+        with torch.no_grad():
+            loss = model(window, labels=labels).loss
+        valid = int((labels[:, 1:] != -100).sum())
+        nll_sum, counted, previous_end = nll_sum + float(loss) * valid, counted + valid, end
+        if end == ids.shape[1]:
+            break
+    independent = math.exp(nll_sum / counted)
+    assert measured["scored_tokens"] == counted == 2047
+    # rel 1e-4 is tighter than agreeing to 4 significant figures.
+    assert measured["perplexity"] == pytest.approx(independent, rel=1e-4)

@@ -193,7 +193,7 @@ def test_concurrent_duplicates_create_one_job(api: TestClient, tenant_a: dict) -
     def post() -> None:
         results.append(submit(api, tenant_a, **{"Idempotency-Key": key}))
 
-    threads = [threading.Thread(target=post) for _ in range(8)]
+    threads = [threading.Thread(target=post) for _ in range(20)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -82,6 +82,17 @@ def settings(
         work_dir=session_tmp / "work",
         default_device="cpu",
         hf_offline=True,
+        # The tests' webhook receivers listen on loopback over http: an operator's exemption.
+        webhook_allowed_hosts=("127.0.0.1",),
+        webhook_retry_base_s=0.2,
+        webhook_poll_interval_s=0.1,
+        # Tests park many jobs on the unconsumed gpu queue and poll fast: generous limits
+        # here; tests/integration/test_limits.py checks the limits with small ones.
+        rate_limit_per_minute=6000,
+        rate_limit_burst=1000,
+        submit_rate_limit_per_minute=600,
+        submit_rate_limit_burst=200,
+        max_active_jobs_per_tenant=0,
     )
 
 

@@ -53,6 +53,9 @@ def tiny_job(**overrides: Any) -> dict[str, Any]:
             "context_length": 128,
             "prompts": ["def f(x):"],
             "max_new_tokens": 4,
+            # Small but real: a fresh serving process per model, 2 timed runs.
+            "efficiency": {"prompt_tokens": 16, "new_tokens": 4, "batch_size": 2, "repetitions": 2},
+            "layer_error_tokens": 64,
         },
         "device": "cpu",
     }

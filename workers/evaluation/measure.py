@@ -129,3 +129,39 @@ def quantized_weight_storage(path: Path) -> dict[str, float | int]:
         "quantized_bytes": stored,
         "bits_per_weight": round(8 * stored / weights, 4) if weights else 0.0,
     }
+
+
+def unquantized_tensors(path: Path, largest: int = 5) -> dict[str, object]:
+    """Tensors of a saved model that stay in floating point (embeddings, norms, unquantized
+    layers), read from the safetensors headers: what bounds the compression ratio, e.g.
+    SmolLM2's tied embedding (28M of 135M parameters)."""
+    import json
+
+    from safetensors import safe_open
+
+    manifest = path / "squash_format.json"
+    sparse = json.loads(manifest.read_text()).get("tensors", {}) if manifest.exists() else {}
+    shapes: dict[str, tuple[list[int], str]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                piece = handle.get_slice(key)
+                shapes[key] = (list(piece.get_shape()), str(piece.get_dtype()))
+    quantized_layers = {key.rpartition(".")[0] for key in shapes if key.endswith(".weight_scale")}
+    found = []
+    for key, (shape, dtype) in shapes.items():
+        base = key.removesuffix(".values").removesuffix(".bitmask")
+        if key.endswith(".bitmask") or base.rpartition(".")[0] in quantized_layers:
+            continue
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            continue
+        numel = 1
+        for dim in sparse.get(base, {}).get("shape", shape):
+            numel *= dim
+        found.append({"name": base, "parameters": numel, "dtype": dtype})
+    found.sort(key=lambda item: item["parameters"], reverse=True)
+    return {
+        "tensors": len(found),
+        "parameters": sum(item["parameters"] for item in found),
+        "largest": found[:largest],
+    }

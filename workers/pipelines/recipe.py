@@ -78,7 +78,7 @@ def run_stages(
     calibration_ids: list[list[int]],
     ctx: JobContext | None = None,
     on_stage: Callable[[int, str], None] | None = None,
-    on_stage_done: Callable[[int, dict[str, Any]], None] | None = None,
+    on_stage_done: Callable[[int, dict[str, Any], torch.nn.Module], None] | None = None,
     *,
     source_path: Path | None = None,
     eval_ids: list[int] | None = None,
@@ -125,7 +125,7 @@ def run_stages(
         outcome.layout = result.layout or outcome.layout
         outcome.stage_notes.append(notes)
         if on_stage_done:
-            on_stage_done(index, notes)
+            on_stage_done(index, notes, outcome.model)
     return outcome
 
 

@@ -1,0 +1,1 @@
+"""Limits that protect the service from one tenant: request rates, active jobs, body sizes."""

@@ -1,0 +1,1 @@
+"""Reports: the HTML page and cross-job comparison, rendered from report.json (no torch)."""

@@ -1,0 +1,287 @@
+"""report.html: one self-contained page per job, rendered from report.json.
+
+No script, no font, no image file: inline CSS and inline SVG charts, and a Content-Security-Policy
+that forbids loading anything, so the page opens offline and leaks no request. Every figure taken
+from report.json carries `data-key` (its path in report.json) and `data-value` (the JSON value),
+so a test can check that the page says what the report says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from typing import Any
+
+from app.reports.points import pareto_frontier
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
+table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;border-bottom:1px solid #eef;
+text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#667}.bad{color:#b3261e}.ok{color:#1a7f37}code{font-size:12px}
+.gen td{max-width:340px;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px}
+svg text{font:11px system-ui,sans-serif;fill:#333}
+"""
+
+
+def lookup(report: dict[str, Any], key: str) -> Any:
+    value: Any = report
+    for part in key.split("/"):
+        if isinstance(value, list):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return None
+    return value
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if unit == "bytes":
+        return f"{value / 1e6:,.1f} MB"
+    if unit == "count":
+        return f"{value / 1e6:,.2f}M" if value >= 1e6 else f"{value:,}"
+    if unit == "pct":
+        return f"{value:+.2f} %"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:
+            return f"{value:.2e}"
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return escape(str(value))
+
+
+def cell(report: dict[str, Any], key: str, unit: str = "") -> str:
+    """A table cell showing the figure at `key` ('/'-separated path in report.json)."""
+    value = lookup(report, key)
+    if value is None:
+        return '<td class="n muted">—</td>'
+    data = escape(json.dumps(value), quote=True)
+    return f'<td class="n" data-key="{escape(key)}" data-value="{data}">{fmt(value, unit)}</td>'
+
+
+def metric_rows(report: dict[str, Any], sides: list[str]) -> str:
+    """Rows of the headline table: one column per measured model ('original', 'compressed' or
+    'model_metrics')."""
+    size = {"original": "checkpoint_bytes_bf16", "model_metrics": "checkpoint_bytes_bf16"}
+    rows: list[tuple[str, str | dict[str, str], str]] = [
+        ("Size on disk (safetensors; an input model as 16-bit)", size, "bytes"),
+        ("Parameters", "parameters", "count"),
+        ("Nonzero parameters", "nonzero_parameters", "count"),
+        ("Effective bits per parameter", "effective_bits_per_parameter", ""),
+        ("Perplexity", "perplexity", ""),
+        ("Time to first token, median (ms)", "efficiency/ttft_ms/median", ""),
+        ("Time to first token, p90 (ms)", "efficiency/ttft_ms/p90", ""),
+        ("Decode tokens/s, batch 1", "efficiency/decode_tokens_per_second_b1", ""),
+        ("Decode ms/token batch 1, p90", "efficiency/decode_ms_per_token_b1/p90", ""),
+        ("Throughput tokens/s, larger batch", "efficiency/throughput_tokens_per_second", ""),
+        ("Peak memory while serving", "efficiency/peak_memory_bytes", "bytes"),
+    ]
+    out = []
+    for title, key, unit in rows:
+        keys = {
+            side: key.get(side, "checkpoint_bytes") if isinstance(key, dict) else key
+            for side in sides
+        }
+        cells = [cell(report, f"{side}/{keys[side]}", unit) for side in sides]
+        if any("data-key" in c for c in cells):
+            out.append(f"<tr><th>{title}</th>{''.join(cells)}</tr>")
+    tasks = sorted(
+        {
+            (task, metric)
+            for side in sides
+            for task, result in (lookup(report, f"{side}/tasks") or {}).items()
+            for metric in result.get("metrics", {})
+        }
+    )
+    for task, metric in tasks:
+        cells = [cell(report, f"{side}/tasks/{task}/metrics/{metric}") for side in sides]
+        out.append(f"<tr><th>{escape(task)} — {escape(metric)}</th>{''.join(cells)}</tr>")
+    return "".join(out)
+
+
+def bar_chart(layers: list[dict[str, Any]]) -> str:
+    """Relative output error of each linear layer, in model order."""
+    measured = [row for row in layers if row.get("status") == "ok"]
+    if not measured:
+        return '<p class="muted">No layer was comparable.</p>'
+    width, height, left, bottom = 1060, 240, 50, 30
+    top = max(row["relative_error"] for row in measured) or 1.0
+    step = (width - left) / len(measured)
+    bars = []
+    for index, row in enumerate(measured):
+        h = (height - bottom - 10) * row["relative_error"] / top
+        x, y = left + index * step, height - bottom - h
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(step - 0.6, 0.6):.1f}" height="{h:.1f}" '
+            f'fill="#4a6fd1"><title>{escape(row["layer"])}: {row["relative_error"]:.4g}</title>'
+            "</rect>"
+        )
+    axis = (
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
+        'stroke="#999"/>'
+        f'<text x="{left - 4}" y="14" text-anchor="end">{top:.3g}</text>'
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">0</text>'
+        f'<text x="{left}" y="{height - 8}">first layer</text>'
+        f'<text x="{width}" y="{height - 8}" text-anchor="end">last layer</text>'
+    )
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="per-layer relative error">{axis}{"".join(bars)}</svg>'
+    )
+
+
+def scatter(points: list[dict[str, Any]], current: str | None) -> str:
+    """Size (x, log scale) against perplexity (y) of the tenant's jobs on this base model,
+    the Pareto frontier drawn through the points nothing beats on both."""
+    if not points:
+        return '<p class="muted">No job on this model has both a size and a perplexity yet.</p>'
+    width, height, left, bottom, pad = 760, 320, 60, 40, 16
+    xs = [math.log10(p["bytes"]) for p in points]
+    ys = [p["perplexity"] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+    def px(p: dict[str, Any]) -> tuple[float, float]:
+        x = left + pad + (math.log10(p["bytes"]) - x0) / (x1 - x0) * (width - left - 2 * pad)
+        y = pad + (1 - (p["perplexity"] - y0) / (y1 - y0)) * (height - bottom - 2 * pad)
+        return x, y
+
+    frontier = pareto_frontier(points)
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in map(px, frontier))
+    dots = []
+    for point in points:
+        x, y = px(point)
+        mine = point["job_id"] == current
+        on_front = any(point is f for f in frontier)
+        colour = "#d1495b" if mine else ("#1a7f37" if on_front else "#8895a7")
+        dots.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if mine else 4}" fill="{colour}">'
+            f"<title>{escape(point['label'])} ({escape(point['job_id'])}): "
+            f"{point['bytes'] / 1e6:.1f} MB, perplexity {point['perplexity']:.4g}</title></circle>"
+        )
+    axes = (
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
+        'stroke="#999"/>'
+        f'<line x1="{left}" y1="0" x2="{left}" y2="{height - bottom}" stroke="#999"/>'
+        f'<text x="{(left + width) / 2}" y="{height - 8}" text-anchor="middle">'
+        f"size on disk (log scale): {10**x0 / 1e6:.1f} to {10**x1 / 1e6:.1f} MB</text>"
+        f'<text x="{left - 6}" y="{pad + 4}" text-anchor="end">{y1:.3g}</text>'
+        f'<text x="{left - 6}" y="{height - bottom - pad}" text-anchor="end">{y0:.3g}</text>'
+        f'<text x="14" y="{(height - bottom) / 2}" transform="rotate(-90 14 '
+        f'{(height - bottom) / 2})" text-anchor="middle">perplexity</text>'
+    )
+    line = f'<polyline points="{path}" fill="none" stroke="#1a7f37" stroke-dasharray="4 3"/>'
+    legend = (
+        '<p class="muted"><span style="color:#d1495b">●</span> this job · '
+        '<span style="color:#1a7f37">●</span> Pareto frontier (no other job is both smaller '
+        'and better) · <span style="color:#8895a7">●</span> other jobs</p>'
+    )
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="size versus perplexity">{axes}{line}{"".join(dots)}</svg>{legend}'
+    )
+
+
+def render(report: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    """The page. `points`: the tenant's jobs on the same base model (app/reports/points.py),
+    this one included."""
+    job = escape(str(report.get("job_id")))
+    evaluate_only = report.get("kind") == "evaluate"
+    sides = ["model_metrics"] if evaluate_only else ["original", "compressed"]
+    heads = "<th>model</th>" if evaluate_only else "<th>original</th><th>compressed</th>"
+    source = escape(json.dumps((report.get("model") or {}).get("source")))
+    recipe = " → ".join(escape(s["method"]) for s in report.get("recipe") or []) or "none"
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f"<title>Squash report {job}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{'Evaluation' if evaluate_only else 'Compression'} report</h1>",
+        f'<p class="muted">job <code>{job}</code> · model <code>{source}</code> · recipe '
+        f"{recipe} · device {escape(str(report.get('device_name') or report.get('device')))}"
+        f" · report version {escape(str(report.get('version')))}</p>",
+    ]
+    if not evaluate_only:
+        parts.append("<table><tr>")
+        parts.append("<th>Compression ratio (vs 16-bit original)</th>")
+        parts.append(cell(report, "summary/compression_ratio") + "</tr><tr>")
+        parts.append("<th>Perplexity change</th>")
+        parts.append(cell(report, "summary/perplexity_change_pct", "pct") + "</tr></table>")
+    parts.append(f"<h2>Metrics</h2><table><tr><th></th>{heads}</tr>")
+    parts.append(metric_rows(report, sides) + "</table>")
+    ev = report.get("evaluation") or {}
+    parts.append(
+        f'<p class="muted">Perplexity: {escape(str(ev.get("tokens")))} tokens of '
+        f"{escape(str(ev.get('dataset')))}, context {escape(str(ev.get('context_length')))}, "
+        f"stride {escape(str(ev.get('stride')))}; {escape(str(ev.get('split')))}. "
+        "Latencies: median and p90 over repeated runs after warm-up, in a fresh process on "
+        "the worker's device.</p>"
+    )
+    storage = lookup(report, "compressed/unquantized_tensors")
+    if storage and storage.get("tensors"):
+        names = ", ".join(
+            f"{escape(t['name'])} ({t['parameters'] / 1e6:.1f}M {escape(t['dtype'])})"
+            for t in storage["largest"]
+        )
+        parts.append(
+            "<p>Floating-point tensors left unquantized: "
+            f'<span data-key="compressed/unquantized_tensors/parameters" '
+            f'data-value="{storage["parameters"]}">{fmt(storage["parameters"], "count")}</span>'
+            f" parameters in {storage['tensors']} tensors; largest: {names}.</p>"
+        )
+    statuses = report.get("evaluations") or {}
+    failed = {k: v for k, v in statuses.items() if v.get("status") != "ok"}
+    if failed:
+        parts.append('<h2 class="bad">Evaluations that failed</h2><table>')
+        for key, value in failed.items():
+            parts.append(
+                f'<tr><th class="bad">{escape(key)}</th><td>{escape(str(value.get("error")))}'
+                "</td></tr>"
+            )
+        parts.append("</table>")
+    stages = report.get("stages") or []
+    if len(stages) > 1:
+        parts.append("<h2>Stage by stage</h2><table><tr><th>stage</th><th>method</th>")
+        parts.append("<th>parameters</th><th>nonzero</th><th>perplexity after</th></tr>")
+        for i, stage in enumerate(stages):
+            last = i == len(stages) - 1
+            base = "compressed" if last else f"stages/{i}/metrics_after"
+            parts.append(f"<tr><td>{i}</td><td>{escape(stage['method'])}</td>")
+            parts.append(cell(report, f"{base}/parameters", "count"))
+            parts.append(cell(report, f"{base}/nonzero_parameters", "count"))
+            parts.append(cell(report, f"{base}/perplexity") + "</tr>")
+        parts.append("</table>")
+    errors = report.get("layer_error")
+    if errors:
+        parts.append("<h2>Per-layer error</h2>")
+        parts.append(f'<p class="muted">{escape(errors["method"])}, {errors["tokens"]} tokens.</p>')
+        parts.append(bar_chart(errors["layers"]))
+        parts.append("<table><tr><th>most damaged layers</th><th>relative error</th></tr>")
+        for i, row in enumerate(errors["most_damaged"]):
+            parts.append(f"<tr><td><code>{escape(row['layer'])}</code></td>")
+            parts.append(cell(report, f"layer_error/most_damaged/{i}/relative_error") + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Size against quality: your jobs on this model</h2>")
+    parts.append(scatter(points, str(report.get("job_id"))))
+    generations = report.get("generations") or []
+    if generations:
+        parts.append('<h2>Greedy generations</h2><table class="gen"><tr><th>prompt</th>')
+        parts.append("<th>original</th><th>compressed</th></tr>")
+        for row in generations:
+            parts.append(
+                f"<tr><td>{escape(row['prompt'])}</td><td>{escape(str(row['original'] or '—'))}"
+                f"</td><td>{escape(row['compressed'])}</td></tr>"
+            )
+        parts.append("</table>")
+    warnings = report.get("warnings") or []
+    if warnings:
+        parts.append("<h2>Warnings</h2><ul>")
+        parts.extend(f"<li>{escape(w)}</li>" for w in warnings)
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,1 @@
+"""Signed webhooks: a durable outbox of job state changes, delivered with retries."""

@@ -1,0 +1,251 @@
+"""Serving efficiency of a saved model, measured on the worker's device in a fresh process.
+
+A fresh process (`python -m workers.evaluation.serving`) makes "peak memory while serving" mean
+what it says: on CPU the peak resident memory of a process that only loaded the model and
+generated (minus what the interpreter and libraries held before the load); on CUDA the peak of
+`torch.cuda.max_memory_allocated`. The job's own process holds the original, calibration data and
+allocator caches, which would pollute both.
+
+Per run: time to first token (prefill + one token), then decode time per token at batch 1, and
+time per decode step at the larger batch. After `warmup` unmeasured runs, `repetitions` runs
+each; every figure is reported as median and p90 over the runs, and rates come from the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0-100), as numpy's default."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 4),
+        "p90": round(percentile(values, 90), 4),
+        "runs": len(values),
+    }
+
+
+class _FirstToken:
+    """A transformers streamer that notes when the first generated token arrives (the first
+    `put` is the prompt itself)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_at = 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def time_generation(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device
+) -> tuple[float, float]:
+    """(seconds to the first new token, seconds for the remaining new_tokens - 1)."""
+    streamer = _FirstToken()
+    options = {"do_sample": False, "pad_token_id": 0, "min_new_tokens": new_tokens}
+    _sync(device)
+    started = time.perf_counter()
+    model.generate(prompt, max_new_tokens=new_tokens, streamer=streamer, **options)  # type: ignore[operator]
+    _sync(device)
+    ended = time.perf_counter()
+    return streamer.first_token_at - started, ended - streamer.first_token_at
+
+
+def measure(
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    vocab_size: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    batch_size: int,
+    warmup: int,
+    repetitions: int,
+    seed: int = 0,
+    on_run: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Latency and throughput of greedy generation from a fixed random prompt."""
+    generator = torch.Generator().manual_seed(seed)
+    # Token ids from the middle of the vocabulary: no special tokens, same prompt every run.
+    prompt = torch.randint(
+        vocab_size // 4, vocab_size // 2, (1, prompt_tokens), generator=generator
+    ).to(device)
+    batch = prompt.expand(batch_size, -1).contiguous()
+    ttft, per_token, per_step = [], [], []
+    total = warmup + repetitions
+    for run in range(total):
+        first, rest = time_generation(model, prompt, new_tokens, device)
+        _, batch_rest = time_generation(model, batch, new_tokens, device)
+        if run >= warmup:
+            ttft.append(first * 1000)
+            per_token.append(rest * 1000 / (new_tokens - 1))
+            per_step.append(batch_rest * 1000 / (new_tokens - 1))
+        if on_run:
+            on_run(run + 1, total)
+    decode = spread(per_token)
+    step = spread(per_step)
+    return {
+        "ttft_ms": spread(ttft),
+        "decode_ms_per_token_b1": decode,
+        "decode_tokens_per_second_b1": round(1000 / decode["median"], 3),
+        f"decode_ms_per_step_b{batch_size}": step,
+        "batch_size": batch_size,
+        "throughput_tokens_per_second": round(batch_size * 1000 / step["median"], 3),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "warmup": warmup,
+        "repetitions": repetitions,
+    }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so the peak after
+    this excludes the transient copies of loading."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Load the model and measure it (runs in the fresh process)."""
+    from workers.formats.loader import load_pretrained
+    from workers.pipelines.storage_dtype import compute_dtype
+
+    device = torch.device(device_name)
+    dtype = compute_dtype(device)
+    rss_before = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    model = load_pretrained(model_dir, dtype=dtype).to(device).eval()
+    load_seconds = time.perf_counter() - started
+    gc.collect()
+    serving_only = device.type == "cpu" and _reset_peak_rss()
+    vocab = int(model.config.vocab_size)  # type: ignore[union-attr]
+    result = measure(model, device=device, vocab_size=vocab, **spec)
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated())
+        memory = {"peak_memory_bytes": peak, "memory_measure": "torch.cuda.max_memory_allocated"}
+    else:
+        peak_rss = _peak_rss_bytes()
+        memory = {
+            "peak_memory_bytes": peak_rss - rss_before,
+            "peak_rss_bytes": peak_rss,
+            "memory_measure": "peak RSS while generating (reset after the load)"
+            if serving_only
+            else "peak RSS of the process, load included",
+        }
+    return {
+        **result,
+        **memory,
+        "load_seconds": round(load_seconds, 3),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def measure_in_subprocess(
+    model_dir: Path,
+    device: torch.device,
+    spec: dict[str, Any],
+    *,
+    timeout_s: float,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run `probe` in a fresh interpreter; `check` (the job's cancel/lease check point) is
+    called every second and the child is killed when it raises."""
+    command = [
+        sys.executable,
+        "-m",
+        "workers.evaluation.serving",
+        str(model_dir),
+        "--device",
+        str(device),
+        "--spec",
+        json.dumps(spec),
+    ]
+    # Files, not pipes: nobody reads a pipe while the child runs, and a child that logs more
+    # than a pipe holds (progress bars, warnings) would block on it until the timeout.
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while child.poll() is None:
+                if check:
+                    check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"serving measurement took longer than {timeout_s:.0f} s")
+                time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        if child.returncode != 0:
+            tail = stderr.read().strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"serving measurement exited {child.returncode}: {tail[0]}")
+        return json.loads(stdout.read().strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--spec", required=True, help="JSON: prompt_tokens, new_tokens, …")
+    args = parser.parse_args()
+    print(json.dumps(probe(args.model_dir, args.device, json.loads(args.spec))))  # noqa: T201 - the parent reads this line
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The evaluations a job runs on a model (the original or the compressed one).
+
+Each evaluation is attempted on its own: one that fails (a task whose data is broken, a serving
+measurement that runs out of memory) is recorded in the report as failed with its error and the
+job goes on, so a finished compression is never lost to its evaluation. Cancellation and a lost
+lease still stop the job at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from workers.context import JobContext
+from workers.errors import JobCancelled, LeaseLost
+from workers.evaluation import harness
+from workers.evaluation.measure import greedy_generations
+from workers.evaluation.perplexity import perplexity
+from workers.evaluation.serving import measure_in_subprocess
+
+T = TypeVar("T")
+SERVING_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class EvalPlan:
+    """What to measure, from the job's `evaluation` spec and its data."""
+
+    eval_ids: list[int]
+    context_length: int
+    stride: int
+    perplexity: bool
+    prompts: list[str]
+    max_new_tokens: int
+    tasks: list[dict[str, Any]]
+    task_files: dict[str, Path]
+    efficiency: dict[str, Any] | None
+    seed: int = 0
+    offline: bool = False
+
+    @classmethod
+    def from_spec(
+        cls,
+        evaluation: dict[str, Any],
+        eval_ids: list[int],
+        task_files: dict[str, Path],
+        seed: int,
+        *,
+        offline: bool = False,
+    ) -> EvalPlan:
+        efficiency = dict(evaluation.get("efficiency") or {"enabled": False})
+        enabled = efficiency.pop("enabled", True)
+        return cls(
+            eval_ids=eval_ids,
+            context_length=evaluation["context_length"],
+            stride=evaluation["stride"] or evaluation["context_length"],
+            perplexity=evaluation["perplexity"],
+            prompts=evaluation["prompts"],
+            max_new_tokens=evaluation["max_new_tokens"],
+            tasks=evaluation.get("tasks") or [],
+            task_files=task_files,
+            efficiency=efficiency if enabled else None,
+            seed=seed,
+            offline=offline,
+        )
+
+
+@dataclass
+class Attempts:
+    """Status of every evaluation: {"<model>.<evaluation>": {"status": ok|failed, ...}}."""
+
+    ctx: JobContext | None
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self, key: str, fn: Callable[[], T]) -> T | None:
+        try:
+            value = fn()
+        except (JobCancelled, LeaseLost):
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded in the report, the job goes on
+            message = f"{type(exc).__name__}: {exc}"[:1000]
+            self.status[key] = {"status": "failed", "error": message}
+            if self.ctx:
+                self.ctx.warn(f"evaluation {key} failed: {message}")
+            return None
+        self.status[key] = {"status": "ok"}
+        return value
+
+    @property
+    def all_ok(self) -> bool:
+        return all(item["status"] == "ok" for item in self.status.values())
+
+
+def perplexity_metrics(
+    model: torch.nn.Module,
+    plan: EvalPlan,
+    on_window: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    result = perplexity(
+        model,
+        plan.eval_ids,
+        context_length=plan.context_length,
+        stride=plan.stride,
+        on_window=on_window,
+    )
+    return {
+        "perplexity": result.perplexity,
+        "nll_mean": result.nll_mean,
+        "scored_tokens": result.scored_tokens,
+        "windows": result.windows,
+    }
+
+
+def evaluate(
+    ctx: JobContext | None,
+    attempts: Attempts,
+    label: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_dir: Path,
+    plan: EvalPlan,
+    *,
+    device: torch.device,
+    span: tuple[float, float],
+    generations: bool = True,
+) -> dict[str, Any]:
+    """Perplexity, generations, lm-eval tasks and serving efficiency of one model.
+    `model_dir` is the model as saved (what the serving measurement loads)."""
+    out: dict[str, Any] = {}
+    steps = [
+        name
+        for name, wanted in (
+            ("perplexity", plan.perplexity),
+            ("tasks", bool(plan.tasks)),
+            ("efficiency", plan.efficiency is not None),
+        )
+        if wanted
+    ]
+    low, high = span
+    share = (high - low) / max(len(steps), 1)
+
+    def progress(step: str, fraction: float, detail: dict[str, Any]) -> None:
+        if ctx:
+            start = low + share * steps.index(step)
+            ctx.progress(
+                f"evaluate_{label}",
+                start + share * fraction,
+                {"model": label, "evaluation": step, **detail},
+            )
+
+    if plan.perplexity:
+
+        def tick(done: int, total: int) -> None:
+            progress("perplexity", done / total, {"window": done, "windows": total})
+
+        found = attempts.run(f"{label}.perplexity", lambda: perplexity_metrics(model, plan, tick))
+        out.update(found or {})
+    if generations:
+        texts = attempts.run(
+            f"{label}.generations",
+            lambda: greedy_generations(model, tokenizer, plan.prompts, plan.max_new_tokens),
+        )
+        if texts is not None:
+            out["generations"] = texts
+    if plan.tasks:
+
+        def on_task(index: int, total: int, name: str) -> None:
+            progress("tasks", index / total, {"task": name, "done": index, "total": total})
+
+        results = harness.run_tasks(
+            model,
+            tokenizer,
+            plan.tasks,
+            plan.task_files,
+            seed=plan.seed,
+            offline=plan.offline,
+            on_task=on_task,
+        )
+        for name, result in results.items():
+            attempts.status[f"{label}.task:{name}"] = {
+                k: v for k, v in result.items() if k in ("status", "error")
+            }
+            if ctx and result["status"] == "failed":
+                ctx.warn(f"evaluation {label}.task:{name} failed: {result['error']}")
+        out["tasks"] = {
+            name: {k: v for k, v in result.items() if k in ("metrics", "samples")}
+            for name, result in results.items()
+            if result["status"] == "ok"
+        }
+    if plan.efficiency is not None:
+        spec = plan.efficiency
+        progress("efficiency", 0.0, {"runs": spec["warmup"] + spec["repetitions"]})
+        measured = attempts.run(
+            f"{label}.efficiency",
+            lambda: measure_in_subprocess(
+                model_dir,
+                device,
+                spec,
+                timeout_s=SERVING_TIMEOUT_S,
+                check=ctx.check if ctx else None,
+            ),
+        )
+        if measured is not None:
+            out["efficiency"] = measured
+    return out

@@ -1,0 +1,1 @@
+"""Built-in lm-evaluation-harness tasks: their data files and the script that made them."""
