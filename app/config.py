@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     work_dir: Path = Path(".squash/work")
     hf_offline: bool = False
 
+    # Test seam for the fault suite (workers/faults.py): lets a job's label stop its worker at a
+    # named phase. Never set it in production.
+    fault_injection: bool = False
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -62,6 +62,8 @@ def new_id() -> uuid.UUID:
 # Starlette): with fewer, overflow connections open and close on nearly every request under load.
 POOL_SIZE = 40
 POOL_OVERFLOW = 10
+# Seconds to wait for a connection (new or pooled): a down database answers 503 quickly.
+CONNECT_TIMEOUT_S = 5
 
 
 @lru_cache(maxsize=8)
@@ -71,7 +73,13 @@ def get_engine(url: str) -> Engine:
         _sqlite_pragmas(engine)
         return engine
     return create_engine(
-        url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_timeout=CONNECT_TIMEOUT_S,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
 
 
@@ -96,7 +104,13 @@ def get_async_sessionmaker(url: str) -> async_sessionmaker[AsyncSession]:
     else:
         # No pre-ping here: it doubles the round trips of a one-query request; a connection
         # that died is discarded when its query fails, and recycled every 30 minutes anyway.
-        engine = create_async_engine(url, pool_size=POOL_SIZE, pool_recycle=1800)
+        engine = create_async_engine(
+            url,
+            pool_size=POOL_SIZE,
+            pool_recycle=1800,
+            pool_timeout=CONNECT_TIMEOUT_S,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        )
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
@@ -126,7 +140,13 @@ async def open_status_pool(settings: Settings) -> AsyncConnectionPool | None:
         return None
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     pool = AsyncConnectionPool(
-        conninfo, min_size=2, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True}
+        conninfo,
+        min_size=2,
+        max_size=POOL_SIZE,
+        open=False,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        # While Postgres is down a request waits this long for a connection, then answers 503.
+        timeout=CONNECT_TIMEOUT_S,
     )
     await pool.open()
     return pool

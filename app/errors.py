@@ -26,6 +26,16 @@ ERRORS_429 = {
         **PROBLEM_RESPONSE,
     }
 }
+ERRORS_503 = {
+    503: {
+        "description": "A backing service (the database) is unreachable; nothing was changed. "
+        "Retry after `Retry-After` s",
+        **PROBLEM_RESPONSE,
+    }
+}
+# A request that failed on these changed nothing (its transaction never committed): 503 tells
+# clients and load balancers to retry, where a 500 would read as a bug.
+DATABASE_UNAVAILABLE_RETRY_S = 5
 ERRORS_422 = {422: {"description": "Invalid input; `errors[].field` names it", **PROBLEM_RESPONSE}}
 
 
@@ -153,7 +163,37 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return problem(exc.status_code, code, str(exc.detail), instance=request.url.path)
 
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.database_unavailable", path=request.url.path, error=str(exc)[:200])
+        return problem(
+            503,
+            "database_unavailable",
+            "the database is unreachable; nothing was changed, retry later",
+            instance=request.url.path,
+            headers={"Retry-After": str(DATABASE_UNAVAILABLE_RETRY_S)},
+        )
+
+    for error_type in database_outage_errors():
+        app.add_exception_handler(error_type, _database_unavailable)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unhandled_error", path=request.url.path)
         return problem(500, "internal_error", "internal error", instance=request.url.path)
+
+
+def database_outage_errors() -> tuple[type[Exception], ...]:
+    """What the ORM, the raw psycopg status pool and the pools raise when Postgres is down or
+    restarting (connection refused, killed connections, no connection within the pool timeout)."""
+    import psycopg
+    import psycopg_pool
+    import sqlalchemy.exc
+
+    return (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        psycopg_pool.PoolTimeout,
+    )

@@ -12,7 +12,7 @@ from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
 from app.config import Settings, get_settings
 from app.db import open_status_pool
-from app.errors import ERRORS_413, ERRORS_429, install_error_handlers
+from app.errors import ERRORS_413, ERRORS_429, ERRORS_503, install_error_handlers
 from app.jobs import router as jobs_router
 from app.jobs.reaper import reaper_thread
 from app.limits.body_size import BodySizeLimit
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Every route: bodies over MAX_REQUEST_BYTES (middleware); authenticated ones also
         # answer 429 when the tenant's request bucket is empty (app/deps.py).
-        responses={**ERRORS_413, **ERRORS_429},
+        responses={**ERRORS_413, **ERRORS_429, **ERRORS_503},
     )
     app.state.settings = settings
     app.state.store = make_store(settings)

@@ -46,6 +46,15 @@ class ObjectStore(ABC):
         """Delete every object under `prefix/`; returns how many."""
 
     @abstractmethod
+    def child_prefixes(self, prefix: str) -> list[str]:
+        """The immediate sub-folders of `prefix/` (e.g. a job's attempt generations)."""
+
+    @abstractmethod
+    def abort_multipart_uploads(self, prefix: str) -> int:
+        """Abort unfinished multipart uploads under `prefix/` (a crashed upload's parts are
+        otherwise billed forever and invisible to listings); returns how many."""
+
+    @abstractmethod
     def presigned_url(self, key: str, expires_s: int, filename: str) -> str: ...
 
     @abstractmethod
@@ -112,6 +121,30 @@ class S3Store(ObjectStore):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
                 deleted += len(keys)
         return deleted
+
+    def child_prefixes(self, prefix: str) -> list[str]:
+        root = self._key(prefix.rstrip("/") + "/")
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root, Delimiter="/"
+        )
+        return [
+            item["Prefix"][len(root) :].rstrip("/")
+            for page in pages
+            for item in page.get("CommonPrefixes", [])
+        ]
+
+    def abort_multipart_uploads(self, prefix: str) -> int:
+        aborted = 0
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix.rstrip("/") + "/")
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted
 
     def size(self, key: str) -> int:
         from botocore.exceptions import ClientError
@@ -184,6 +217,18 @@ class LocalStore(ObjectStore):
         count = sum(1 for p in folder.rglob("*") if p.is_file())
         shutil.rmtree(folder, ignore_errors=True)
         return count
+
+    def child_prefixes(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def abort_multipart_uploads(self, prefix: str) -> int:
+        """A crashed copy leaves a `.partial` file (the rename makes a file visible)."""
+        folder = self._path(prefix)
+        partial = list(folder.rglob("*.partial")) if folder.is_dir() else []
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

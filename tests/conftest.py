@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,3 +45,13 @@ def unique_name() -> str:
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("squash")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's figures (lost jobs, recovery times…), one line per test."""
+    from tests.support.stack import RECORDED
+
+    if RECORDED:
+        terminalreporter.section("fault suite figures (test-artifacts/faults/)")
+        for name, figures in RECORDED.items():
+            terminalreporter.write_line(f"{name}: {json.dumps(figures)}")

@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import JobState
+from workers import faults
 from workers.errors import JobCancelled, LeaseLost
 
 log = structlog.get_logger()
@@ -33,6 +34,7 @@ class JobContext:
         self.warnings: list[str] = []
         self.timings: dict[str, float] = {}
         self._last_write: tuple[str, float] = ("", 0.0)
+        self.fault_hold: str | None = None  # workers/faults.py; None unless FAULT_INJECTION
 
     # -- heartbeat ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,9 +95,21 @@ class JobContext:
         self._observe(state)
         self.check()
 
+    def fault_point(self, point: str) -> None:
+        """A named phase the fault suite can stop this attempt at (no-op in production)."""
+        if self.fault_hold == point:
+            self.fault_hold = None  # once: a released attempt runs on
+            faults.hold(self.settings, self.job_id, point)
+
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """Fenced: a stale attempt's event is refused (and it learns it lost the lease)."""
         with session_scope(self.settings.database_url) as session:
-            repository.add_event(session, self.job_id, kind, message, data=data)
+            written = repository.add_attempt_event(
+                session, self.job_id, self.generation, kind, message, data
+            )
+        if not written:
+            self.lease_lost.set()
+            self.check()
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -93,6 +93,7 @@ def execute(
             model = load_model(resolved.path, device)
         except Exception as exc:
             raise JobFailure(ErrorCode.INVALID_MODEL, f"model does not load: {exc}") from exc
+    ctx.fault_point("model_load")
     ctx.event(
         "info",
         f"model loaded on {device}",
@@ -167,6 +168,7 @@ def execute(
 
     def on_stage(index: int, name: str) -> None:
         ctx.progress(f"stage:{name}", 35 + 25 * index / len(parsed))
+        ctx.fault_point("compression")
         stage_started[index] = time.perf_counter()
 
     def on_stage_done(index: int, notes: dict[str, Any], current: torch.nn.Module) -> None:

@@ -61,6 +61,7 @@ def publish(
         if stored != size:
             raise TransientFailure(f"{path}: stored {stored} bytes, expected {size}")
         files.append({"path": path, "object_key": key, "size": size, "sha256": digest})
+        ctx.fault_point("upload")  # the first file is stored, the rest are not
         ctx.progress("upload", 90 + 9 * (index + 1) / len(local_files))
     manifest = build_manifest(job_id=ctx.job_id, files=files, provenance=provenance)
     ctx.check()

@@ -11,12 +11,13 @@ from typing import Any
 
 import structlog
 
-from app.artifacts.retention import drop_checkpoints
+from app.artifacts.retention import drop_attempt, drop_attempts, drop_checkpoints
 from app.config import Settings
 from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import ErrorCode, JobState
 from app.queue import send_run_job
+from workers import faults
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
 
@@ -29,22 +30,26 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
             session, job_id, worker_id=worker_id, lease_ttl_s=settings.lease_ttl_s
         )
         job = repository.get_job(session, job_id)
+        labels = {label.key: label.value for label in job.labels} if job else {}
     if generation is None or job is None:
         log.info("job.not_claimed", job_id=str(job_id), state=job.state if job else None)
         return
     log.info("job.claimed", job_id=str(job_id), generation=generation, worker=worker_id)
     ctx = JobContext(job_id, generation, settings)
+    ctx.fault_hold = faults.hold_point_for(settings, labels, job.attempts)
     scratch = Path(settings.work_dir) / "jobs" / f"{job_id}-{generation}"
     ctx.start()
     try:
         from workers.pipeline import execute
 
         published = execute(ctx, job.spec, device_pref=job.device, scratch=scratch)
+        ctx.fault_point("before_commit")
         _finish(settings, ctx, JobState.SUCCEEDED, "job succeeded", **published)
     except JobCancelled:
         _finish(settings, ctx, JobState.CANCELLED, "cancelled by user")
     except LeaseLost:
         log.warning("job.lease_lost", job_id=str(job_id), generation=generation)
+        drop_attempt(settings, job_id, generation)
     except JobFailure as exc:
         _fail(settings, ctx, exc.code, exc.message)
     except TransientFailure as exc:
@@ -63,6 +68,7 @@ def _finish(
     settings: Settings, ctx: JobContext, target: JobState, message: str, **values: Any
 ) -> None:
     artifacts = values.pop("artifacts", [])
+    drop_attempts(settings, ctx.job_id, older_than=ctx.generation)
     with session_scope(settings.database_url) as session:
         sources = [JobState.RUNNING, JobState.CANCEL_REQUESTED]
         if target is JobState.SUCCEEDED:
@@ -79,7 +85,13 @@ def _finish(
         if moved and artifacts:
             repository.insert_artifacts(session, ctx.job_id, artifacts)
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
-    if moved and target in (JobState.SUCCEEDED, JobState.FAILED):
+    if not moved:
+        # Another attempt owns the job (this one was presumed dead): its files are not ours.
+        drop_attempt(settings, ctx.job_id, ctx.generation)
+        return
+    if target is not JobState.SUCCEEDED:
+        drop_attempt(settings, ctx.job_id, ctx.generation)  # nothing of it is published
+    if target in (JobState.SUCCEEDED, JobState.FAILED):
         drop_checkpoints(settings, ctx.job_id)
 
 

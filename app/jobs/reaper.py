@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import structlog
 
-from app.artifacts.retention import drop_checkpoints
+from app.artifacts.retention import drop_attempts, drop_checkpoints
 from app.background import PeriodicThread
 from app.config import Settings
 from app.db import session_scope, utcnow
@@ -30,7 +30,10 @@ def reap_once(settings: Settings) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "resent": 0}
     now = utcnow()
     to_send: list[tuple[uuid.UUID, str, int]] = []
-    ended: list[uuid.UUID] = []  # failed here: their checkpoints go once the moves committed
+    # Ended here: their unpublished attempts (and, unless cancelled, checkpoints) go once the
+    # moves committed.
+    ended: list[uuid.UUID] = []
+    cancelled: set[uuid.UUID] = set()
     with session_scope(settings.database_url) as session:
         for job in repository.expired_leases(session, now=now):
             gen = job.lease_generation
@@ -39,6 +42,8 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 if repository.transition(
                     session, job.id, JobState.CANCELLED, generation=gen, message=silent
                 ):
+                    ended.append(job.id)
+                    cancelled.add(job.id)
                     counts["cancelled"] += 1
             elif job.attempts >= job.max_attempts:
                 if repository.transition(
@@ -91,7 +96,9 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 to_send.append((job.id, job.queue, job.priority))
                 counts["resent"] += 1
     for job_id in ended:
-        drop_checkpoints(settings, job_id)
+        drop_attempts(settings, job_id, older_than=None)
+        if job_id not in cancelled:
+            drop_checkpoints(settings, job_id)
     # Send only after the moves above committed (a worker must find the job `queued`).
     for job_id, queue, priority in to_send:
         try:

@@ -38,6 +38,31 @@ def add_event(
         enqueue_state_change(session, job_id, event.id)
 
 
+def add_attempt_event(
+    session: Session,
+    job_id: uuid.UUID,
+    generation: int,
+    kind: str,
+    message: str,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """An event written by a job's attempt, fenced like its other writes: only while that
+    attempt holds the lease. The row lock (FOR SHARE) orders it against a concurrent claim."""
+    held = session.execute(
+        select(Job.id)
+        .where(
+            Job.id == job_id,
+            Job.lease_generation == generation,
+            Job.state.in_([s.value for s in LEASED]),
+        )
+        .with_for_update(read=True)
+    ).one_or_none()
+    if held is None:
+        return False
+    add_event(session, job_id, kind, message, data=data)
+    return True
+
+
 def insert_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted(labels.items())]
     session.add(job)

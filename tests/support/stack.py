@@ -1,0 +1,187 @@
+"""A whole Squash deployment for one fault test: its own database, Redis key prefix, API app,
+work dir and Celery worker processes, so killing and restarting parts of it disturbs no other
+test. Figures the fault tests measure are written to test-artifacts/faults/ and printed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.auth import service as auth_service
+from app.cli.embedded import migrate
+from app.config import Settings
+from app.db import session_scope
+from app.main import create_app
+from tests.support.services import (
+    ROOT,
+    WorkerProcess,
+    clear_redis_prefix,
+    create_database,
+    drop_database,
+    wait_until,
+)
+from workers.faults import HOLD_LABEL, marker_path
+
+FIGURES_DIR = ROOT / "test-artifacts" / "faults"
+RECORDED: dict[str, dict[str, Any]] = {}  # shown in the terminal summary (tests/conftest.py)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    client: TestClient
+    headers: dict[str, str]
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, queues: str = "cpu") -> WorkerProcess:
+        proc = WorkerProcess(
+            self.settings, self.log_dir / f"worker-{len(self.workers)}.log", queues
+        )
+        self.workers.append(proc)
+        return proc
+
+    def alive(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.proc.poll() is None]
+
+    def worker_of(self, pid: int) -> WorkerProcess:
+        """The worker whose process group holds `pid` (a pool child of its celery main)."""
+        group = os.getpgid(pid)
+        return next(w for w in self.alive() if w.proc.pid == group)
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.post("/v1/jobs", json=body, headers=self.headers)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.client.get(f"/v1/jobs/{job_id}", headers=self.headers).json()
+
+    def wait_job(
+        self, job_id: str, done: Callable[[dict[str, Any]], bool], what: str, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Poll the job every 50 ms until `done(job)`; shows the workers' logs on timeout."""
+
+        def probe() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if done(job) else None
+
+        try:
+            return wait_until(
+                probe,
+                timeout=timeout,
+                interval=0.05,
+                what=what,
+            )
+        except TimeoutError:
+            print(self.logs())  # noqa: T201 - shown only on failure
+            raise
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return self.client.get(f"/v1/jobs/{job_id}/events", headers=self.headers).json()["items"]
+
+    def marker(self, job_id: str) -> Path:
+        return marker_path(self.settings, job_id)
+
+    def held(self, job_id: str) -> dict[str, Any] | None:
+        """{point, pid} once the job's worker stopped at its fault point."""
+        path = self.marker(job_id)
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def release(self, job_id: str) -> None:
+        self.marker(job_id).unlink(missing_ok=True)
+
+    def logs(self) -> str:
+        return "\n".join(w.tail(60) for w in self.workers)
+
+
+@contextmanager
+def stack(settings: Settings, tmp_path: Path, **overrides: Any) -> Iterator[Stack]:
+    """`settings` (the session's) with a fresh database and Redis prefix, fault injection on."""
+    name, database_url = None, overrides.pop("database_url", None)
+    if database_url is None:
+        name, database_url = create_database()
+    migrate(database_url)
+    prefix = f"squash-fault-{uuid.uuid4().hex[:8]}:"
+    own = settings.model_copy(
+        update={
+            "database_url": database_url,
+            "broker_key_prefix": prefix,
+            "work_dir": tmp_path / "work",
+            "fault_injection": True,
+            **overrides,
+        }
+    )
+    with session_scope(own.database_url) as session:
+        secret = auth_service.create_key(session, tenant_name="faults").secret
+    deployment = Stack(
+        own, TestClient(create_app(own)), {"Authorization": f"Bearer {secret}"}, tmp_path
+    )
+    deployment.client.__enter__()
+    try:
+        yield deployment
+    finally:
+        for worker in deployment.workers:
+            worker.kill()
+            worker.log.close()
+        deployment.client.__exit__(None, None, None)
+        if own.broker_url == settings.broker_url:
+            clear_redis_prefix(prefix)
+        if name is not None:
+            drop_database(name, database_url)
+
+
+def fast_job(hold: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A tiny-model RTN job that runs in seconds: no serving probe, no original evaluation."""
+    body: dict[str, Any] = {
+        "model": {"kind": "local", "path": "tiny-llama"},
+        "recipe": [{"method": "rtn", "params": {"bits": 4, "group_size": 32}}],
+        "evaluation": {
+            "max_tokens": 512,
+            "context_length": 64,
+            "compare_original": False,
+            "prompts": ["x"],
+            "max_new_tokens": 2,
+            "efficiency": {"enabled": False},
+            "layer_error_tokens": 0,
+        },
+        "device": "cpu",
+        "labels": {HOLD_LABEL: hold} if hold else {},
+    }
+    body.update(overrides)
+    return body
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of a handful of runs is their maximum)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_s": round(statistics.median(values), 2),
+        "p99_s": round(percentile(values, 99), 2),
+        "max_s": round(max(values), 2),
+    }
+
+
+def record(name: str, figures: dict[str, Any]) -> None:
+    """Write a fault test's figures for the README table, and show them in the test output."""
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    (FIGURES_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2))
+    RECORDED[name] = figures

@@ -1,0 +1,47 @@
+"""Fault-injection points for the fault suite (tests/faults/).
+
+Off in production: only a worker started with FAULT_INJECTION=true looks at them. Then a job
+labelled `squash.fault-hold=<point>` stops at that point on its first attempt, writes
+`<work_dir>/faults/<job_id>` (the point and this process's pid) and waits until the file is
+removed: the test SIGKILLs or SIGSTOPs the worker in a known phase instead of guessing from
+timing. The heartbeat thread keeps running while it waits, as it would during real work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from app.config import Settings
+
+log = structlog.get_logger()
+
+HOLD_LABEL = "squash.fault-hold"
+POINTS = ("model_load", "compression", "upload", "before_commit")
+
+
+def hold_point_for(settings: Settings, labels: dict[str, Any], attempt: int) -> str | None:
+    """The point this attempt stops at, if any (first attempt only, so the retry runs through)."""
+    if not settings.fault_injection or attempt != 1:
+        return None
+    point = labels.get(HOLD_LABEL)
+    return point if point in POINTS else None
+
+
+def marker_path(settings: Settings, job_id: object) -> Path:
+    return Path(settings.work_dir) / "faults" / str(job_id)
+
+
+def hold(settings: Settings, job_id: object, point: str) -> None:
+    marker = marker_path(settings, job_id)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"point": point, "pid": os.getpid()}))
+    log.warning("fault.holding", job_id=str(job_id), point=point, pid=os.getpid())
+    while marker.exists():
+        time.sleep(0.05)
+    log.warning("fault.released", job_id=str(job_id), point=point)
