@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger()
+_checks: set[asyncio.Task[None]] = set()  # running pool checks (a task needs a reference)
 
 PROBLEM_BASE = "https://squash.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -165,6 +167,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api.database_unavailable", path=request.url.path, error=str(exc)[:200])
+        pool = getattr(request.app.state, "pg_pool", None)
+        if pool is not None:
+            # Drop the status pool's dead connections now, so once Postgres is back the next
+            # requests do not fail one by one on each connection it killed. (SQLAlchemy's pools
+            # invalidate themselves on a disconnect error.)
+            task = asyncio.create_task(pool.check())
+            _checks.add(task)
+            task.add_done_callback(_checks.discard)
         return problem(
             503,
             "database_unavailable",

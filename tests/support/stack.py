@@ -43,6 +43,7 @@ class Stack:
     headers: dict[str, str]
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    unavailable: int = 0  # 503 answers seen while waiting for jobs
 
     def start_worker(self, queues: str = "cpu") -> WorkerProcess:
         proc = WorkerProcess(
@@ -73,7 +74,11 @@ class Stack:
         """Poll the job every 50 ms until `done(job)`; shows the workers' logs on timeout."""
 
         def probe() -> dict[str, Any] | None:
-            job = self.job(job_id)
+            response = self.client.get(f"/v1/jobs/{job_id}", headers=self.headers)
+            if response.status_code == 503:  # a client retries those
+                self.unavailable += 1
+                return None
+            job = response.json()
             return job if done(job) else None
 
         try:
