@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     object_store_url: str = "file://.squash/objects"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # Tries per S3 request (botocore "standard" retries: refused connections, 5xx, throttling,
+    # with jittered exponential backoff); an upload is also re-sent whole if its read-back
+    # sha256 differs (workers/publish.py).
+    s3_max_attempts: int = Field(default=5, ge=1, le=20)
     # Base URL clients use to reach this API; local-store download links point here.
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key: str = Field(default="dev-insecure-change-me", min_length=8)

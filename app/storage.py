@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -45,6 +46,18 @@ class ObjectStore(ABC):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix/`; returns how many."""
 
+    def stored_sha256(self, key: str) -> str:
+        """sha256 of the object as stored, read back in full: what the manifest promises is what
+        a reader will download, whatever happened on the wire."""
+        digest = hashlib.sha256()
+        for chunk in self.iter_chunks(key):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    @abstractmethod
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks; raises ObjectNotFound."""
+
     @abstractmethod
     def child_prefixes(self, prefix: str) -> list[str]:
         """The immediate sub-folders of `prefix/` (e.g. a job's attempt generations)."""
@@ -75,7 +88,8 @@ class S3Store(ObjectStore):
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             config=Config(
-                retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"
+                retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+                signature_version="s3v4",
             ),
         )
         # boto3's transfer manager does multipart (and retries parts) above the threshold.
@@ -87,7 +101,15 @@ class S3Store(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        # A SHA-256 checksum on every part: S3 and MinIO refuse a part whose bytes changed on
+        # the way (BadDigest) and the transfer manager sends it again.
+        self.client.upload_file(
+            str(path),
+            self.bucket,
+            self._key(key),
+            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+            Config=self.transfer,
+        )
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self.client.put_object(
@@ -121,6 +143,13 @@ class S3Store(ObjectStore):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
                 deleted += len(keys)
         return deleted
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except self.client.exceptions.NoSuchKey as exc:
+            raise ObjectNotFound(key) from exc
+        yield from body.iter_chunks(1 << 20)
 
     def child_prefixes(self, prefix: str) -> list[str]:
         root = self._key(prefix.rstrip("/") + "/")
@@ -217,6 +246,14 @@ class LocalStore(ObjectStore):
         count = sum(1 for p in folder.rglob("*") if p.is_file())
         shutil.rmtree(folder, ignore_errors=True)
         return count
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            handle = self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        with handle:
+            yield from iter(lambda: handle.read(1 << 20), b"")
 
     def child_prefixes(self, prefix: str) -> list[str]:
         folder = self._path(prefix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ from app.artifacts.manifest import (
     attempt_prefix,
     build_manifest,
 )
-from app.storage import make_store, sha256_file
+from app.storage import ObjectStore, make_store, sha256_file
 from workers.context import JobContext
 from workers.errors import TransientFailure
+
+UPLOAD_TRIES = 3
+UPLOAD_BACKOFF_S = 1.0
 
 
 def publish(
@@ -53,13 +57,7 @@ def publish(
         ctx.check()
         key = f"{prefix}/{path}"
         size, digest = local.stat().st_size, sha256_file(local)
-        try:
-            store.put_file(key, local)
-            stored = store.size(key)
-        except Exception as exc:
-            raise TransientFailure(f"upload of {path} failed: {exc}") from exc
-        if stored != size:
-            raise TransientFailure(f"{path}: stored {stored} bytes, expected {size}")
+        upload_verified(ctx, store, key, local, path, digest)
         files.append({"path": path, "object_key": key, "size": size, "sha256": digest})
         ctx.fault_point("upload")  # the first file is stored, the rest are not
         ctx.progress("upload", 90 + 9 * (index + 1) / len(local_files))
@@ -67,3 +65,28 @@ def publish(
     ctx.check()
     store.put_bytes(f"{prefix}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())
     return {"artifacts": files, "artifact_prefix": prefix}
+
+
+def upload_verified(
+    ctx: JobContext, store: ObjectStore, key: str, local: Path, path: str, digest: str
+) -> None:
+    """Upload one file and read it back: its stored sha256 must equal the local one. boto3
+    already retries refused connections and 5xx answers (standard mode, 5 tries); this loop
+    also covers bytes that arrived changed. Gives up with TransientFailure (the job is retried,
+    then fails naming the file and the last error)."""
+    error = ""
+    for attempt in range(UPLOAD_TRIES):
+        if attempt:
+            time.sleep(UPLOAD_BACKOFF_S * 2 ** (attempt - 1))
+            ctx.check()
+        try:
+            store.put_file(key, local)
+            stored = store.stored_sha256(key)
+        except Exception as exc:  # noqa: BLE001 - any store error: try again, then report it
+            error = f"upload of {path} failed: {exc}"
+            continue
+        if stored == digest:
+            return
+        error = f"upload of {path} corrupted: stored sha256 {stored}, local {digest}"
+        ctx.warn(f"{error} (try {attempt + 1} of {UPLOAD_TRIES})")
+    raise TransientFailure(error)

@@ -68,7 +68,12 @@ def _finish(
     settings: Settings, ctx: JobContext, target: JobState, message: str, **values: Any
 ) -> None:
     artifacts = values.pop("artifacts", [])
+    # Before the commit, so a reader who sees the final state sees only what it publishes: dead
+    # attempts' files (an older generation can never publish), and this attempt's own unless it
+    # publishes them (they are under its own prefix: no other attempt's files).
     drop_attempts(settings, ctx.job_id, older_than=ctx.generation)
+    if target is not JobState.SUCCEEDED:
+        drop_attempt(settings, ctx.job_id, ctx.generation)
     with session_scope(settings.database_url) as session:
         sources = [JobState.RUNNING, JobState.CANCEL_REQUESTED]
         if target is JobState.SUCCEEDED:
@@ -89,8 +94,6 @@ def _finish(
         # Another attempt owns the job (this one was presumed dead): its files are not ours.
         drop_attempt(settings, ctx.job_id, ctx.generation)
         return
-    if target is not JobState.SUCCEEDED:
-        drop_attempt(settings, ctx.job_id, ctx.generation)  # nothing of it is published
     if target in (JobState.SUCCEEDED, JobState.FAILED):
         drop_checkpoints(settings, ctx.job_id)
 
