@@ -52,6 +52,8 @@ def make_celery(settings: Settings, name: str = "squash") -> Celery:
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # JSON only: a worker that accepted pickle would run code from anyone who can write to
+        # Redis. The message is a job id anyway.
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

@@ -21,6 +21,9 @@ celery_app.conf.update(
     # process-global state and CUDA memory fragments.
     worker_prefetch_multiplier=1,
     worker_max_tasks_per_child=1,
+    # After a broker connection loss Redis may redeliver the running task's message to another
+    # worker; cancel ours rather than run twice (the lease would fence it anyway, this saves
+    # the GPU time). The reaper re-sends the job once its lease expires.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_hijack_root_logger=False,
     task_queues=[Queue(name) for name in QUEUES],

@@ -140,6 +140,8 @@ def worker_command(queues: list[str], concurrency: int = 1) -> list[str]:
         "-A",
         "workers.celery_app",
         "worker",
+        # prefork: each job in a child process, so a crash (segfault, OOM kill) in a native
+        # library takes the child, not the worker, and the message goes back to the queue.
         "--pool",
         "prefork",
         "--concurrency",
