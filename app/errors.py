@@ -168,7 +168,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api.database_unavailable", path=request.url.path, error=str(exc)[:200])
         pool = getattr(request.app.state, "pg_pool", None)
-        if pool is not None:
+        if pool is not None and not _checks:  # one check at a time, not one per request
             # Drop the status pool's dead connections now, so once Postgres is back the next
             # requests do not fail one by one on each connection it killed. (SQLAlchemy's pools
             # invalidate themselves on a disconnect error.)

@@ -8,29 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from app.config import Settings
-from tests.support.fixtures import BUCKET
 from tests.support.s3_proxy import S3FaultProxy
-from tests.support.stack import Stack, fast_job, record, stack
+from tests.support.stack import Stack, bucket_view, fast_job, record, stack
 
 pytestmark = pytest.mark.integration
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def bucket_view(settings: Settings, job_id: str) -> dict[str, Any]:
-    """Straight from moto, not through the proxy."""
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/jobs/{job_id}/")
-    keys = [item["Key"] for item in listed.get("Contents", [])]
-    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"artifacts/jobs/{job_id}/")
-    return {
-        "manifests": [k for k in keys if k.endswith("manifest.json")],
-        "objects": len(keys),
-        "open_uploads": len(uploads.get("Uploads", [])),
-    }
 
 
 def run(deployment: Stack, proxy: S3FaultProxy) -> tuple[dict[str, Any], float]:
@@ -61,7 +46,7 @@ def test_object_store_faults_are_retried_then_fail_cleanly(
             for name, mode, count, expected in cases:
                 proxy.set(mode, count, only_suffix="model.safetensors")
                 done, seconds = run(deployment, proxy)
-                view = bucket_view(settings, done["id"])
+                view = bucket_view(settings.s3_endpoint_url, done["id"])  # moto, not the proxy
                 rows[name] = {
                     "state": done["state"],
                     "faults_injected": proxy.faults.injected,
@@ -87,7 +72,7 @@ def test_object_store_faults_are_retried_then_fail_cleanly(
             proxy.set("pass")
             proxy.stop()
             done, seconds = run(deployment, proxy)
-            view = bucket_view(settings, done["id"])
+            view = bucket_view(settings.s3_endpoint_url, done["id"])  # moto, not the proxy
             rows["connection_refused"] = {
                 "state": done["state"],
                 "attempts": done["attempts"],

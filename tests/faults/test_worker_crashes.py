@@ -9,13 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from app.config import Settings
-from tests.support.fixtures import BUCKET
 from tests.support.services import WorkerProcess, wait_until
-from tests.support.stack import Stack, fast_job, record, stack, summary
+from tests.support.stack import Stack, bucket_view, fast_job, record, stack, summary
 from workers.faults import POINTS
 
 pytestmark = pytest.mark.integration
@@ -28,16 +26,10 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def published_state(stack: Stack, job_id: str) -> dict[str, Any]:
     """What the bucket and the API say was published for a job."""
-    s3 = boto3.client("s3", endpoint_url=stack.settings.s3_endpoint_url)
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/jobs/{job_id}/")
-    keys = [item["Key"] for item in listed.get("Contents", [])]
-    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"artifacts/jobs/{job_id}/")
     events = stack.events(job_id)
     artifacts = stack.client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.headers).json()
     return {
-        "manifests": [key for key in keys if key.endswith("/manifest.json")],
-        "attempt_prefixes": sorted({key.split("/")[3] for key in keys}),
-        "open_uploads": len(uploads.get("Uploads", [])),
+        **bucket_view(stack.settings.s3_endpoint_url, job_id),
         "succeeded_events": sum(
             1 for e in events if e["kind"] == "state" and e["state"] == "succeeded"
         ),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 from fastapi.testclient import TestClient
 
 from app.auth import service as auth_service
@@ -22,6 +23,8 @@ from app.cli.embedded import migrate
 from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
+from tests.support.fixtures import BUCKET
+from tests.support.jobs import tiny_job
 from tests.support.services import (
     ROOT,
     WorkerProcess,
@@ -150,11 +153,10 @@ def stack(settings: Settings, tmp_path: Path, **overrides: Any) -> Iterator[Stac
 
 
 def fast_job(hold: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """A tiny-model RTN job that runs in seconds: no serving probe, no original evaluation."""
-    body: dict[str, Any] = {
-        "model": {"kind": "local", "path": "tiny-llama"},
-        "recipe": [{"method": "rtn", "params": {"bits": 4, "group_size": 32}}],
-        "evaluation": {
+    """`tiny_job` cut to seconds: no serving probe, no original evaluation, no layer error;
+    `hold` names the fault point its first attempt stops at."""
+    body = tiny_job(
+        evaluation={
             "max_tokens": 512,
             "context_length": 64,
             "compare_original": False,
@@ -163,11 +165,26 @@ def fast_job(hold: str | None = None, **overrides: Any) -> dict[str, Any]:
             "efficiency": {"enabled": False},
             "layer_error_tokens": 0,
         },
-        "device": "cpu",
-        "labels": {HOLD_LABEL: hold} if hold else {},
-    }
+        labels={HOLD_LABEL: hold} if hold else {},
+    )
     body.update(overrides)
     return body
+
+
+def bucket_view(endpoint_url: str | None, job_id: str) -> dict[str, Any]:
+    """A job's attempt files as the bucket holds them (straight from the S3 endpoint given)."""
+    s3 = boto3.client("s3", endpoint_url=endpoint_url)
+    prefix = f"artifacts/jobs/{job_id}/"
+    keys = [
+        item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    ]
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+    return {
+        "manifests": [key for key in keys if key.endswith("/manifest.json")],
+        "attempt_prefixes": sorted({key.split("/")[3] for key in keys}),
+        "objects": len(keys),
+        "open_uploads": len(uploads),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
