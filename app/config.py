@@ -73,6 +73,18 @@ class Settings(BaseSettings):
 
     # Where workers may read models from by path, and where they cache downloads.
     model_dirs: tuple[Path, ...] = ()
+    # S3 roots (s3://bucket/prefix/) that job sources (models, datasets, task files) may name;
+    # `{tenant}` stands for the caller's tenant id. Empty: S3 sources are refused. The artifact
+    # store is never a source (app/source_policy.py).
+    source_s3_prefixes: tuple[str, ...] = ()
+    # Largest model (sum of its weight files) a worker will fetch or load; bigger ones fail
+    # `invalid_model` before any download.
+    max_model_bytes: int = Field(default=200 * 10**9, ge=1)
+    # Largest dataset or task file (S3) a worker reads; it is held in memory whole.
+    max_dataset_bytes: int = Field(default=1_000_000_000, ge=1)
+    # Hugging Face repositories whose own code (config auto_map) a job may run, each pinned to a
+    # commit: "org/name@<40-hex sha>". Empty: remote code never runs.
+    trust_remote_code_repos: tuple[str, ...] = ()
     work_dir: Path = Path(".squash/work")
     hf_offline: bool = False
 

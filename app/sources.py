@@ -42,12 +42,24 @@ class HuggingFaceModel(_Strict):
     kind: Literal["huggingface"] = "huggingface"
     repo_id: str = Field(examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
     revision: str = Field(default="main", pattern=r"^[A-Za-z0-9._/-]{1,128}$")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run the model's own code (config auto_map). Refused unless an operator "
+        "allow-listed this repo pinned to a commit, and `revision` is that commit.",
+    )
 
     @field_validator("repo_id")
     @classmethod
     def _repo(cls, value: str) -> str:
         if not HF_REPO_RE.match(value) or ".." in value:
             raise ValueError("must be a Hugging Face repo id like 'org/name'")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        if ".." in value or value.startswith("/") or "//" in value:
+            raise ValueError("must be a branch, tag or commit (no '..' or empty segments)")
         return value
 
 

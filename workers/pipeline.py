@@ -36,7 +36,7 @@ from workers.evaluation.measure import (
     weight_bytes,
 )
 from workers.evaluation.suite import Attempts, EvalPlan, evaluate, perplexity_metrics
-from workers.formats.loader import PLAIN, artifact_format, load_pretrained
+from workers.formats.loader import PLAIN, artifact_format, load_pretrained, trust_remote_code
 from workers.models.datasets import CALIBRATION_SHARE, Corpus, load_corpus, split_tokens
 from workers.models.sources import ResolvedModel, resolve_model
 from workers.pipelines.estimate import Estimate, estimate_job
@@ -88,7 +88,9 @@ def execute(
     ctx.progress("resolve", 1)
     with ctx.timed("resolve"):
         resolved = resolve_model(spec["model"], ctx.settings, scratch)
-        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(resolved.path), trust_remote_code=trust_remote_code()
+        )
         try:
             model = load_model(resolved.path, device)
         except Exception as exc:

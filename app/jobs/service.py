@@ -21,6 +21,7 @@ from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
 from app.jobs.state import TERMINAL, JobState
 from app.queue import queue_for
 from app.recipes import BUILTIN_SHAPES, validate_recipe
+from app.source_policy import check_sources
 from app.sources import BuiltinModel
 from app.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
 
@@ -59,6 +60,7 @@ def create_job(
             raise InvalidInput(
                 f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
             ) from None
+    check_sources(body.model_dump(mode="json"), tenant_id=tenant_id, settings=settings)
     digest = request_hash(body)
     if idempotency_key:
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)

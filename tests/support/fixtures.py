@@ -79,6 +79,15 @@ def settings(
         requeue_after_s=30.0,
         auth_cache_ttl_s=1.0,
         model_dirs=(models_root,),
+        # S3 sources: two shared folders and one per tenant (tests/faults/test_abuse.py).
+        source_s3_prefixes=(
+            f"s3://{BUCKET}/models/",
+            f"s3://{BUCKET}/data/",
+            f"s3://{BUCKET}/tenants/{{tenant}}/",
+        ),
+        # Small enough that the abuse suite's sparse 3 GB weights and 20 MB dataset are over.
+        max_model_bytes=2 * 10**9,
+        max_dataset_bytes=10 * 10**6,
         work_dir=session_tmp / "work",
         default_device="cpu",
         hf_offline=True,

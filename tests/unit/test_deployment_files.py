@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from app.config import Settings
@@ -22,12 +23,18 @@ def test_compose_has_the_whole_stack() -> None:
     assert gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
 
 
-def test_every_env_var_is_a_setting_or_aws_credential() -> None:
+def test_every_env_var_is_a_setting_or_aws_credential(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SQUASH_SERVICES:
         env = SERVICES[name]["environment"]
         unknown = {k for k in env if k not in SETTING_VARS and not k.startswith("AWS_")}
         assert not unknown, (name, unknown)
-        Settings(**{k.lower(): v for k, v in env.items() if k in SETTING_VARS and "${" not in v})
+        # Parsed the way a container parses them: from the environment (JSON for lists).
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                if key in SETTING_VARS and "${" not in value:
+                    patch.setenv(key, value)
+            parsed = Settings()
+        assert parsed.object_store_url == env["OBJECT_STORE_URL"]
 
 
 def test_urls_point_at_compose_services_and_credentials_match() -> None:

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import contextvars
+import uuid
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from app.errors import InvalidInput
+from app.source_policy import check_s3_uri, check_sources, remote_code_allowed
 from app.sources import HuggingFaceModel, LocalModel, S3Model
 from workers.errors import JobFailure
-from workers.models.sources import check_safe_directory, resolve_model
+from workers.formats.loader import trust_remote_code
+from workers.models.sources import check_remote_code, check_safe_directory, resolve_model
 
 
 @pytest.mark.parametrize("path", ["../x", "/abs", "a/../../b", " "])
@@ -52,3 +57,76 @@ def test_unreachable_hub_model_fails_with_invalid_model(tmp_path: Path) -> None:
     with pytest.raises(JobFailure, match="cannot fetch nobody/nothing@main") as caught:
         resolve_model(source, settings, tmp_path)
     assert caught.value.code == "invalid_model"
+
+
+def _policy_settings(**overrides: object) -> Settings:
+    return Settings(
+        object_store_url="s3://artifacts-bucket/squash",
+        source_s3_prefixes=("s3://inputs/shared/", "s3://inputs/tenants/{tenant}"),
+        **overrides,
+    )
+
+
+def test_s3_sources_must_lie_under_an_allowed_root_and_never_in_the_store() -> None:
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    settings = _policy_settings()
+    for uri in ("s3://inputs/shared/m", f"s3://inputs/tenants/{tenant}/data.jsonl"):
+        check_s3_uri(uri, field="f", tenant_id=tenant, settings=settings)
+    for uri in (
+        f"s3://inputs/tenants/{other}/data.jsonl",  # another tenant's folder
+        "s3://inputs/sharedX/m",  # a sibling that merely starts alike
+        "s3://inputs/shared/../tenants/x",
+        "s3://inputs/shared//m",
+        "s3://artifacts-bucket/squash/job",
+        "s3://artifacts-bucket",  # a parent of the store
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            check_s3_uri(uri, field="model.uri", tenant_id=tenant, settings=settings)
+        assert caught.value.code == "source_not_allowed" and caught.value.field == "model.uri"
+
+
+def test_every_s3_string_in_a_request_is_checked_but_labels_are_free_text() -> None:
+    settings = _policy_settings()
+    body = {
+        "model": {"kind": "builtin"},
+        "labels": {"note": "s3://anything/goes"},
+        "recipe": [{"method": "distill", "params": {"teacher": {"kind": "s3", "uri": "s3://x/y"}}}],
+    }
+    with pytest.raises(InvalidInput) as caught:
+        check_sources(body, tenant_id=uuid.uuid4(), settings=settings)
+    assert caught.value.field == "recipe.0.params.teacher.uri"
+
+
+def test_remote_code_needs_an_allow_listed_repo_pinned_to_that_commit() -> None:
+    sha = "a" * 40
+    settings = _policy_settings(trust_remote_code_repos=(f"org/model@{sha}",))
+    assert remote_code_allowed("org/model", sha, settings)
+    assert not remote_code_allowed("org/model", "main", settings)  # a branch can move
+    assert not remote_code_allowed("org/other", sha, settings)
+    asks = {"kind": "huggingface", "repo_id": "org/model", "trust_remote_code": True}
+    check_sources({"model": asks | {"revision": sha}}, tenant_id=uuid.uuid4(), settings=settings)
+    with pytest.raises(InvalidInput, match="not allow-listed"):
+        check_sources(
+            {"model": asks | {"revision": "main"}}, tenant_id=uuid.uuid4(), settings=settings
+        )
+
+
+def test_own_code_is_refused_unless_allowed_and_then_trusted_only_in_that_job(
+    tiny_model_dir: Path,
+) -> None:
+    sha = "b" * 40
+    settings = _policy_settings(trust_remote_code_repos=(f"org/model@{sha}",))
+    config = {"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}
+    plain = {"kind": "local", "path": "x"}
+    with pytest.raises(JobFailure, match="names its own code"):
+        check_remote_code(tiny_model_dir, config, plain, settings)
+    hub = {"kind": "huggingface", "repo_id": "org/model", "revision": sha}
+    with pytest.raises(JobFailure):
+        check_remote_code(tiny_model_dir, config, hub, settings)  # not asked for
+
+    def allowed_job() -> bool:
+        check_remote_code(tiny_model_dir, config, hub | {"trust_remote_code": True}, settings)
+        return trust_remote_code()
+
+    assert contextvars.copy_context().run(allowed_job) is True
+    assert trust_remote_code() is False  # the next job starts untrusted

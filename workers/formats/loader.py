@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ import torch
 from workers.formats import low_rank, sparse_bitmask
 
 PLAIN = "transformers"
+# True only inside a job whose model source an operator allow-listed for remote code
+# (workers/models/sources.py sets it after checking; workers/tasks.py runs each job in a fresh
+# context). Every transformers load in a job reads it, so no load path can forget.
+REMOTE_CODE_TRUSTED: ContextVar[bool] = ContextVar("remote_code_trusted", default=False)
+
+
+def trust_remote_code() -> bool:
+    return REMOTE_CODE_TRUSTED.get()
 
 
 def artifact_format(path: Path) -> str:
@@ -40,7 +49,12 @@ def load_pretrained(
     found = artifact_format(path)
     if found == low_rank.FORMAT:
         return low_rank.load(path, dtype)
-    options = {"dtype": dtype, "trust_remote_code": False, "use_safetensors": True, **kwargs}
+    options = {
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code(),
+        "use_safetensors": True,
+        **kwargs,
+    }
     if found == PLAIN:
         return AutoModelForCausalLM.from_pretrained(str(path), **options)
     if found != sparse_bitmask.FORMAT:

@@ -47,7 +47,19 @@ def load_corpus(source: dict[str, Any], settings: Settings) -> Corpus:
         "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
     )
     try:
-        raw = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        found = client.get_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        raise JobFailure(ErrorCode.DATA_ERROR, f"cannot read {source['uri']}: {exc}") from exc
+    # Held in memory whole: refuse an oversized file on its length, before reading a byte.
+    if found["ContentLength"] > settings.max_dataset_bytes:
+        found["Body"].close()
+        raise JobFailure(
+            ErrorCode.DATA_ERROR,
+            f"{source['uri']} is {found['ContentLength'] / 1e6:.1f} MB, over this service's "
+            f"limit of {settings.max_dataset_bytes / 1e6:.1f} MB (MAX_DATASET_BYTES)",
+        )
+    try:
+        raw = found["Body"].read().decode("utf-8")
     except Exception as exc:
         raise JobFailure(ErrorCode.DATA_ERROR, f"cannot read {source['uri']}: {exc}") from exc
     if source.get("format") == "jsonl":

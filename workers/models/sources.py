@@ -1,7 +1,9 @@
 """Turn a job's model source into a local Hugging Face directory of safetensors weights.
 
-Pickle checkpoints (.bin/.pt/.pkl) are refused and remote code is never trusted: loading a model
-must not run code from it. GGUF files are dequantized once by transformers and cached.
+Pickle checkpoints (.bin/.pt/.pkl) are refused and a model that names its own code (config
+`auto_map`) is refused unless an operator allow-listed its repository pinned to a commit (the
+API checked the request; this checks the files actually fetched). Loading a model must not run
+code from it otherwise. GGUF files are dequantized once by transformers and cached.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 from app.config import Settings
 from app.jobs.state import ErrorCode
+from app.source_policy import remote_code_allowed
 from app.storage import sha256_file
 from workers.errors import JobFailure
+from workers.formats.loader import REMOTE_CODE_TRUSTED
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 HF_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
@@ -57,6 +61,46 @@ def check_safe_directory(path: Path) -> None:
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         why = f" (found pickle checkpoints {pickles}, refused)" if pickles else ""
         raise JobFailure(ErrorCode.INVALID_MODEL, f"no *.safetensors weights{why}")
+
+
+def check_model_size(weight_bytes: int, settings: Settings) -> None:
+    if weight_bytes > settings.max_model_bytes:
+        raise JobFailure(
+            ErrorCode.INVALID_MODEL,
+            f"the model's weights are {weight_bytes / 1e9:.2f} GB, over this service's limit of "
+            f"{settings.max_model_bytes / 1e9:.2f} GB (MAX_MODEL_BYTES): refused before loading",
+        )
+
+
+def _names_own_code(path: Path, config: dict[str, Any]) -> bool:
+    if config.get("auto_map"):
+        return True
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        return bool(json.loads(tokenizer_config.read_text()).get("auto_map"))
+    return False
+
+
+def check_remote_code(
+    path: Path, config: dict[str, Any], source: dict[str, Any], settings: Settings
+) -> None:
+    """Refuse a model that ships its own code unless it is an allow-listed, commit-pinned hub
+    repository the job asked to trust; then (and only then) let this job's loads run it."""
+    if not _names_own_code(path, config):
+        return
+    allowed = (
+        source.get("kind") == "huggingface"
+        and source.get("trust_remote_code") is True
+        and remote_code_allowed(source["repo_id"], source["revision"], settings)
+    )
+    if not allowed:
+        raise JobFailure(
+            ErrorCode.INVALID_MODEL,
+            "the model names its own code (auto_map) and remote code is off: refused without "
+            "loading it. An operator may allow-list a Hugging Face repo pinned to a commit "
+            "(TRUST_REMOTE_CODE_REPOS); the job then sets model.trust_remote_code.",
+        )
+    REMOTE_CODE_TRUSTED.set(True)
 
 
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
@@ -122,8 +166,10 @@ def resolve_model(source: dict[str, Any], settings: Settings, scratch: Path) -> 
     else:  # the request schema makes this unreachable
         raise JobFailure(ErrorCode.INVALID_MODEL, f"unknown model source kind {kind!r}")
     check_safe_directory(path)
-    provenance["weights_sha256"] = weights_digest(path)
+    check_model_size(sum(file.stat().st_size for file in path.glob("*.safetensors")), settings)
     config = json.loads((path / "config.json").read_text())
+    check_remote_code(path, config, source, settings)
+    provenance["weights_sha256"] = weights_digest(path)
     provenance["architecture"] = (config.get("architectures") or ["?"])[0]
     return ResolvedModel(path=path, provenance=provenance)
 
@@ -158,13 +204,22 @@ def _download_s3(uri: str, settings: Settings, target: Path) -> Path:
     )
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        listed = [
+            (item["Key"], item["Size"]) for page in pages for item in page.get("Contents", [])
+        ]
     except Exception as exc:
         raise JobFailure(ErrorCode.INVALID_MODEL, f"cannot list {uri}: {exc}") from exc
-    target.mkdir(parents=True, exist_ok=True)
-    for key in keys:
+    wanted = []
+    for key, size in listed:
         name = key[len(prefix) :].lstrip("/")
         if "/" in name or name.endswith(PICKLE_SUFFIXES) or not name:
             continue  # flat model directories only; pickles are never fetched
+        wanted.append((key, name, size))
+    # Checked on the listing, so an oversized model costs no transfer.
+    check_model_size(
+        sum(size for _, name, size in wanted if name.endswith(".safetensors")), settings
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    for key, name, _ in wanted:
         client.download_file(bucket, key, str(target / name))
     return target

@@ -13,7 +13,7 @@ from app.config import Settings, get_settings
 from app.jobs.state import ErrorCode
 from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent, PreviousStudent
 from workers.errors import JobFailure
-from workers.formats.loader import load_pretrained
+from workers.formats.loader import load_pretrained, trust_remote_code
 from workers.models.sources import resolve_model
 from workers.pipelines.base import StageInput
 
@@ -104,7 +104,9 @@ def check_tokenizer(student_path: Path, tokenizer: Any) -> None:
     from transformers import AutoTokenizer
 
     try:
-        student_tokenizer = AutoTokenizer.from_pretrained(str(student_path))
+        student_tokenizer = AutoTokenizer.from_pretrained(
+            str(student_path), trust_remote_code=trust_remote_code()
+        )
     except (OSError, ValueError) as exc:
         raise JobFailure(
             ErrorCode.INVALID_MODEL, f"the student model has no loadable tokenizer: {exc}"
