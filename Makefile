@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python -m bench.distillation_quality
 	$(BIN)/python -m bench.latency_stability
 	$(BIN)/python -m bench.status_load
+	$(BIN)/python -m bench.api_load
 
 clean:
 	rm -rf $(VENV) .squash

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = structlog.get_logger()
 _checks: set[asyncio.Task[None]] = set()  # running pool checks (a task needs a reference)
@@ -98,6 +99,15 @@ class InvalidInput(AppError):
     code = "invalid_input"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def problem(
     status: int,
     code: str,
@@ -163,7 +173,13 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
-        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names only the first route on this path; list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(
+            exc.status_code, code, str(exc.detail), instance=request.url.path, headers=headers
+        )
 
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api.database_unavailable", path=request.url.path, error=str(exc)[:200])

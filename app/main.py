@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import health
+from app import api_document, health
 from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
 from app.config import Settings, get_settings
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(artifacts_router.router)
     app.include_router(reports_router.router)
     app.include_router(webhooks_router.router)
+    api_document.install(app)
     return app
 
 

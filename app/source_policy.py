@@ -17,29 +17,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput
+from app.json_paths import walk
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # Keys never inspected for sources: free-form user text.
-_FREE_TEXT = {"labels", "webhook_url"}
-
-
-def _nodes(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """Every value in the request with its dotted field path. Walking the whole body (not
-    named fields) keeps any future source field (a teacher model, a task file) under the rules."""
-    yield path, value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not path and key in _FREE_TEXT:
-                continue
-            yield from _nodes(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _nodes(item, f"{path}.{index}")
+_FREE_TEXT = frozenset({"labels", "webhook_url"})
 
 
 def _normalized_root(root: str, tenant_id: uuid.UUID) -> str:
@@ -88,7 +74,7 @@ def remote_code_allowed(repo_id: str, revision: str, settings: Settings) -> bool
 def check_sources(body: dict[str, Any], *, tenant_id: uuid.UUID, settings: Settings) -> None:
     """Raises InvalidInput (422, naming the field) for the first source the tenant may not use.
     `body` is the request as JSON (JobCreate.model_dump(mode="json"))."""
-    for path, value in _nodes(body, ""):
+    for path, value in walk(body, skip=_FREE_TEXT):
         if isinstance(value, str) and value.lower().startswith("s3://"):
             check_s3_uri(value, field=path, tenant_id=tenant_id, settings=settings)
         elif _asks_untrusted_code(value, settings):

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,40 +27,11 @@ from tests.support.services import (
     create_database,
     drop_database,
     free_port,
+    serve,
     settings_env,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def serve(app_ref: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app_ref,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    if factory:
-        argv.append("--factory")
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{app_ref} did not start")
 
 
 def row(name: str, result: LoadResult) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from app.artifacts.manifest import MANIFEST_NAME, REPORT_HTML_NAME, REPORT_NAME
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
-from app.errors import ERRORS_401, ERRORS_404, NotFound, Unauthorized
+from app.errors import ERRORS_401, ERRORS_404, PROBLEM_RESPONSE, Conflict, NotFound, Unauthorized
 from app.jobs import repository as job_repository
 from app.jobs import service as job_service
 from app.jobs.schemas import ArtifactList, ArtifactRead
@@ -19,12 +19,17 @@ from app.reports.html import CSP
 from app.storage import LocalStore, ObjectNotFound
 
 router = APIRouter(tags=["artifacts"])
+ERRORS_409 = {
+    409: {"description": "The job has not published artifacts (not succeeded)", **PROBLEM_RESPONSE}
+}
 
 
 def _published_prefix(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
     job = job_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     if job.artifact_prefix is None:
-        raise NotFound(
+        # The job exists; its outputs do not yet (or never will): 409, not 404, so a client
+        # polling a fresh job does not read "no such job".
+        raise Conflict(
             f"job {job_id} has no published artifacts (state {job.state})",
             code="artifacts_not_available",
         )
@@ -34,7 +39,7 @@ def _published_prefix(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UU
 @router.get(
     "/v1/jobs/{job_id}/artifacts",
     response_model=ArtifactList,
-    responses={**ERRORS_401, **ERRORS_404},
+    responses={**ERRORS_401, **ERRORS_404, **ERRORS_409},
 )
 def list_artifacts(
     job_id: uuid.UUID,
@@ -60,7 +65,7 @@ def list_artifacts(
     return ArtifactList(job_id=job_id, manifest_url=manifest_url, items=items)
 
 
-@router.get("/v1/jobs/{job_id}/report", responses={**ERRORS_401, **ERRORS_404})
+@router.get("/v1/jobs/{job_id}/report", responses={**ERRORS_401, **ERRORS_404, **ERRORS_409})
 def get_report(
     job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, store: StoreDep
 ) -> dict[str, Any]:
@@ -77,6 +82,7 @@ def get_report(
     responses={
         **ERRORS_401,
         **ERRORS_404,
+        **ERRORS_409,
         200: {"content": {"text/html": {}}, "description": "Self-contained page"},
     },
 )

@@ -4,6 +4,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import StringConstraints
 
 from app.db import get_async_sessionmaker
 from app.deps import SessionDep, SettingsDep, SubmitLimitDep, TenantDep
@@ -15,11 +16,16 @@ from app.errors import (
     NotFound,
 )
 from app.jobs import repository, service
-from app.jobs.schemas import EventPage, JobCreate, JobPage, JobRead
+from app.jobs.schemas import LABEL_KEY_RE, EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
 from app.queue import send_run_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# key=value: the key as labels are written (LABEL_KEY_RE), a value without NUL (Postgres text
+# cannot hold one) of at most 255 characters.
+LabelFilter = Annotated[
+    str, StringConstraints(pattern=rf"{LABEL_KEY_RE.pattern.removesuffix('$')}=[^\x00]{{0,255}}$")
+]
 
 
 @router.post(
@@ -63,7 +69,7 @@ def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
     state: Annotated[list[JobState], Query()] = [],  # noqa: B006 - FastAPI copies defaults
-    label: Annotated[list[str], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
+    label: Annotated[list[LabelFilter], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:

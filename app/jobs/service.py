@@ -19,6 +19,7 @@ from app.jobs import repository
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
 from app.jobs.state import TERMINAL, JobState
+from app.json_paths import walk
 from app.queue import queue_for
 from app.recipes import BUILTIN_SHAPES, validate_recipe
 from app.source_policy import check_sources
@@ -60,7 +61,14 @@ def create_job(
             raise InvalidInput(
                 f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
             ) from None
-    check_sources(body.model_dump(mode="json"), tenant_id=tenant_id, settings=settings)
+    body_json = body.model_dump(mode="json")
+    for path, value in walk(body_json):
+        # Postgres text and jsonb cannot hold NUL: refuse it here, naming the field, not as a 500.
+        if (isinstance(value, str) and "\x00" in value) or (
+            isinstance(value, dict) and any("\x00" in key for key in value)
+        ):
+            raise InvalidInput(f"{path or 'body'}: NUL characters are not allowed", field=path)
+    check_sources(body_json, tenant_id=tenant_id, settings=settings)
     digest = request_hash(body)
     if idempotency_key:
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)

@@ -3,12 +3,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import StringConstraints
 
 from app.deps import SessionDep, TenantDep
 from app.errors import ERRORS_401, ERRORS_404, ERRORS_422, PROBLEM_RESPONSE
-from app.reports.compare import CompareTable, compare, parse_ids
+from app.reports.compare import MAX_JOBS, CompareTable, compare, parse_ids
 
 router = APIRouter(tags=["reports"])
+_UUID = r"\s*[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\s*"
+# One value: one job id or several, comma-separated (the schema says so, so clients and
+# schemathesis know what is valid; parse_ids still counts the total across repeats).
+JobIds = Annotated[str, StringConstraints(pattern=rf"^{_UUID}(,{_UUID}){{0,{MAX_JOBS - 1}}}$")]
 
 
 @router.get(
@@ -25,8 +30,12 @@ def compare_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
     jobs: Annotated[
-        list[str],
-        Query(description="Job ids, comma-separated or repeated (at most 20), same base model"),
+        list[JobIds],
+        Query(
+            description="Job ids, comma-separated or repeated (at most 20), same base model",
+            min_length=1,
+            max_length=MAX_JOBS,
+        ),
     ],
 ) -> CompareTable:
     return compare(session, tenant_id, parse_ids(jobs))

@@ -244,7 +244,7 @@ def test_cancel_queued_job_and_cancel_twice(api: TestClient, tenant_a: dict) -> 
     assert response.status_code == 202 and response.json()["state"] == "cancelled"
     assert_problem(api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant_a), 409, "job_finished")
     assert_problem(
-        api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant_a), 404, "artifacts_not_available"
+        api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant_a), 409, "artifacts_not_available"
     )
 
 

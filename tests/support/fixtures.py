@@ -79,10 +79,11 @@ def settings(
         requeue_after_s=30.0,
         auth_cache_ttl_s=1.0,
         model_dirs=(models_root,),
-        # S3 sources: two shared folders and one per tenant (tests/faults/test_abuse.py).
+        # S3 sources: shared folders and one per tenant (tests/faults/test_abuse.py).
         source_s3_prefixes=(
             f"s3://{BUCKET}/models/",
             f"s3://{BUCKET}/data/",
+            f"s3://{BUCKET}/tasks/",
             f"s3://{BUCKET}/tenants/{{tenant}}/",
         ),
         # Small enough that the abuse suite's sparse 3 GB weights and 20 MB dataset are over.

@@ -8,11 +8,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from app.cli.embedded import worker_command
@@ -110,3 +112,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def serve(
+    app_ref: str, port: int, env: dict[str, str], factory: bool, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """A real uvicorn server in its own process, returned once it answers."""
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_ref,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    if factory:
+        argv.append("--factory")
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{app_ref} did not start")
