@@ -18,25 +18,14 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from app.auth import service as auth_service
-from app.cli.embedded import migrate
-from app.config import Settings
 from app.db import session_scope
-from tests.support.services import (
-    REDIS_URL,
-    clear_redis_prefix,
-    create_database,
-    drop_database,
-    free_port,
-    serve,
-    settings_env,
-)
+from tests.support.services import private_stack_settings, running_api
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = {
@@ -177,32 +166,17 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     args = parser.parse_args()
 
-    name, url = create_database()
-    migrate(url)
     # Production defaults for every limit: 500 tenants, each well inside its own buckets.
-    settings = Settings(
-        database_url=url,
-        broker_url=REDIS_URL,
-        broker_key_prefix=f"bench-{name}:",
-        object_store_url="file:///tmp/bench-store",
-        webhook_dispatch_enabled=False,
-    )
-    with session_scope(url) as session:
-        keys = [
-            auth_service.create_key(session, tenant_name=f"client-{i}").secret
-            for i in range(args.clients)
-        ]
-    port = free_port()
-    proc: subprocess.Popen[bytes] = serve(
-        "app.main:app_factory", port, settings_env(settings), True, workers=args.api_workers
-    )
-    try:
-        result = asyncio.run(drive(port, keys, args.seconds, args.think))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drop_database(name, url)
-        clear_redis_prefix(settings.broker_key_prefix)
+    with private_stack_settings(
+        "bench", object_store_url="file:///tmp/bench-store", webhook_dispatch_enabled=False
+    ) as settings:
+        with session_scope(settings.database_url) as session:
+            keys = [
+                auth_service.create_key(session, tenant_name=f"client-{i}").secret
+                for i in range(args.clients)
+            ]
+        with running_api(settings, workers=args.api_workers) as port:
+            result = asyncio.run(drive(port, keys, args.seconds, args.think))
     polls = result["endpoints"].get("GET /v1/jobs/{id}", {})
     total_errors = sum(item["errors"] for item in result["endpoints"].values())
     total = sum(item["requests"] for item in result["endpoints"].values())

@@ -17,19 +17,9 @@ from typing import Any
 import httpx
 
 from app.auth import service as auth_service
-from app.cli.embedded import migrate
-from app.config import Settings
 from app.db import session_scope
 from bench.loadgen import LoadResult, run_load
-from tests.support.services import (
-    REDIS_URL,
-    clear_redis_prefix,
-    create_database,
-    drop_database,
-    free_port,
-    serve,
-    settings_env,
-)
+from tests.support.services import free_port, private_stack_settings, running_api, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,12 +42,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
 
-    name, url = create_database()
-    migrate(url)
-    settings = Settings(
-        database_url=url,
-        broker_url=REDIS_URL,
-        broker_key_prefix=f"bench-{name}:",
+    with private_stack_settings(
+        "bench",
         object_store_url="file:///tmp/bench-store",
         reaper_enabled=False,
         # 64 clients of one tenant poll flat out: a refill nobody outruns keeps the limiter in
@@ -65,37 +51,28 @@ def main() -> None:
         # answering 429s.
         rate_limit_per_minute=1e9,
         rate_limit_burst=200,
-    )
-    with session_scope(url) as session:
-        key = auth_service.create_key(session, tenant_name="bench").secret
-    api_port, base_port = free_port(), free_port()
-    procs = [
-        serve("app.main:app_factory", api_port, settings_env(settings), factory=True),
-        serve("bench.trivial_app:app", base_port, {}, factory=False),
-    ]
-    try:
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {
-            "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
-            "recipe": [{"method": "rtn"}],
-            "device": "gpu",
-            "labels": {"bench": "status"},
-        }
-        job = httpx.post(f"http://127.0.0.1:{api_port}/v1/jobs", json=body, headers=headers)
-        job_id = job.raise_for_status().json()["id"]
-        path = f"/v1/jobs/{job_id}"
-        baseline = run_load(
-            "127.0.0.1", base_port, path, {}, concurrency=args.concurrency, seconds=args.seconds
-        )
-        ours = run_load(
-            "127.0.0.1", api_port, path, headers, concurrency=args.concurrency, seconds=args.seconds
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-        drop_database(name, url)
-        clear_redis_prefix(settings.broker_key_prefix)
+    ) as settings:
+        with session_scope(settings.database_url) as session:
+            key = auth_service.create_key(session, tenant_name="bench").secret
+        base_port = free_port()
+        baseline_proc = serve("bench.trivial_app:app", base_port, {}, factory=False)
+        try:
+            with running_api(settings) as api_port:
+                headers = {"Authorization": f"Bearer {key}"}
+                body = {
+                    "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+                    "recipe": [{"method": "rtn"}],
+                    "device": "gpu",
+                    "labels": {"bench": "status"},
+                }
+                job = httpx.post(f"http://127.0.0.1:{api_port}/v1/jobs", json=body, headers=headers)
+                path = f"/v1/jobs/{job.raise_for_status().json()['id']}"
+                load = {"concurrency": args.concurrency, "seconds": args.seconds}
+                baseline = run_load("127.0.0.1", base_port, path, {}, **load)
+                ours = run_load("127.0.0.1", api_port, path, headers, **load)
+        finally:
+            baseline_proc.terminate()
+            baseline_proc.wait(timeout=10)
     result = {
         "concurrency": args.concurrency,
         "seconds": args.seconds,

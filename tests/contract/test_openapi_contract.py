@@ -20,19 +20,9 @@ import pytest
 from sqlalchemy import text
 
 from app.auth import service as auth_service
-from app.cli.embedded import migrate
 from app.config import Settings
 from app.db import session_scope
-from tests.support.services import (
-    REDIS_URL,
-    ROOT,
-    clear_redis_prefix,
-    create_database,
-    drop_database,
-    free_port,
-    serve,
-    settings_env,
-)
+from tests.support.services import ROOT, private_stack_settings, running_api
 from tests.support.stack import record
 
 pytestmark = pytest.mark.integration
@@ -43,12 +33,8 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 @pytest.fixture
 def served_api(tmp_path: Path) -> Iterator[tuple[str, str, Settings]]:
-    name, url = create_database()
-    migrate(url)
-    settings = Settings(
-        database_url=url,
-        broker_url=REDIS_URL,
-        broker_key_prefix=f"contract-{name}:",
+    with private_stack_settings(
+        "contract",
         object_store_url=f"file://{tmp_path / 'objects'}",
         work_dir=tmp_path / "work",
         default_device="gpu",
@@ -59,18 +45,11 @@ def served_api(tmp_path: Path) -> Iterator[tuple[str, str, Settings]]:
         submit_rate_limit_per_minute=1e9,
         submit_rate_limit_burst=100_000,
         max_active_jobs_per_tenant=0,
-    )
-    with session_scope(url) as session:
-        key = auth_service.create_key(session, tenant_name="contract").secret
-    port = free_port()
-    proc = serve("app.main:app_factory", port, settings_env(settings), factory=True)
-    try:
-        yield f"http://127.0.0.1:{port}", key, settings
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drop_database(name, url)
-        clear_redis_prefix(settings.broker_key_prefix)
+    ) as settings:
+        with session_scope(settings.database_url) as session:
+            key = auth_service.create_key(session, tenant_name="contract").secret
+        with running_api(settings) as port:
+            yield f"http://127.0.0.1:{port}", key, settings
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(

@@ -11,13 +11,15 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 
-from app.cli.embedded import worker_command
+from app.cli.embedded import migrate, worker_command
 from app.config import Settings
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -145,3 +147,31 @@ def serve(
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"{app_ref} did not start")
+
+
+@contextmanager
+def private_stack_settings(prefix: str, **overrides: Any) -> Iterator[Settings]:
+    """Settings for a fresh migrated database and a fresh Redis key prefix, both removed
+    afterwards (the contract test and the load benches each get their own)."""
+    name, url = create_database()
+    migrate(url)
+    settings = Settings(
+        database_url=url, broker_url=REDIS_URL, broker_key_prefix=f"{prefix}-{name}:", **overrides
+    )
+    try:
+        yield settings
+    finally:
+        drop_database(name, url)
+        clear_redis_prefix(settings.broker_key_prefix)
+
+
+@contextmanager
+def running_api(settings: Settings, workers: int = 1) -> Iterator[int]:
+    """The Squash API under uvicorn in its own process(es); yields its port."""
+    port = free_port()
+    proc = serve("app.main:app_factory", port, settings_env(settings), True, workers=workers)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
