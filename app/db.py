@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -18,6 +19,8 @@ from sqlalchemy.types import TypeDecorator
 
 if TYPE_CHECKING:
     from app.config import Settings
+
+T = TypeVar("T")
 
 # Stable constraint names, so migrations can refer to them (STYLE 15).
 NAMING_CONVENTION = {
@@ -58,24 +61,53 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-# At least as many pooled connections as the threadpool that runs sync routes has threads (40 in
-# Starlette): with fewer, overflow connections open and close on nearly every request under load.
-POOL_SIZE = 40
-POOL_OVERFLOW = 10
 # Seconds to wait for a connection (new or pooled): a down database answers 503 quickly.
 CONNECT_TIMEOUT_S = 5
 
 
-@lru_cache(maxsize=8)
+class PoolSizes(NamedTuple):
+    """How one process's Postgres connection budget is shared between its pools."""
+
+    orm: int  # sync SQLAlchemy: threadpool routes, workers, the reaper and the webhook outbox
+    async_orm: int  # async SQLAlchemy: authentication on the event loop
+    status: int  # raw psycopg: job-status polls, the hottest read (see jobs/repository)
+
+    @classmethod
+    def split(cls, connections: int) -> PoolSizes:
+        orm, async_orm = max(1, connections // 2), max(1, connections // 4)
+        return cls(orm, async_orm, max(1, connections - orm - async_orm))
+
+
+# Set once at process start from Settings.db_connections_per_process (create_app, the worker's
+# Celery app). Process-wide because pools are: every engine of this process shares the budget.
+_pool_sizes = PoolSizes.split(24)
+
+
+def set_connection_budget(connections_per_process: int) -> None:
+    global _pool_sizes
+    _pool_sizes = PoolSizes.split(connections_per_process)
+
+
+def pool_sizes() -> PoolSizes:
+    return _pool_sizes
+
+
 def get_engine(url: str) -> Engine:
+    return _engine(url, _pool_sizes.orm)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, pool_size: int) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_pragmas(engine)
         return engine
+    # No overflow: the budget is a hard cap (Postgres refuses clients past max_connections,
+    # which is worse than a request waiting a few ms for a pooled connection).
     return create_engine(
         url,
-        pool_size=POOL_SIZE,
-        max_overflow=POOL_OVERFLOW,
+        pool_size=pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=CONNECT_TIMEOUT_S,
@@ -94,10 +126,14 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.close()
 
 
-@lru_cache(maxsize=8)
 def get_async_sessionmaker(url: str) -> async_sessionmaker[AsyncSession]:
     """The API's hot read paths (auth, job status) run on the event loop: no threadpool hop
     and no thread holding a pooled connection (see bench/status_load.py)."""
+    return _async_sessionmaker(url, _pool_sizes.async_orm)
+
+
+@lru_cache(maxsize=8)
+def _async_sessionmaker(url: str, pool_size: int) -> async_sessionmaker[AsyncSession]:
     if url.startswith("sqlite"):
         engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://", 1))
         _sqlite_pragmas(engine.sync_engine)
@@ -106,7 +142,8 @@ def get_async_sessionmaker(url: str) -> async_sessionmaker[AsyncSession]:
         # that died is discarded when its query fails, and recycled every 30 minutes anyway.
         engine = create_async_engine(
             url,
-            pool_size=POOL_SIZE,
+            pool_size=pool_size,
+            max_overflow=0,
             pool_recycle=1800,
             pool_timeout=CONNECT_TIMEOUT_S,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
@@ -114,9 +151,41 @@ def get_async_sessionmaker(url: str) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-@lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return _sessionmaker(get_engine(url))
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+class SessionRunner:
+    """Runs an API route's ORM work on a worker thread with a Session of its own, closed (its
+    connection back in the pool) before the thread is released.
+
+    Why not a `Depends` session and a sync route: FastAPI validates a sync route's response on
+    another threadpool call before the dependency closes the session, so under load every
+    thread could wait for a pooled connection while each connection waited for a thread to
+    finish its request: a deadlock until the pool timeout (found by bench/api_load.py).
+    With one thread call per unit of work, a connection is never held while waiting for a
+    thread, and at most `threads` (= the ORM pool's size) calls ask for connections at once.
+    """
+
+    def __init__(self, url: str, threads: int) -> None:
+        self.url = url
+        self.limiter = CapacityLimiter(threads)
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        return await to_thread.run_sync(self._in_session, work, limiter=self.limiter)
+
+    def _in_session(self, work: Callable[[Session], T]) -> T:
+        session = get_sessionmaker(self.url)()
+        try:
+            return work(session)
+        finally:
+            session.rollback()  # what the work did not commit is dropped
+            session.close()
 
 
 @contextmanager
@@ -141,8 +210,8 @@ async def open_status_pool(settings: Settings) -> AsyncConnectionPool | None:
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     pool = AsyncConnectionPool(
         conninfo,
-        min_size=2,
-        max_size=POOL_SIZE,
+        min_size=min(2, _pool_sizes.status),
+        max_size=_pool_sizes.status,
         open=False,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         # While Postgres is down a request waits this long for a connection, then answers 503.

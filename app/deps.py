@@ -1,17 +1,15 @@
-"""Request dependencies as Annotated aliases (SessionDep, TenantDep, SettingsDep, StoreDep)."""
+"""Request dependencies as Annotated aliases (DbDep, TenantDep, SettingsDep, StoreDep)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.config import Settings
-from app.db import get_async_sessionmaker, get_sessionmaker
+from app.db import SessionRunner, get_async_sessionmaker
 from app.errors import TooManyRequests, Unauthorized
 from app.limits.rate import Bucket, request_bucket, submit_bucket
 from app.storage import ObjectStore
@@ -25,17 +23,11 @@ async def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = get_sessionmaker(settings.database_url)()
-    try:
-        yield session
-    finally:
-        # Routes that write commit explicitly (before they enqueue); anything else is dropped.
-        session.rollback()
-        session.close()
+async def get_db(request: Request) -> SessionRunner:
+    return request.app.state.db
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+DbDep = Annotated[SessionRunner, Depends(get_db)]
 
 
 async def get_store(request: Request) -> ObjectStore:

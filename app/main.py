@@ -11,7 +11,7 @@ from app import api_document, health
 from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
 from app.config import Settings, get_settings
-from app.db import open_status_pool
+from app.db import SessionRunner, open_status_pool, pool_sizes, set_connection_budget
 from app.errors import ERRORS_413, ERRORS_429, ERRORS_503, install_error_handlers
 from app.jobs import router as jobs_router
 from app.jobs.reaper import reaper_thread
@@ -26,6 +26,7 @@ from app.webhooks.dispatcher import dispatcher_thread
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    set_connection_budget(settings.db_connections_per_process)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = make_store(settings)
+    app.state.db = SessionRunner(settings.database_url, threads=pool_sizes().orm)
     app.state.tenant_cache = TenantCache(settings.auth_cache_ttl_s)
     app.state.pg_pool = None
     app.state.rate_limiter = make_rate_limiter(settings)

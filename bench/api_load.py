@@ -74,6 +74,7 @@ class Connection:
 
 async def client(
     conn: Connection,
+    measure_from: float,
     stop_at: float,
     latencies: dict[str, list[float]],
     errors: dict[str, list[str]],
@@ -81,15 +82,21 @@ async def client(
 ) -> None:
     async def call(name: str, method: str, path: str, body: Any = None, ok=(200,)) -> Any:
         started = time.perf_counter()
+        if started >= stop_at:
+            # Time is up: no trailing calls (all 500 clients would otherwise leave their poll
+            # loops at the same instant and send events/cancel/list together, a burst no
+            # real fleet makes).
+            return None
         try:
             status, payload = await conn.request(
                 method, path, json.dumps(body).encode() if body is not None else b""
             )
         except (OSError, asyncio.IncompleteReadError) as exc:
             conn.writer = None
-            errors[name].append(type(exc).__name__)
+            errors[name].append(type(exc).__name__)  # counted during the ramp as well
             return None
-        latencies[name].append(time.perf_counter() - started)
+        if started >= measure_from:
+            latencies[name].append(time.perf_counter() - started)
         if status not in ok:
             errors[name].append(f"{status}: {payload[:200]!r}")
             return None
@@ -98,7 +105,8 @@ async def client(
     async def think() -> None:
         await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
 
-    await asyncio.sleep(random.uniform(0, think_s * 2))  # clients do not start in lockstep
+    # Clients arrive spread over the ramp, as a fleet of pipelines would, not in one burst.
+    await asyncio.sleep(random.uniform(0, max(measure_from - time.perf_counter(), 0)))
     while time.perf_counter() < stop_at:
         job = await call("POST /v1/jobs", "POST", "/v1/jobs", JOB, ok=(202,))
         if job is None:
@@ -133,19 +141,27 @@ def quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def drive(port: int, keys: list[str], seconds: float, think_s: float) -> dict[str, Any]:
+async def drive(
+    port: int, keys: list[str], seconds: float, think_s: float, ramp_s: float
+) -> dict[str, Any]:
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
-    started = time.perf_counter()
+    measure_from = time.perf_counter() + ramp_s
+    stop_at = measure_from + seconds
     await asyncio.gather(
         *[
             client(
-                Connection("127.0.0.1", port, key), started + seconds, latencies, errors, think_s
+                Connection("127.0.0.1", port, key),
+                measure_from,
+                stop_at,
+                latencies,
+                errors,
+                think_s,
             )
             for key in keys
         ]
     )
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - measure_from
     endpoints = {}
     for name in sorted(latencies):
         endpoints[name] = {
@@ -163,12 +179,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds between calls")
+    parser.add_argument(
+        "--ramp", type=float, default=30.0, help="seconds over which clients start (not timed)"
+    )
     parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument(
+        "--db-connections",
+        type=int,
+        default=None,
+        help="DB_CONNECTIONS_PER_PROCESS (default: its default)",
+    )
     args = parser.parse_args()
 
     # Production defaults for every limit: 500 tenants, each well inside its own buckets.
     with private_stack_settings(
-        "bench", object_store_url="file:///tmp/bench-store", webhook_dispatch_enabled=False
+        "bench",
+        object_store_url="file:///tmp/bench-store",
+        webhook_dispatch_enabled=False,
+        **({"db_connections_per_process": args.db_connections} if args.db_connections else {}),
     ) as settings:
         with session_scope(settings.database_url) as session:
             keys = [
@@ -176,7 +204,7 @@ def main() -> None:
                 for i in range(args.clients)
             ]
         with running_api(settings, workers=args.api_workers) as port:
-            result = asyncio.run(drive(port, keys, args.seconds, args.think))
+            result = asyncio.run(drive(port, keys, args.seconds, args.think, args.ramp))
     polls = result["endpoints"].get("GET /v1/jobs/{id}", {})
     total_errors = sum(item["errors"] for item in result["endpoints"].values())
     total = sum(item["requests"] for item in result["endpoints"].values())
@@ -184,6 +212,7 @@ def main() -> None:
         "clients": args.clients,
         "seconds": args.seconds,
         "think_s": args.think,
+        "ramp_s": args.ramp,
         "server": f"uvicorn, {args.api_workers} worker processes, production limits",
         **result,
         "error_rate": round(total_errors / max(total, 1), 6),

@@ -5,11 +5,13 @@ from __future__ import annotations
 from kombu import Queue
 
 from app.config import get_settings
+from app.db import set_connection_budget
 from app.logging import configure_logging
 from app.queue import QUEUES, make_celery
 
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_json)
+set_connection_budget(settings.db_connections_per_process)
 
 celery_app = make_celery(settings, name="squash-worker")
 celery_app.conf.update(

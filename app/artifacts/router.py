@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, HTMLResponse
+from sqlalchemy.orm import Session
 
 from app.artifacts.manifest import MANIFEST_NAME, REPORT_HTML_NAME, REPORT_NAME
-from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.deps import DbDep, SettingsDep, StoreDep, TenantDep
 from app.errors import ERRORS_401, ERRORS_404, PROBLEM_RESPONSE, Conflict, NotFound, Unauthorized
 from app.jobs import repository as job_repository
 from app.jobs import service as job_service
@@ -24,7 +26,7 @@ ERRORS_409 = {
 }
 
 
-def _published_prefix(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+def _published_prefix(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
     job = job_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     if job.artifact_prefix is None:
         # The job exists; its outputs do not yet (or never will): 409, not 404, so a client
@@ -41,37 +43,41 @@ def _published_prefix(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UU
     response_model=ArtifactList,
     responses={**ERRORS_401, **ERRORS_404, **ERRORS_409},
 )
-def list_artifacts(
+async def list_artifacts(
     job_id: uuid.UUID,
-    session: SessionDep,
+    db: DbDep,
     tenant_id: TenantDep,
     store: StoreDep,
     settings: SettingsDep,
 ) -> ArtifactList:
-    prefix = _published_prefix(session, tenant_id, job_id)
-    expires_s = settings.presign_expiry_s
-    expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
-    items = [
-        ArtifactRead(
-            path=a.path,
-            size=a.size,
-            sha256=a.sha256,
-            url=store.presigned_url(a.object_key, expires_s, PurePosixPath(a.path).name),
-            url_expires_at=expires_at,
-        )
-        for a in job_repository.list_artifacts(session, job_id)
-    ]
-    manifest_url = store.presigned_url(f"{prefix}/{MANIFEST_NAME}", expires_s, MANIFEST_NAME)
-    return ArtifactList(job_id=job_id, manifest_url=manifest_url, items=items)
+    def work(session: Session) -> ArtifactList:
+        prefix = _published_prefix(session, tenant_id, job_id)
+        expires_s = settings.presign_expiry_s
+        expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
+        items = [
+            ArtifactRead(
+                path=a.path,
+                size=a.size,
+                sha256=a.sha256,
+                url=store.presigned_url(a.object_key, expires_s, PurePosixPath(a.path).name),
+                url_expires_at=expires_at,
+            )
+            for a in job_repository.list_artifacts(session, job_id)
+        ]
+        manifest_url = store.presigned_url(f"{prefix}/{MANIFEST_NAME}", expires_s, MANIFEST_NAME)
+        return ArtifactList(job_id=job_id, manifest_url=manifest_url, items=items)
+
+    return await db.run(work)
 
 
 @router.get("/v1/jobs/{job_id}/report", responses={**ERRORS_401, **ERRORS_404, **ERRORS_409})
-def get_report(
-    job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, store: StoreDep
+async def get_report(
+    job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep, store: StoreDep
 ) -> dict[str, Any]:
-    prefix = _published_prefix(session, tenant_id, job_id)
+    prefix = await db.run(lambda session: _published_prefix(session, tenant_id, job_id))
     try:
-        return json.loads(store.get_bytes(f"{prefix}/{REPORT_NAME}"))
+        # Off the event loop and outside the database call: an S3 read holds no connection.
+        return json.loads(await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_NAME}"))
     except ObjectNotFound as exc:
         raise NotFound("report not found", code="report_not_available") from exc
 
@@ -86,13 +92,13 @@ def get_report(
         200: {"content": {"text/html": {}}, "description": "Self-contained page"},
     },
 )
-def get_report_html(
-    job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, store: StoreDep
+async def get_report_html(
+    job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep, store: StoreDep
 ) -> HTMLResponse:
     """The report as a self-contained page (inline SVG charts; loads nothing else)."""
-    prefix = _published_prefix(session, tenant_id, job_id)
+    prefix = await db.run(lambda session: _published_prefix(session, tenant_id, job_id))
     try:
-        page = store.get_bytes(f"{prefix}/{REPORT_HTML_NAME}")
+        page = await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_HTML_NAME}")
     except ObjectNotFound as exc:
         raise NotFound("this job's report has no HTML page", code="report_not_available") from exc
     return HTMLResponse(page, headers={"Content-Security-Policy": CSP})

@@ -5,9 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import StringConstraints
+from sqlalchemy.orm import Session
 
 from app.db import get_async_sessionmaker
-from app.deps import SessionDep, SettingsDep, SubmitLimitDep, TenantDep
+from app.deps import DbDep, SettingsDep, SubmitLimitDep, TenantDep
 from app.errors import (
     ERRORS_401,
     ERRORS_404,
@@ -34,49 +35,56 @@ LabelFilter = Annotated[
     response_model=JobRead,
     responses={**ERRORS_401, **ERRORS_422},
 )
-def submit_job(
+async def submit_job(
     body: JobCreate,
     response: Response,
-    session: SessionDep,
+    db: DbDep,
     tenant_id: TenantDep,
     settings: SettingsDep,
     _limited: SubmitLimitDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobRead:
-    job, created = service.create_job(
-        session,
-        tenant_id=tenant_id,
-        body=body,
-        idempotency_key=idempotency_key,
-        settings=settings,
-    )
-    session.commit()  # 202 only once the job is durable; the message goes after the commit
-    if created:
-        try:
-            send_run_job(settings, job.id, queue=job.queue, priority=job.priority)
-            repository.mark_enqueued(session, job.id)
-            session.commit()
-        except Exception:  # noqa: BLE001 - broker down: the reaper re-sends queued jobs
-            session.rollback()
-    else:
+    def work(session: Session) -> tuple[JobRead, bool]:
+        job, created = service.create_job(
+            session,
+            tenant_id=tenant_id,
+            body=body,
+            idempotency_key=idempotency_key,
+            settings=settings,
+        )
+        session.commit()  # 202 only once the job is durable; the message goes after the commit
+        if created:
+            try:
+                send_run_job(settings, job.id, queue=job.queue, priority=job.priority)
+                repository.mark_enqueued(session, job.id)
+                session.commit()
+            except Exception:  # noqa: BLE001 - broker down: the reaper re-sends queued jobs
+                session.rollback()
+        return service.to_read(job), created
+
+    read, created = await db.run(work)
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.to_read(job)
+    response.headers["Location"] = f"/v1/jobs/{read.id}"
+    return read
 
 
 @router.get("", response_model=JobPage, responses={**ERRORS_401, **ERRORS_422})
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    db: DbDep,
     tenant_id: TenantDep,
     state: Annotated[list[JobState], Query()] = [],  # noqa: B006 - FastAPI copies defaults
     label: Annotated[list[LabelFilter], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:
-    jobs, next_cursor = service.list_jobs(
-        session, tenant_id=tenant_id, states=state, labels=label, cursor=cursor, limit=limit
-    )
-    return JobPage(items=[service.to_read(job) for job in jobs], next_cursor=next_cursor)
+    def work(session: Session) -> JobPage:
+        jobs, next_cursor = service.list_jobs(
+            session, tenant_id=tenant_id, states=state, labels=label, cursor=cursor, limit=limit
+        )
+        return JobPage(items=[service.to_read(job) for job in jobs], next_cursor=next_cursor)
+
+    return await db.run(work)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses={**ERRORS_401, **ERRORS_404})
@@ -108,21 +116,27 @@ async def get_job(
         409: {"description": "Already finished", **PROBLEM_RESPONSE},
     },
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobRead:
-    job = service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
-    session.commit()
-    return service.to_read(job)
+async def cancel_job(job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep) -> JobRead:
+    def work(session: Session) -> JobRead:
+        job = service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        session.commit()
+        return service.to_read(job)
+
+    return await db.run(work)
 
 
 @router.get("/{job_id}/events", response_model=EventPage, responses={**ERRORS_401, **ERRORS_404})
-def list_events(
+async def list_events(
     job_id: uuid.UUID,
-    session: SessionDep,
+    db: DbDep,
     tenant_id: TenantDep,
     after: Annotated[int, Query(ge=0, description="Return events with id > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventPage:
-    events, next_after = service.list_events(
-        session, tenant_id=tenant_id, job_id=job_id, after_id=after, limit=limit
-    )
-    return EventPage(items=[service.event_to_read(e) for e in events], next_after=next_after)
+    def work(session: Session) -> EventPage:
+        events, next_after = service.list_events(
+            session, tenant_id=tenant_id, job_id=job_id, after_id=after, limit=limit
+        )
+        return EventPage(items=[service.event_to_read(e) for e in events], next_after=next_after)
+
+    return await db.run(work)

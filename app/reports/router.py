@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import StringConstraints
 
-from app.deps import SessionDep, TenantDep
+from app.deps import DbDep, TenantDep
 from app.errors import ERRORS_401, ERRORS_404, ERRORS_422, PROBLEM_RESPONSE
 from app.reports.compare import MAX_JOBS, CompareTable, compare, parse_ids
 
@@ -26,8 +26,8 @@ JobIds = Annotated[str, StringConstraints(pattern=rf"^{_UUID}(,{_UUID}){{0,{MAX_
         409: {"description": "A job has not succeeded", **PROBLEM_RESPONSE},
     },
 )
-def compare_jobs(
-    session: SessionDep,
+async def compare_jobs(
+    db: DbDep,
     tenant_id: TenantDep,
     jobs: Annotated[
         list[JobIds],
@@ -38,4 +38,5 @@ def compare_jobs(
         ),
     ],
 ) -> CompareTable:
-    return compare(session, tenant_id, parse_ids(jobs))
+    ids = parse_ids(jobs)
+    return await db.run(lambda session: compare(session, tenant_id, ids))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
-from app.deps import SessionDep, TenantDep
+from app.deps import DbDep, TenantDep
 from app.errors import ERRORS_401
 from app.webhooks import secrets, signing
 
@@ -27,15 +28,22 @@ class WebhookSecret(BaseModel):
 
 
 @router.get("/secret", response_model=WebhookSecret, responses={**ERRORS_401})
-def get_secret(session: SessionDep, tenant_id: TenantDep) -> WebhookSecret:
-    secret = secrets.get_or_create_secret(session, tenant_id)
-    session.commit()
-    return WebhookSecret(secret=secret)
+async def get_secret(db: DbDep, tenant_id: TenantDep) -> WebhookSecret:
+    def work(session: Session) -> str:
+        secret = secrets.get_or_create_secret(session, tenant_id)
+        session.commit()
+        return secret
+
+    return WebhookSecret(secret=await db.run(work))
 
 
 @router.post("/secret/rotate", response_model=WebhookSecret, responses={**ERRORS_401})
-def rotate_secret(session: SessionDep, tenant_id: TenantDep) -> WebhookSecret:
+async def rotate_secret(db: DbDep, tenant_id: TenantDep) -> WebhookSecret:
     """A new secret signs every delivery from now on, retries of older ones included."""
-    secret = secrets.rotate_secret(session, tenant_id)
-    session.commit()
-    return WebhookSecret(secret=secret)
+
+    def work(session: Session) -> str:
+        secret = secrets.rotate_secret(session, tenant_id)
+        session.commit()
+        return secret
+
+    return WebhookSecret(secret=await db.run(work))
