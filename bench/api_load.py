@@ -44,8 +44,28 @@ class Connection:
         self.host, self.port, self.key = host, port, key
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
+
+    # Below uvicorn's 5 s keep-alive timeout: like httpx (keepalive_expiry 5 s), a connection
+    # idle this long is not reused, so a request never races the server closing it.
+    KEEPALIVE_EXPIRY_S = 4.0
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is not None and time.monotonic() - self.last_used > self.KEEPALIVE_EXPIRY_S:
+            self.writer.close()
+            self.writer = None
+        reused = self.writer is not None
+        answer = await self._request(method, path, body)
+        if answer is None and reused:
+            # The server closed the idle keep-alive connection (uvicorn: after 5 s), as HTTP
+            # clients do, send again on a new one; nothing was answered on the old one.
+            answer = await self._request(method, path, body)
+        if answer is None:
+            raise ConnectionResetError("connection closed before a response")
+        self.last_used = time.monotonic()
+        return answer
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -58,6 +78,10 @@ class Connection:
         self.writer.write(head.encode() + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
+        if not status_line:
+            self.writer.close()
+            self.writer = None
+            return None
         length, close = 0, False
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
@@ -161,13 +185,13 @@ async def drive(
             for key in keys
         ]
     )
-    elapsed = time.perf_counter() - measure_from
+    elapsed = time.perf_counter() - measure_from  # includes the last calls' think and answer
     endpoints = {}
     for name in sorted(latencies):
         endpoints[name] = {
             "requests": len(latencies[name]),
             "errors": len(errors[name]),
-            "rps": round(len(latencies[name]) / elapsed, 1),
+            "rps": round(len(latencies[name]) / seconds, 1),  # calls start inside `seconds`
             **quantiles(latencies[name]),
         }
     samples = {name: items[:3] for name, items in errors.items() if items}
@@ -215,15 +239,21 @@ def main() -> None:
         "ramp_s": args.ramp,
         "server": f"uvicorn, {args.api_workers} worker processes, production limits",
         **result,
+        "requests_per_s": round(total / args.seconds, 1),
         "error_rate": round(total_errors / max(total, 1), 6),
         "targets": {
             "errors == 0": total_errors == 0,
             "status poll p99 < 100 ms": polls.get("p99_ms", 1e9) < 100,
         },
     }
-    out = ROOT / "bench" / "results" / "api_load.json"
+    # One file per think time: the default run, and slower pollers for the capacity curve.
+    suffix = "" if args.think == 1.0 else f"_think{args.think:g}s"
+    out = ROOT / "bench" / "results" / f"api_load{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.clients} clients, {result['elapsed_s']} s, error rate {result['error_rate']}")
+    print(
+        f"{args.clients} clients, think {args.think:g} s, {args.seconds:g} s timed: "
+        f"{result['requests_per_s']} requests/s, error rate {result['error_rate']}"
+    )
     for endpoint, item in result["endpoints"].items():
         print(
             f"{endpoint:28} {item['requests']:>7} req {item['rps']:>7.1f}/s  "
