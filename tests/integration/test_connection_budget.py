@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -58,7 +59,7 @@ async def _burst(port: int, key: str) -> list[int]:
     return [r.status_code for r in [*created, *answered]]
 
 
-def test_api_process_stays_inside_its_connection_budget() -> None:
+def test_api_process_stays_inside_its_connection_budget(tmp_path: Path) -> None:
     with private_stack_settings(
         "budget",
         db_connections_per_process=BUDGET,
@@ -66,7 +67,7 @@ def test_api_process_stays_inside_its_connection_budget() -> None:
         submit_rate_limit_per_minute=0,
         max_active_jobs_per_tenant=0,
         webhook_dispatch_enabled=False,
-        object_store_url="file:///tmp/squash-budget-store",
+        object_store_url=f"file://{tmp_path / 'objects'}",
     ) as settings:
         with session_scope(settings.database_url) as session:
             key = auth_service.create_key(session, tenant_name="budget").secret
