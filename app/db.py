@@ -176,13 +176,18 @@ class SessionRunner:
         self.url = url
         self.limiter = CapacityLimiter(threads)
 
-    async def run(self, work: Callable[[Session], T]) -> T:
-        return await to_thread.run_sync(self._in_session, work, limiter=self.limiter)
+    async def run(self, work: Callable[[Session], T], *, commit: bool = False) -> T:
+        """`work(session)` on a worker thread; `commit=True` commits what it did before the
+        thread is released (work that must commit part-way commits itself)."""
+        return await to_thread.run_sync(self._in_session, work, commit, limiter=self.limiter)
 
-    def _in_session(self, work: Callable[[Session], T]) -> T:
+    def _in_session(self, work: Callable[[Session], T], commit: bool) -> T:
         session = get_sessionmaker(self.url)()
         try:
-            return work(session)
+            result = work(session)
+            if commit:
+                session.commit()
+            return result
         finally:
             session.rollback()  # what the work did not commit is dropped
             session.close()

@@ -118,11 +118,9 @@ async def get_job(
 )
 async def cancel_job(job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep) -> JobRead:
     def work(session: Session) -> JobRead:
-        job = service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
-        session.commit()
-        return service.to_read(job)
+        return service.to_read(service.cancel_job(session, tenant_id=tenant_id, job_id=job_id))
 
-    return await db.run(work)
+    return await db.run(work, commit=True)
 
 
 @router.get("/{job_id}/events", response_model=EventPage, responses={**ERRORS_401, **ERRORS_404})

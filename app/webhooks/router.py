@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from app.deps import DbDep, TenantDep
 from app.errors import ERRORS_401
@@ -29,21 +28,12 @@ class WebhookSecret(BaseModel):
 
 @router.get("/secret", response_model=WebhookSecret, responses={**ERRORS_401})
 async def get_secret(db: DbDep, tenant_id: TenantDep) -> WebhookSecret:
-    def work(session: Session) -> str:
-        secret = secrets.get_or_create_secret(session, tenant_id)
-        session.commit()
-        return secret
-
-    return WebhookSecret(secret=await db.run(work))
+    secret = await db.run(lambda s: secrets.get_or_create_secret(s, tenant_id), commit=True)
+    return WebhookSecret(secret=secret)
 
 
 @router.post("/secret/rotate", response_model=WebhookSecret, responses={**ERRORS_401})
 async def rotate_secret(db: DbDep, tenant_id: TenantDep) -> WebhookSecret:
     """A new secret signs every delivery from now on, retries of older ones included."""
-
-    def work(session: Session) -> str:
-        secret = secrets.rotate_secret(session, tenant_id)
-        session.commit()
-        return secret
-
-    return WebhookSecret(secret=await db.run(work))
+    secret = await db.run(lambda s: secrets.rotate_secret(s, tenant_id), commit=True)
+    return WebhookSecret(secret=secret)
