@@ -24,8 +24,8 @@ class Settings(BaseSettings):
     broker_folder: Path = Path(".squash/broker")
     object_store_url: str = "file://.squash/objects"
     # Postgres connections one process may hold, all its pools together (an API process splits
-    # them: half for the ORM behind threadpool routes, a quarter each for the async ORM and the
-    # status-read pool; a worker uses the first share). Size it so that
+    # them: half for the ORM behind threadpool routes, half for the event loop's pool of job
+    # status and API-key reads; a worker uses the first share). Size it so that
     # processes x this < the server's max_connections (100 by default), or put PgBouncer in front.
     db_connections_per_process: int = Field(default=24, ge=4, le=1000)
     s3_endpoint_url: str | None = None

@@ -10,12 +10,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from anyio import CapacityLimiter, to_thread
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from app.status_pool import StatusPool
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -69,13 +69,12 @@ class PoolSizes(NamedTuple):
     """How one process's Postgres connection budget is shared between its pools."""
 
     orm: int  # sync SQLAlchemy: threadpool routes, workers, the reaper and the webhook outbox
-    async_orm: int  # async SQLAlchemy: authentication on the event loop
-    status: int  # raw psycopg: job-status polls, the hottest read (see jobs/repository)
+    status: int  # raw psycopg on the event loop: job-status polls and API-key lookups
 
     @classmethod
     def split(cls, connections: int) -> PoolSizes:
-        orm, async_orm = max(1, connections // 2), max(1, connections // 4)
-        return cls(orm, async_orm, max(1, connections - orm - async_orm))
+        orm = max(1, connections // 2)
+        return cls(orm, max(1, connections - orm))
 
 
 # Set once at process start from Settings.db_connections_per_process (create_app, the worker's
@@ -124,31 +123,6 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-
-
-def get_async_sessionmaker(url: str) -> async_sessionmaker[AsyncSession]:
-    """The API's hot read paths (auth, job status) run on the event loop: no threadpool hop
-    and no thread holding a pooled connection (see bench/status_load.py)."""
-    return _async_sessionmaker(url, _pool_sizes.async_orm)
-
-
-@lru_cache(maxsize=8)
-def _async_sessionmaker(url: str, pool_size: int) -> async_sessionmaker[AsyncSession]:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://", 1))
-        _sqlite_pragmas(engine.sync_engine)
-    else:
-        # No pre-ping here: it doubles the round trips of a one-query request; a connection
-        # that died is discarded when its query fails, and recycled every 30 minutes anyway.
-        engine = create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_recycle=1800,
-            pool_timeout=CONNECT_TIMEOUT_S,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
-        )
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
@@ -207,20 +181,12 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-async def open_status_pool(settings: Settings) -> AsyncConnectionPool | None:
-    """A raw psycopg pool for the job-status read path (Postgres only; see jobs/repository)."""
+def make_status_pool(settings: Settings) -> StatusPool | None:
+    """The event loop's pool for the API's hottest reads: job status and API keys (Postgres
+    only; with SQLite those reads go through the ORM on a thread). See app/status_pool."""
     url = settings.database_url
     if not url.startswith("postgresql"):
         return None
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    pool = AsyncConnectionPool(
-        conninfo,
-        min_size=min(2, _pool_sizes.status),
-        max_size=_pool_sizes.status,
-        open=False,
-        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-        # While Postgres is down a request waits this long for a connection, then answers 503.
-        timeout=CONNECT_TIMEOUT_S,
-    )
-    await pool.open()
-    return pool
+    # While Postgres is down a request waits this long for a connection, then answers 503.
+    return StatusPool(conninfo, max_size=_pool_sizes.status, timeout_s=CONNECT_TIMEOUT_S)

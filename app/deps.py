@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.auth import repository as auth_repository
 from app.auth import service as auth_service
 from app.config import Settings
-from app.db import SessionRunner, get_async_sessionmaker
+from app.db import SessionRunner
 from app.errors import TooManyRequests, Unauthorized
 from app.limits.rate import Bucket, request_bucket, submit_bucket
 from app.storage import ObjectStore
@@ -46,9 +49,7 @@ async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
             headers={"WWW-Authenticate": "Bearer"},
         )
     tenant_id = await auth_service.authenticate_async(
-        get_async_sessionmaker(settings.database_url),
-        request.app.state.tenant_cache,
-        secret=secret.strip(),
+        _key_lookup(request), request.app.state.tenant_cache, secret=secret.strip()
     )
     if tenant_id is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
@@ -57,6 +58,15 @@ async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
+
+
+def _key_lookup(request: Request) -> Callable[[str], Awaitable[uuid.UUID | None]]:
+    """On the event loop's status pool (Postgres); through the ORM on a thread (SQLite)."""
+    pool = request.app.state.pg_pool
+    if pool is not None:
+        return partial(auth_repository.tenant_for_key_hash_pg, pool)
+    db: SessionRunner = request.app.state.db
+    return lambda key_hash: db.run(partial(auth_repository.tenant_for_key_hash, key_hash=key_hash))
 
 
 async def _limit(request: Request, bucket: Bucket, tenant_id: uuid.UUID, what: str) -> None:

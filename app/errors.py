@@ -212,8 +212,9 @@ def database_outage_errors() -> tuple[type[Exception], ...]:
     """What the ORM, the raw psycopg status pool and the pools raise when Postgres is down or
     restarting (connection refused, killed connections, no connection within the pool timeout)."""
     import psycopg
-    import psycopg_pool
     import sqlalchemy.exc
+
+    from app.status_pool import PoolTimeout as StatusPoolTimeout
 
     return (
         sqlalchemy.exc.OperationalError,
@@ -221,5 +222,5 @@ def database_outage_errors() -> tuple[type[Exception], ...]:
         sqlalchemy.exc.TimeoutError,
         psycopg.OperationalError,
         psycopg.InterfaceError,
-        psycopg_pool.PoolTimeout,
+        StatusPoolTimeout,
     )

@@ -11,7 +11,7 @@ from app import api_document, health
 from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
 from app.config import Settings, get_settings
-from app.db import SessionRunner, open_status_pool, pool_sizes, set_connection_budget
+from app.db import SessionRunner, make_status_pool, pool_sizes, set_connection_budget
 from app.errors import ERRORS_413, ERRORS_429, ERRORS_503, install_error_handlers
 from app.jobs import router as jobs_router
 from app.jobs.reaper import reaper_thread
@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         for loop in loops:
             loop.start()
-        app.state.pg_pool = await open_status_pool(settings)
+        # Made here, not in create_app: it belongs to the event loop that serves the app.
+        app.state.pg_pool = make_status_pool(settings)
         yield
         if app.state.pg_pool is not None:
             await app.state.pg_pool.close()

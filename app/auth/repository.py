@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Select, func, select, update
+from psycopg.rows import scalar_row
+from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.orm import Session
 
 from app.auth.models import ApiKey, Tenant
 from app.db import utcnow
+from app.status_pool import StatusPool
 
 
 def get_tenant_by_name(session: Session, name: str) -> Tenant | None:
@@ -27,7 +30,25 @@ def add_key(session: Session, key: ApiKey) -> ApiKey:
 
 
 def tenant_for_key_hash_query(key_hash: str) -> Select[tuple[uuid.UUID]]:
-    return select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    return select(ApiKey.tenant_id).where(
+        ApiKey.key_hash == bindparam("key_hash", key_hash), ApiKey.revoked_at.is_(None)
+    )
+
+
+def tenant_for_key_hash(session: Session, key_hash: str) -> uuid.UUID | None:
+    return session.scalar(tenant_for_key_hash_query(key_hash))
+
+
+# The same query as SQL for psycopg (`%(key_hash)s`), compiled once: an API-key lookup runs on
+# the event loop's status pool (every key misses the cache once per AUTH_CACHE_TTL_S).
+TENANT_FOR_KEY_HASH_SQL = str(tenant_for_key_hash_query("").compile(dialect=pg_psycopg.dialect()))
+
+
+async def tenant_for_key_hash_pg(pool: StatusPool, key_hash: str) -> uuid.UUID | None:
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=scalar_row)
+        await cursor.execute(TENANT_FOR_KEY_HASH_SQL, {"key_hash": key_hash}, prepare=True)
+        return await cursor.fetchone()
 
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> bool:

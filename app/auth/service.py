@@ -7,9 +7,9 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from app.auth import repository
@@ -42,16 +42,16 @@ def create_key(session: Session, *, tenant_name: str, name: str = "default") -> 
 
 
 async def authenticate_async(
-    sessions: async_sessionmaker[AsyncSession], cache: TenantCache, *, secret: str
+    lookup: Callable[[str], Awaitable[uuid.UUID | None]], cache: TenantCache, *, secret: str
 ) -> uuid.UUID | None:
-    """Cache hits (nearly every poll) open no database session at all."""
+    """`lookup(key_hash)` reads the key's tenant from the database; cache hits (nearly every
+    poll) skip it."""
     if not secret.startswith(KEY_PREFIX):
         return None
     key_hash = hash_key(secret)
     tenant_id = cache.get(key_hash)
     if tenant_id is None:
-        async with sessions() as session:
-            tenant_id = await session.scalar(repository.tenant_for_key_hash_query(key_hash))
+        tenant_id = await lookup(key_hash)
         if tenant_id is not None:
             cache.put(key_hash, tenant_id)
     return tenant_id

@@ -8,15 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Select, and_, func, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.artifacts.models import Artifact
 from app.db import utcnow
 from app.jobs.models import Job, JobEvent, JobLabel
 from app.jobs.state import LEASED, JobState, check, sources_for
+from app.status_pool import StatusPool
 from app.webhooks.outbox import enqueue_state_change
 
 NO_SYNC = {"synchronize_session": False}
@@ -83,12 +82,6 @@ def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = N
     return session.scalars(job_query(job_id, tenant_id)).unique().one_or_none()
 
 
-async def get_job_async(
-    session: AsyncSession, job_id: uuid.UUID, tenant_id: uuid.UUID
-) -> Job | None:
-    return (await session.scalars(job_query(job_id, tenant_id))).unique().one_or_none()
-
-
 # The status endpoint is polled by every client. Through SQLAlchemy it costs ~3 ms of CPU per
 # request here; this prepared statement on a psycopg pool costs ~0.4 ms (bench/status_load.py).
 # Postgres only; the integration tests read every job through it.
@@ -106,7 +99,7 @@ WHERE j.id = %(job_id)s AND j.tenant_id = %(tenant_id)s
 
 
 async def get_job_row_pg(
-    pool: AsyncConnectionPool, job_id: uuid.UUID, tenant_id: uuid.UUID
+    pool: StatusPool, job_id: uuid.UUID, tenant_id: uuid.UUID
 ) -> dict[str, Any] | None:
     async with pool.connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)

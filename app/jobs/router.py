@@ -7,7 +7,6 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
-from app.db import get_async_sessionmaker
 from app.deps import DbDep, SettingsDep, SubmitLimitDep, TenantDep
 from app.errors import (
     ERRORS_401,
@@ -88,18 +87,20 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead, responses={**ERRORS_401, **ERRORS_404})
-async def get_job(
-    job_id: uuid.UUID, request: Request, settings: SettingsDep, tenant_id: TenantDep
-) -> Response:
-    # Async: this is the endpoint every client polls (bench/status_load.py).
+async def get_job(job_id: uuid.UUID, request: Request, db: DbDep, tenant_id: TenantDep) -> Response:
+    # The endpoint every client polls: on the event loop's status pool, no thread hop
+    # (bench/status_load.py, bench/api_load.py). SQLite (embedded mode): the ORM on a thread.
     pool = request.app.state.pg_pool
     if pool is not None:
         row = await repository.get_job_row_pg(pool, job_id, tenant_id)
         read = service.row_to_read(row) if row else None
     else:
-        async with get_async_sessionmaker(settings.database_url)() as session:
-            job = await repository.get_job_async(session, job_id, tenant_id)
-            read = service.to_read(job) if job else None
+
+        def work(session: Session) -> JobRead | None:
+            job = repository.get_job(session, job_id, tenant_id)
+            return service.to_read(job) if job else None
+
+        read = await db.run(work)
     if read is None:
         raise NotFound(f"job {job_id} not found")
     # Serialized once here; returning the model would make FastAPI validate it a second time.

@@ -2,10 +2,11 @@
 
 In Redis (one Lua script: atomic, on Redis's clock) so every API process shares a tenant's
 bucket; in process when there is no Redis (embedded mode). A process takes tokens from Redis
-in small batches (capacity / 20, at most 1 second's refill) and spends them locally for up to a
-second: a Redis round trip per request cost ~30 % of the status endpoint's throughput; the
-price is that a tenant may be refused up to one batch per process early, never admitted past
-its limit. If Redis is unreachable the limiter lets requests through: rate limiting is
+in small batches (capacity / 20, at most 1 second's refill) and spends them locally for up to
+5 seconds: a Redis round trip per request cost ~30 % of the status endpoint's throughput, and
+a client polling once a second would otherwise ask Redis on nearly every request. The price is
+that a tenant may be refused up to one batch per process early; it is never admitted past its
+limit (every token spent was taken from its bucket). If Redis is unreachable the limiter lets requests through: rate limiting is
 protection, not a reason to refuse a status poll.
 """
 
@@ -73,7 +74,7 @@ def _retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
 
-LOCAL_TOKEN_LIFETIME_S = 1.0
+LOCAL_TOKEN_LIFETIME_S = 5.0
 
 
 class RedisRateLimiter:

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 
 from app.auth import service as auth_service
-from app.db import get_engine, session_scope
+from app.db import PoolSizes, get_engine, session_scope
 from tests.support.services import ADMIN_DSN, private_stack_settings, running_api
 from tests.support.stack import record
 
@@ -88,4 +88,5 @@ def test_api_process_stays_inside_its_connection_budget(tmp_path: Path) -> None:
     )
     assert sorted(set(statuses)) == [200, 202], statuses
     assert peak[0] <= BUDGET
-    assert peak[0] >= 3, "the burst should have used every pool (ORM, async ORM, status)"
+    # More than either pool holds alone: the burst used both (ORM and status reads).
+    assert peak[0] > max(PoolSizes.split(BUDGET)), peak[0]
