@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     # status and API-key reads; a worker uses the first share). Size it so that
     # processes x this < the server's max_connections (100 by default), or put PgBouncer in front.
     db_connections_per_process: int = Field(default=24, ge=4, le=1000)
+    # Threads that run an API process's ORM work (submit, cancel, lists, events). Few on
+    # purpose: each busy one takes the GIL in turn with the event loop that serves status
+    # polls. 500 clients on 2 cores (bench/api_load.py, 60 s runs): 12 threads, poll p99
+    # 120-290 ms; 4: 122 ms; 2: 48 ms, with ORM routes' medians lower too. Scale out with
+    # processes, not threads. Capped by the ORM's share of the connection budget.
+    api_orm_threads: int = Field(default=2, ge=1, le=200)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     # Tries per S3 request (botocore "standard" retries: refused connections, 5xx, throttling,

@@ -80,11 +80,18 @@ class PoolSizes(NamedTuple):
 # Set once at process start from Settings.db_connections_per_process (create_app, the worker's
 # Celery app). Process-wide because pools are: every engine of this process shares the budget.
 _pool_sizes = PoolSizes.split(24)
+_pre_ping = True
 
 
-def set_connection_budget(connections_per_process: int) -> None:
-    global _pool_sizes
+def set_connection_budget(connections_per_process: int, *, pre_ping: bool = True) -> None:
+    """`pre_ping`: test each pooled connection with a round trip before use. Workers keep it
+    (they hold connections idle for minutes between a job's writes); the API turns it off: a
+    request is short, and SQLAlchemy drops the whole pool on the first disconnect error, so
+    after a Postgres restart one request answers 503 instead of every request paying a
+    round trip."""
+    global _pool_sizes, _pre_ping
     _pool_sizes = PoolSizes.split(connections_per_process)
+    _pre_ping = pre_ping
 
 
 def pool_sizes() -> PoolSizes:
@@ -92,11 +99,11 @@ def pool_sizes() -> PoolSizes:
 
 
 def get_engine(url: str) -> Engine:
-    return _engine(url, _pool_sizes.orm)
+    return _engine(url, _pool_sizes.orm, _pre_ping)
 
 
 @lru_cache(maxsize=8)
-def _engine(url: str, pool_size: int) -> Engine:
+def _engine(url: str, pool_size: int, pre_ping: bool) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_pragmas(engine)
@@ -107,7 +114,7 @@ def _engine(url: str, pool_size: int) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         pool_timeout=CONNECT_TIMEOUT_S,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},

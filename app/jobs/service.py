@@ -100,13 +100,15 @@ def create_job(
         max_attempts=settings.max_attempts,
         webhook_url=body.webhook_url,
     )
+    if not idempotency_key:
+        return repository.insert_job(session, job, body.labels), True
     try:
+        # A savepoint only where a concurrent duplicate can collide (two round trips saved
+        # on every submission without a key).
         with session.begin_nested():
             repository.insert_job(session, job, body.labels)
     except IntegrityError:
         # A concurrent request with the same key won the insert; answer with its job.
-        if not idempotency_key:
-            raise
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is None:
             raise

@@ -6,8 +6,8 @@ in small batches (capacity / 20, at most 1 second's refill) and spends them loca
 5 seconds: a Redis round trip per request cost ~30 % of the status endpoint's throughput, and
 a client polling once a second would otherwise ask Redis on nearly every request. The price is
 that a tenant may be refused up to one batch per process early; it is never admitted past its
-limit (every token spent was taken from its bucket). If Redis is unreachable the limiter lets requests through: rate limiting is
-protection, not a reason to refuse a status poll.
+limit (every token spent was taken from its bucket). If Redis is unreachable the limiter lets
+requests through: rate limiting is protection, not a reason to refuse a status poll.
 """
 
 from __future__ import annotations
