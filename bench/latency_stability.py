@@ -34,7 +34,7 @@ FIGURES = ("ttft_ms", "decode_ms_per_token_b1", "decode_ms_per_step_b8")
 
 def structured_variant(setup: Any, target: Path) -> Path:
     from app.recipes.pruning import StructuredParams
-    from workers.pipelines.pruning.structured import measure_importance, prune
+    from workers.methods.shared.structured_pruning import measure_importance, prune
 
     model = setup.load_original()
     params = StructuredParams(layers=4)

@@ -43,7 +43,7 @@ from workers.evaluation.measure import (
     saved_checkpoint_bytes,
     weight_bytes,
 )
-from workers.pipelines.recipe import STORAGE_DTYPE, run_stages, save_artifact
+from workers.methods.recipe import STORAGE_DTYPE, run_stages, save_artifact
 
 RESULTS = RESULTS_DIR / "pruning_quality.json"
 NM = "2:4"

@@ -43,8 +43,8 @@ from workers.evaluation.measure import (
     saved_checkpoint_bytes,
     weight_bytes,
 )
-from workers.pipelines.recipe import STORAGE_DTYPE, run_stages, save_artifact
-from workers.pipelines.registry import get_method
+from workers.methods.catalog import get_method
+from workers.methods.recipe import STORAGE_DTYPE, run_stages, save_artifact
 
 RESULTS = RESULTS_DIR / "quantization_quality.json"
 

@@ -37,10 +37,8 @@ from workers.evaluation.measure import (
 )
 from workers.evaluation.suite import Attempts, EvalPlan, evaluate, perplexity_metrics
 from workers.formats.loader import PLAIN, artifact_format, load_pretrained, trust_remote_code
-from workers.models.datasets import CALIBRATION_SHARE, Corpus, load_corpus, split_tokens
-from workers.models.sources import ResolvedModel, resolve_model
-from workers.pipelines.estimate import Estimate, estimate_job
-from workers.pipelines.recipe import (
+from workers.methods.estimate import Estimate, estimate_job
+from workers.methods.recipe import (
     STORAGE_DTYPE,
     needs_calibration,
     parse_stages,
@@ -48,7 +46,9 @@ from workers.pipelines.recipe import (
     run_stages,
     save_artifact,
 )
-from workers.pipelines.storage_dtype import compute_dtype
+from workers.methods.shared.storage_dtype import compute_dtype
+from workers.models.datasets import CALIBRATION_SHARE, Corpus, load_corpus, split_tokens
+from workers.models.sources import ResolvedModel, resolve_model
 from workers.publish import publish
 
 REPORT_VERSION = 2

@@ -2,7 +2,7 @@
 
 The single source of truth for which methods exist, what parameters they take and which may
 follow which. `GET /v1/methods`, request validation and the OpenAPI document read it; a test
-asserts that `workers/pipelines/registry.py` implements exactly these methods. Pure pydantic:
+asserts that `workers/methods/catalog.py` implements exactly these methods. Pure pydantic:
 no torch here.
 """
 

@@ -53,8 +53,8 @@ def train_tiny_teacher(source: Path, target: Path, *, steps: int = 200, seed: in
     from transformers import AutoTokenizer
 
     from workers.formats.loader import load_pretrained
+    from workers.methods.distillation.data import pack
     from workers.models.datasets import builtin_text, split_tokens
-    from workers.pipelines.distillation.data import pack
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])

@@ -1,4 +1,4 @@
-"""The AWQ-on-CPU workaround in workers/pipelines/quantization/awq.py, pinned to upstream's
+"""The AWQ-on-CPU workaround in workers/methods/quantization/awq.py, pinned to upstream's
 behaviour: when llm-compressor stops pinning activations (or pinning stops failing without an
 accelerator), these tests fail and the workaround should be deleted."""
 
@@ -11,7 +11,7 @@ import torch
 from llmcompressor.modifiers.transform.awq import AWQModifier
 from llmcompressor.pipelines.cache import IntermediatesCache
 
-from workers.pipelines.quantization.awq import pinning_disabled_without_accelerator
+from workers.methods.quantization.awq import pinning_disabled_without_accelerator
 
 no_accelerator = pytest.mark.skipif(
     torch.accelerator.is_available(), reason="the workaround only acts without an accelerator"

@@ -18,14 +18,14 @@ from app.recipes import DistillParams, MagnitudeParams
 from app.storage import LocalStore
 from squash import load_pretrained
 from workers.evaluation.perplexity import perplexity
+from workers.methods.base import StageInput
+from workers.methods.distillation.checkpoint import WEIGHTS, CheckpointStore
+from workers.methods.distillation.data import batch_indices, pack
+from workers.methods.distillation.losses import divergence, heldout_figures, layer_map
+from workers.methods.distillation.models import build_student, load_teacher
+from workers.methods.distillation.trainer import TrainingRun, train
+from workers.methods.recipe import run_stages
 from workers.models.datasets import builtin_text, split_tokens
-from workers.pipelines.base import StageInput
-from workers.pipelines.distillation.checkpoint import WEIGHTS, CheckpointStore
-from workers.pipelines.distillation.data import batch_indices, pack
-from workers.pipelines.distillation.losses import divergence, heldout_figures, layer_map
-from workers.pipelines.distillation.models import build_student, load_teacher
-from workers.pipelines.distillation.trainer import TrainingRun, train
-from workers.pipelines.recipe import run_stages
 
 DERIVED = {"kind": "derived", "drop_layers": 1, "mlp_channels": 0.5}
 FAST = {"seq_length": 64, "batch_size": 8, "learning_rate": 2e-3, "eval_tokens": 4096}

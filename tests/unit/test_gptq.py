@@ -12,11 +12,11 @@ from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from app.recipes import GptqParams, RtnParams
 from workers.errors import JobFailure
+from workers.methods.base import StageInput
+from workers.methods.quantization.gptq import Gptq
+from workers.methods.quantization.rtn import RoundToNearest
+from workers.methods.shared.layers import targeted_linears
 from workers.models.datasets import builtin_text, split_tokens
-from workers.pipelines.base import StageInput
-from workers.pipelines.quantization.common import targeted_linears
-from workers.pipelines.quantization.gptq import Gptq
-from workers.pipelines.quantization.rtn import RoundToNearest
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
 

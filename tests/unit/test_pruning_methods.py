@@ -29,9 +29,9 @@ from app.recipes import (
 from squash import artifact_format, load_pretrained
 from workers.evaluation.measure import parameter_count, weight_bytes
 from workers.formats import low_rank, sparse_bitmask
+from workers.methods.pruning.common import nm_holds, pruned_linears
+from workers.methods.recipe import run_stages, save_artifact
 from workers.models.datasets import builtin_text, split_tokens
-from workers.pipelines.pruning.common import nm_holds, pruned_linears
-from workers.pipelines.recipe import run_stages, save_artifact
 
 LINEARS = 14  # 7 per decoder layer x 2
 
@@ -298,7 +298,7 @@ def test_low_rank_reduces_parameters_and_loads_with_the_squash_loader(
 
 
 def test_activation_aware_factorization_beats_plain_svd_on_the_outputs() -> None:
-    from workers.pipelines.low_rank.svd import factorize
+    from workers.methods.low_rank.svd import factorize
 
     torch.manual_seed(0)
     weight = torch.randn(96, 64)

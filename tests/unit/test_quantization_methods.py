@@ -25,10 +25,10 @@ from app.recipes import (
     W8A8Params,
 )
 from workers.evaluation.measure import quantized_weight_storage
+from workers.methods.recipe import run_stages, save_artifact
+from workers.methods.shared.layers import targeted_linears
+from workers.methods.shared.storage_dtype import cast_for_storage
 from workers.models.datasets import builtin_text, split_tokens
-from workers.pipelines.quantization.common import targeted_linears
-from workers.pipelines.recipe import run_stages, save_artifact
-from workers.pipelines.storage_dtype import cast_for_storage
 
 DOWN = "model.layers.0.mlp.down_proj"  # in_features 128 (others 64)
 

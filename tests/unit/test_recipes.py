@@ -50,7 +50,7 @@ def test_bad_group_sizes(group_size: int) -> None:
 
 
 def test_workers_implement_exactly_the_schema_methods() -> None:
-    from workers.pipelines.registry import REGISTRY
+    from workers.methods.catalog import REGISTRY
 
     assert set(REGISTRY) == set(METHODS)
     for name, method in REGISTRY.items():

@@ -13,9 +13,9 @@ from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from app.recipes import RtnParams
 from workers.errors import JobFailure
-from workers.pipelines.base import StageInput
-from workers.pipelines.quantization.common import targeted_linears
-from workers.pipelines.quantization.rtn import RoundToNearest
+from workers.methods.base import StageInput
+from workers.methods.quantization.rtn import RoundToNearest
+from workers.methods.shared.layers import targeted_linears
 
 
 def quantize(model_dir: Path, out: Path, params: RtnParams) -> tuple[dict, dict]:

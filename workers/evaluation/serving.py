@@ -158,7 +158,7 @@ def _peak_rss_bytes() -> int:
 def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Load the model and measure it (runs in the fresh process)."""
     from workers.formats.loader import load_pretrained
-    from workers.pipelines.storage_dtype import compute_dtype
+    from workers.methods.shared.storage_dtype import compute_dtype
 
     device = torch.device(device_name)
     dtype = compute_dtype(device)

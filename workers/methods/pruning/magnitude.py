@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 
 from app.recipes import MagnitudeParams, parse_mask_structure
-from workers.pipelines.base import StageInput, StageResult
-from workers.pipelines.pruning.common import (
+from workers.methods.base import StageInput, StageResult
+from workers.methods.pruning.common import (
     SparsityMethod,
     pruned_linears,
     sparsity_notes,
     sparsity_of_layer,
 )
-from workers.pipelines.registry import register
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None):
@@ -35,13 +34,12 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: tuple[int, in
     return torch.ones_like(scores, dtype=torch.bool).scatter_(1, drop, False)
 
 
-@register
-class Magnitude(SparsityMethod):
+class Magnitude(SparsityMethod[MagnitudeParams]):
     name = "magnitude"
     params_type = MagnitudeParams
 
     @torch.no_grad()
-    def apply(self, stage: StageInput, params: MagnitudeParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: MagnitudeParams) -> StageResult:
         names = pruned_linears(stage.model, params)
         modules = dict(stage.model.named_modules())
         pattern = parse_mask_structure(params.mask_structure)

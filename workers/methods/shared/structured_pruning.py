@@ -1,17 +1,6 @@
-"""Structured pruning: remove whole attention heads, MLP channels and decoder layers, so the
-result is a smaller dense model with a smaller config that plain transformers loads.
-
-Importance, measured in one calibration pass over the original model (no library in our stack
-does structured pruning of decoder LMs; llm-compressor prunes unstructured and N:M only):
-- decoder layer: 1 - cosine similarity of its input and output hidden states, averaged over
-  tokens (ShortGPT's block influence); the least influential layers are removed;
-- attention head: the squared norm of its contribution to o_proj's output (x_h W_o,hᵀ);
-  a key/value group scores the sum of its query heads;
-- MLP channel: ||a_j|| x ||W_down[:, j]||, the norm of the channel's activation over the
-  calibration tokens times the norm of the weights that read it (Wanda's score, per channel).
-The config holds one size for every layer, so each layer loses the same number of heads and
-channels; which ones is decided per layer.
-"""
+"""The structured-pruning core: measure head / channel / decoder-layer importance on calibration
+text and remove the least important (see `workers/methods/pruning/structured.py` for the method
+and how importance is defined). Shared because a distill stage derives its student with it."""
 
 from __future__ import annotations
 
@@ -23,11 +12,7 @@ import torch
 from app.jobs.state import ErrorCode
 from app.recipes import StructuredParams
 from workers.errors import JobFailure
-from workers.evaluation.measure import parameter_count
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.pruning.common import decoder_layers
-from workers.pipelines.quantization.calibration import require_calibration
-from workers.pipelines.registry import register
+from workers.methods.shared.layers import decoder_layers
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -231,32 +216,3 @@ def prune(model: torch.nn.Module, importance: Importance, params: StructuredPara
         "num_key_value_heads": [kv, new_kv],
         "intermediate_size": [intermediate, new_channels],
     }
-
-
-@register
-class Structured(CompressionMethod):
-    name = "structured"
-    params_type = StructuredParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: StructuredParams) -> tuple[float, bool]:  # type: ignore[override]
-        return 1.0, False
-
-    def preflight(self, model: torch.nn.Module, params: StructuredParams) -> list[str]:  # type: ignore[override]
-        check_architecture(model, params)
-        return []
-
-    @torch.no_grad()
-    def apply(self, stage: StageInput, params: StructuredParams) -> StageResult:  # type: ignore[override]
-        samples = require_calibration(self.name, stage)
-        model = stage.model
-        before = parameter_count(model)
-        importance = measure_importance(model, samples)
-        notes = prune(model, importance, params)
-        after = parameter_count(model)
-        notes.update(
-            parameters=[before, after],
-            removed_parameter_share=round(1 - after / before, 6),
-            calibration_samples=len(samples),
-        )
-        return StageResult(model=model, notes=notes)

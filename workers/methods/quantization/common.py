@@ -8,34 +8,13 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
-from app.recipes import LayerOverride, LayerTargets, WeightQuantParams
+from app.recipes import LayerOverride, WeightQuantParams
 from workers.errors import JobFailure
+from workers.methods.shared.layers import architecture, matches, require_layers, targeted_linears
 
 # vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
 # multiples of 128; other shapes fall back to slower kernels (or none).
 VLLM_DIM_MULTIPLE = 128
-
-
-def architecture(model: torch.nn.Module) -> str:
-    return (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-
-
-def targeted_linears(
-    model: torch.nn.Module, targets: list[str], ignore: list[str]
-) -> list[tuple[str, torch.nn.Linear]]:
-    from compressed_tensors.utils import match_named_modules
-
-    return [
-        (name, module)
-        for name, module in match_named_modules(model, targets, ignore)
-        if isinstance(module, torch.nn.Linear)
-    ]
-
-
-def matches(name: str, patterns: list[str]) -> bool:
-    from compressed_tensors.utils import match_name
-
-    return any(match_name(name, pattern) for pattern in patterns)
 
 
 def int_weights(
@@ -128,17 +107,6 @@ def require_mappings(
             f"{method}: no smoothing mappings for architecture {architecture(model)}; "
             f"supported: {sorted(registry)}{remedy}",
         )
-
-
-def require_layers(method: str, model: torch.nn.Module, params: LayerTargets) -> list[str]:
-    layers = targeted_linears(model, list(params.targets), list(params.ignore))
-    if not layers:
-        raise JobFailure(
-            ErrorCode.INVALID_RECIPE,
-            f"{method}: targets {params.targets} minus ignore {params.ignore} "
-            "match no Linear layer",
-        )
-    return [name for name, _ in layers]
 
 
 def preflight_weight_quant(

@@ -12,20 +12,18 @@ from __future__ import annotations
 import torch
 
 from app.recipes import RtnParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.common import preflight_weight_quant, weight_quant_plan
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
 
 
-@register
-class RoundToNearest(CompressionMethod):
+class RoundToNearest(CompressionMethod[RtnParams]):
     name = "rtn"
     params_type = RtnParams
 
-    def preflight(self, model: torch.nn.Module, params: RtnParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: RtnParams) -> list[str]:
         return preflight_weight_quant(self.name, model, params)
 
-    def apply(self, stage: StageInput, params: RtnParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: RtnParams) -> StageResult:
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
 

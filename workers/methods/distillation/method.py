@@ -15,51 +15,48 @@ from app.jobs.state import ErrorCode
 from app.recipes import DerivedStudent, DistillParams
 from app.storage import make_store
 from workers.errors import JobFailure
-from workers.models.datasets import load_corpus, split_tokens
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.distillation.checkpoint import CheckpointStore
-from workers.pipelines.distillation.data import pack
-from workers.pipelines.distillation.losses import HeldOut, heldout_figures
-from workers.pipelines.distillation.models import (
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.distillation.checkpoint import CheckpointStore
+from workers.methods.distillation.data import pack
+from workers.methods.distillation.losses import HeldOut, heldout_figures
+from workers.methods.distillation.models import (
     add_lora,
     build_student,
     check_hidden_sizes,
     load_teacher,
     merge_lora,
 )
-from workers.pipelines.distillation.trainer import StepReport, TrainingRun, train
-from workers.pipelines.registry import register
-from workers.pipelines.storage_dtype import compute_dtype
+from workers.methods.distillation.trainer import StepReport, TrainingRun, train
+from workers.methods.shared.storage_dtype import compute_dtype
+from workers.methods.shared.structured_pruning import check_architecture
+from workers.models.datasets import load_corpus, split_tokens
 
 
-@register
-class Distill(CompressionMethod):
+class Distill(CompressionMethod[DistillParams]):
     name = "distill"
     params_type = DistillParams
 
-    def needs_calibration(self, params: DistillParams) -> bool:  # type: ignore[override]
+    def needs_calibration(self, params: DistillParams) -> bool:
         # Only to choose which layers/channels a derived student drops; training reads
         # params.dataset.
         return isinstance(params.student, DerivedStudent)
 
-    def calibration_cost(self, params: DistillParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: DistillParams) -> tuple[float, bool]:
         return (1.0 if self.needs_calibration(params) else 0.0), False
 
-    def training_cost(self, params: DistillParams) -> tuple[int, int, float | None]:  # type: ignore[override]
+    def training_cost(self, params: DistillParams) -> tuple[int, int, float | None]:
         micro = params.batch_size * params.seq_length
         return params.max_steps * params.grad_accum * micro, micro, params.max_seconds
 
-    def preflight(self, model: torch.nn.Module, params: DistillParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: DistillParams) -> list[str]:
         if isinstance(params.student, DerivedStudent):
-            from workers.pipelines.pruning.structured import check_architecture  # import cycle
-
             check_architecture(model, params.student.structured)
         warnings = []
         if params.max_seconds is None and params.max_steps > 10_000:
             warnings.append("no max_seconds: training is bounded only by max_steps")
         return warnings
 
-    def apply(self, stage: StageInput, params: DistillParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: DistillParams) -> StageResult:
         device = next(stage.model.parameters()).device
         teacher = load_teacher(stage, params, device, compute_dtype(device))
         incoming_dtype = next(stage.model.parameters()).dtype

@@ -27,15 +27,14 @@ from typing import Any
 import torch
 
 from app.recipes import AwqParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import (
-    architecture,
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.quantization.common import (
     preflight_weight_quant,
     require_mappings,
     weight_quant_plan,
 )
-from workers.pipelines.registry import register
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layers import architecture
 
 
 @contextmanager
@@ -86,22 +85,21 @@ def recording_awq_modifier(**kwargs: Any) -> Any:
     return RecordingAWQModifier(**kwargs)
 
 
-@register
-class Awq(CompressionMethod):
+class Awq(CompressionMethod[AwqParams]):
     name = "awq"
     params_type = AwqParams
     uses_calibration = True
 
-    def calibration_cost(self, params: AwqParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: AwqParams) -> tuple[float, bool]:
         return 2.0 + params.n_grid, False  # one block forward per grid point
 
-    def preflight(self, model: torch.nn.Module, params: AwqParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: AwqParams) -> list[str]:
         from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY
 
         require_mappings(self.name, model, AWQ_MAPPING_REGISTRY)
         return preflight_weight_quant(self.name, model, params)
 
-    def apply(self, stage: StageInput, params: AwqParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: AwqParams) -> StageResult:
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         samples = require_calibration(self.name, stage)

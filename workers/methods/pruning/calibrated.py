@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from app.recipes import SparsityParams
-from workers.pipelines.base import StageInput, StageResult
-from workers.pipelines.pruning.common import decoder_layers, pruned_linears, sparsity_notes
-from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
+from workers.methods.base import StageInput, StageResult
+from workers.methods.pruning.common import pruned_linears, sparsity_notes
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layers import decoder_layers
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> list[str]:

@@ -14,25 +14,23 @@ from __future__ import annotations
 import torch
 
 from app.recipes import GptqParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import preflight_weight_quant, weight_quant_plan
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
 
 
-@register
-class Gptq(CompressionMethod):
+class Gptq(CompressionMethod[GptqParams]):
     name = "gptq"
     params_type = GptqParams
     uses_calibration = True
 
-    def calibration_cost(self, params: GptqParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: GptqParams) -> tuple[float, bool]:
         return 2.0, True  # sequential pipeline: calibrate + propagate each layer
 
-    def preflight(self, model: torch.nn.Module, params: GptqParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: GptqParams) -> list[str]:
         return preflight_weight_quant(self.name, model, params)
 
-    def apply(self, stage: StageInput, params: GptqParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: GptqParams) -> StageResult:
         from llmcompressor.modifiers.quantization import GPTQModifier
 
         samples = require_calibration(self.name, stage)

@@ -8,7 +8,7 @@ import torch
 
 from app.jobs.state import ErrorCode
 from workers.errors import JobFailure
-from workers.pipelines.base import StageInput
+from workers.methods.base import StageInput
 
 
 def require_calibration(method: str, stage: StageInput) -> list[list[int]]:

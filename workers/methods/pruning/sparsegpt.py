@@ -5,22 +5,20 @@ calibration data changes as little as possible."""
 from __future__ import annotations
 
 from app.recipes import SparseGptParams
-from workers.pipelines.base import StageInput, StageResult
-from workers.pipelines.pruning.calibrated import modifier_scope, prune_calibrated
-from workers.pipelines.pruning.common import SparsityMethod
-from workers.pipelines.registry import register
+from workers.methods.base import StageInput, StageResult
+from workers.methods.pruning.calibrated import modifier_scope, prune_calibrated
+from workers.methods.pruning.common import SparsityMethod
 
 
-@register
-class SparseGpt(SparsityMethod):
+class SparseGpt(SparsityMethod[SparseGptParams]):
     name = "sparsegpt"
     params_type = SparseGptParams
     uses_calibration = True
 
-    def calibration_cost(self, params: SparseGptParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: SparseGptParams) -> tuple[float, bool]:
         return 2.0, True
 
-    def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:
         from llmcompressor.modifiers.pruning import SparseGPTModifier
 
         modifier = SparseGPTModifier(

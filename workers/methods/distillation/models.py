@@ -14,8 +14,9 @@ from app.jobs.state import ErrorCode
 from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent, PreviousStudent
 from workers.errors import JobFailure
 from workers.formats.loader import load_pretrained, trust_remote_code
+from workers.methods.base import StageInput
+from workers.methods.shared.structured_pruning import check_architecture, measure_importance, prune
 from workers.models.sources import resolve_model
-from workers.pipelines.base import StageInput
 
 
 def _settings(stage: StageInput) -> Settings:
@@ -67,9 +68,6 @@ def build_student(
 def _pick_student(
     stage: StageInput, params: DistillParams, teacher: torch.nn.Module, device: torch.device
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    # Imported here: structured.py registers itself through the registry, which imports this.
-    from workers.pipelines.pruning.structured import check_architecture, measure_importance, prune
-
     spec = params.student
     if isinstance(spec, DerivedStudent):
         student = copy.deepcopy(teacher).float()

@@ -14,10 +14,10 @@ import torch
 from app.recipes import METHODS, MethodParams
 from workers.context import JobContext
 from workers.formats import low_rank, sparse_bitmask
-from workers.pipelines.base import StageInput
-from workers.pipelines.pruning.common import capture_masks, reapply_masks
-from workers.pipelines.registry import get_method
-from workers.pipelines.storage_dtype import cast_for_storage
+from workers.methods.base import StageInput
+from workers.methods.catalog import get_method
+from workers.methods.shared.masks import capture_masks, reapply_masks
+from workers.methods.shared.storage_dtype import cast_for_storage
 
 STORAGE_DTYPE = torch.bfloat16
 # Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json

@@ -4,22 +4,20 @@ channel over calibration data, compared within each output row; no weight update
 from __future__ import annotations
 
 from app.recipes import WandaParams
-from workers.pipelines.base import StageInput, StageResult
-from workers.pipelines.pruning.calibrated import modifier_scope, prune_calibrated
-from workers.pipelines.pruning.common import SparsityMethod
-from workers.pipelines.registry import register
+from workers.methods.base import StageInput, StageResult
+from workers.methods.pruning.calibrated import modifier_scope, prune_calibrated
+from workers.methods.pruning.common import SparsityMethod
 
 
-@register
-class Wanda(SparsityMethod):
+class Wanda(SparsityMethod[WandaParams]):
     name = "wanda"
     params_type = WandaParams
     uses_calibration = True
 
-    def calibration_cost(self, params: WandaParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: WandaParams) -> tuple[float, bool]:
         return 2.0, False
 
-    def apply(self, stage: StageInput, params: WandaParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: WandaParams) -> StageResult:
         from llmcompressor.modifiers.pruning import WandaPruningModifier
 
         modifier = WandaPruningModifier(**modifier_scope(stage.model, params))

@@ -3,27 +3,15 @@ measured sparsity they report, and keeping a mask through later stages."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from app.jobs.state import ErrorCode
 from app.recipes import SparsityParams, parse_mask_structure
 from workers.errors import JobFailure
-from workers.pipelines.base import CompressionMethod
-from workers.pipelines.quantization.common import require_layers, targeted_linears
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The repeated transformer blocks (`model.model.layers` for Llama-like models)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise JobFailure(
-            ErrorCode.UNSUPPORTED,
-            f"cannot find the decoder layers of {type(model).__name__} (expected model.layers)",
-        )
-    return layers
+from workers.methods.base import CompressionMethod
+from workers.methods.shared.layers import decoder_layers, require_layers, targeted_linears
 
 
 def pruned_linears(model: torch.nn.Module, params: SparsityParams) -> list[str]:
@@ -121,28 +109,11 @@ def sparsity_notes(model: torch.nn.Module, names: list[str], params: SparsityPar
     return notes
 
 
-@torch.no_grad()
-def capture_masks(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    return {name: modules[name].weight != 0 for name in names}  # type: ignore[union-attr]
+S = TypeVar("S", bound=SparsityParams)
 
 
-@torch.no_grad()
-def reapply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> int:
-    """Zero again the weights a later stage filled in (GPTQ's error feedback updates pruned
-    weights too: llm-compressor's GPTQ has no mask option). Zero is on every integer grid
-    (q = 0, or q = zero point), so the weights stay quantized. Returns how many were refilled."""
-    modules = dict(model.named_modules())
-    refilled = 0
-    for name, mask in masks.items():
-        weight = modules[name].weight  # type: ignore[union-attr]
-        refilled += int(((weight != 0) & ~mask).sum())
-        weight.mul_(mask.to(weight.dtype))
-    return refilled
-
-
-class SparsityMethod(CompressionMethod):
+class SparsityMethod(CompressionMethod[S]):
     """Unstructured / N:M pruning methods: the same checks before heavy work."""
 
-    def preflight(self, model: torch.nn.Module, params: SparsityParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: S) -> list[str]:
         return preflight_sparsity(self.name, model, params)

@@ -15,23 +15,22 @@ from __future__ import annotations
 import torch
 
 from app.recipes import W8A8Params
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import require_layers, require_mappings
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.quantization.common import require_mappings
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layers import require_layers
 
 
-@register
-class W8A8(CompressionMethod):
+class W8A8(CompressionMethod[W8A8Params]):
     name = "w8a8"
     params_type = W8A8Params
     uses_calibration = True
 
-    def calibration_cost(self, params: W8A8Params) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: W8A8Params) -> tuple[float, bool]:
         smoothing = 1.0 if params.smoothing_strength > 0 else 0.0
         return 2.0 + smoothing, params.weight_method == "gptq"
 
-    def preflight(self, model: torch.nn.Module, params: W8A8Params) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: W8A8Params) -> list[str]:
         from llmcompressor.modifiers.transform.smoothquant.utils import MAPPINGS_REGISTRY
 
         if params.smoothing_strength > 0:
@@ -39,7 +38,7 @@ class W8A8(CompressionMethod):
         require_layers(self.name, model, params)
         return []
 
-    def apply(self, stage: StageInput, params: W8A8Params) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: W8A8Params) -> StageResult:
         from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
         from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 

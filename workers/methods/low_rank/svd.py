@@ -18,11 +18,9 @@ from app.jobs.state import ErrorCode
 from app.recipes import LowRankParams
 from workers.errors import JobFailure
 from workers.formats.low_rank import LowRankLinear, replace_module
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.pruning.common import decoder_layers
-from workers.pipelines.quantization.calibration import require_calibration
-from workers.pipelines.quantization.common import require_layers, targeted_linears
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.shared.calibration import require_calibration
+from workers.methods.shared.layers import decoder_layers, require_layers, targeted_linears
 
 
 def factored_targets(model: torch.nn.Module, params: LowRankParams) -> list[tuple[str, int]]:
@@ -106,16 +104,15 @@ def factorize(
     return up, down, relative
 
 
-@register
-class LowRank(CompressionMethod):
+class LowRank(CompressionMethod[LowRankParams]):
     name = "low_rank"
     params_type = LowRankParams
     uses_calibration = True
 
-    def calibration_cost(self, params: LowRankParams) -> tuple[float, bool]:  # type: ignore[override]
+    def calibration_cost(self, params: LowRankParams) -> tuple[float, bool]:
         return 1.0, True
 
-    def preflight(self, model: torch.nn.Module, params: LowRankParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: LowRankParams) -> list[str]:
         require_layers(self.name, model, params)
         if not factored_targets(model, params):
             raise JobFailure(
@@ -127,7 +124,7 @@ class LowRank(CompressionMethod):
         return []
 
     @torch.no_grad()
-    def apply(self, stage: StageInput, params: LowRankParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: LowRankParams) -> StageResult:
         samples = require_calibration(self.name, stage)
         model = stage.model
         chosen = factored_targets(model, params)

@@ -1,16 +1,20 @@
-"""The interface every compression method implements; one file per method, one registry."""
+"""The interface every compression method implements: one file per method, listed once in
+`workers/methods/catalog.py`. Generic in its parameter model, so each method's hooks take its
+own typed params (no override narrowing)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
 from app.recipes import MethodParams
 from workers.context import JobContext
+
+P = TypeVar("P", bound=MethodParams)
 
 
 @dataclass
@@ -46,28 +50,28 @@ class StageResult:
     layout: str | None = None
 
 
-class CompressionMethod(ABC):
+class CompressionMethod(ABC, Generic[P]):
     name: ClassVar[str]
-    params_type: ClassVar[type[MethodParams]]
+    params_type: type[P]
     uses_calibration: ClassVar[bool] = False
 
-    def needs_calibration(self, params: MethodParams) -> bool:
+    def needs_calibration(self, params: P) -> bool:
         """Whether this stage reads the job's calibration samples (some do only for some params)."""
         return self.uses_calibration
 
-    def calibration_cost(self, params: MethodParams) -> tuple[float, bool]:
+    def calibration_cost(self, params: P) -> tuple[float, bool]:
         """For the job estimate: (forward passes over the calibration set, whether each
         linear's input Hessian is accumulated)."""
         return (2.0 if self.needs_calibration(params) else 0.0), False
 
-    def training_cost(self, params: MethodParams) -> tuple[int, int, float | None]:
+    def training_cost(self, params: P) -> tuple[int, int, float | None]:
         """For the job estimate, stages that train: (tokens trained, tokens per micro-batch,
         wall-clock cap in seconds or None)."""
         return 0, 0, None
 
-    def preflight(self, model: torch.nn.Module, params: MethodParams) -> list[str]:
+    def preflight(self, model: torch.nn.Module, params: P) -> list[str]:
         """Reject impossible settings before heavy work (raise JobFailure); return warnings."""
         return []
 
     @abstractmethod
-    def apply(self, stage: StageInput, params: MethodParams) -> StageResult: ...
+    def apply(self, stage: StageInput, params: P) -> StageResult: ...

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from app.recipes import MethodParams
-from workers.pipelines.registry import get_method
+from workers.methods.catalog import get_method
 
 PROBE_SIZE = 512
 PROBE_SECONDS = 0.3

@@ -15,13 +15,9 @@ from __future__ import annotations
 import torch
 
 from app.recipes import TernaryParams, WeightQuantParams
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.common import (
-    int_weights,
-    preflight_weight_quant,
-    require_layers,
-)
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.quantization.common import int_weights, preflight_weight_quant
+from workers.methods.shared.layers import require_layers
 
 EPSILON = 1e-8
 
@@ -38,19 +34,18 @@ def absmean_ternarize(
     return ternary.reshape(rows, columns), scale.squeeze(-1)
 
 
-@register
-class Ternary(CompressionMethod):
+class Ternary(CompressionMethod[TernaryParams]):
     name = "ternary"
     params_type = TernaryParams
 
-    def preflight(self, model: torch.nn.Module, params: TernaryParams) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: TernaryParams) -> list[str]:
         # Same layer and group-size checks as the integer methods, at 2 bits.
         as_int = WeightQuantParams(
             bits=2, group_size=params.group_size, targets=params.targets, ignore=params.ignore
         )
         return preflight_weight_quant(self.name, model, as_int)
 
-    def apply(self, stage: StageInput, params: TernaryParams) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: TernaryParams) -> StageResult:
         from compressed_tensors.quantization import QuantizationScheme
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier

@@ -20,10 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from app.recipes import DistillParams
 from workers.errors import JobCancelled, TransientFailure
-from workers.pipelines.distillation.checkpoint import CheckpointStore, TrainingState, set_rng_state
-from workers.pipelines.distillation.data import batch_indices, micro_seed
-from workers.pipelines.distillation.losses import divergence, hidden_state_loss, next_token_loss
-from workers.pipelines.pruning.common import reapply_masks
+from workers.methods.distillation.checkpoint import CheckpointStore, TrainingState, set_rng_state
+from workers.methods.distillation.data import batch_indices, micro_seed
+from workers.methods.distillation.losses import divergence, hidden_state_loss, next_token_loss
+from workers.methods.shared.masks import reapply_masks
 
 LOSS_HISTORY = 1000
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 
 from app.recipes import Fp8Params
-from workers.pipelines.base import CompressionMethod, StageInput, StageResult
-from workers.pipelines.quantization.calibration import oneshot_calibrated, require_calibration
-from workers.pipelines.quantization.common import require_layers
-from workers.pipelines.registry import register
+from workers.methods.base import CompressionMethod, StageInput, StageResult
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layers import require_layers
 
 SERVING_NOTE = (
     "FP8 artifacts run fast only on GPUs with FP8 tensor cores (compute capability >= 8.9); "
@@ -25,19 +24,18 @@ SERVING_NOTE = (
 )
 
 
-@register
-class Fp8(CompressionMethod):
+class Fp8(CompressionMethod[Fp8Params]):
     name = "fp8"
     params_type = Fp8Params
 
-    def needs_calibration(self, params: Fp8Params) -> bool:  # type: ignore[override]
+    def needs_calibration(self, params: Fp8Params) -> bool:
         return params.activations == "static" or params.kv_cache
 
-    def preflight(self, model: torch.nn.Module, params: Fp8Params) -> list[str]:  # type: ignore[override]
+    def preflight(self, model: torch.nn.Module, params: Fp8Params) -> list[str]:
         require_layers(self.name, model, params)
         return [f"fp8: {SERVING_NOTE}"]
 
-    def apply(self, stage: StageInput, params: Fp8Params) -> StageResult:  # type: ignore[override]
+    def apply(self, stage: StageInput, params: Fp8Params) -> StageResult:
         from compressed_tensors.quantization import QuantizationArgs
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
