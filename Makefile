@@ -24,16 +24,19 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/squash demo
 
-test: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: install lint
 	$(BIN)/python -m pytest -ra
 
+# Style, architecture (import-linter contracts in pyproject.toml) and types (strict for app/).
 lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy --strict app
+	$(BIN)/mypy workers
 
 openapi:
-	$(BIN)/python -m app.openapi > openapi/openapi.json
+	$(BIN)/python -m app.openapi
 
 bench: install
 	$(BIN)/python -m bench.quantization_quality

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy import DateTime, MetaData, create_engine, event
@@ -123,7 +123,7 @@ def _engine(url: str, pool_size: int, pre_ping: bool) -> Engine:
 
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         # WAL lets the API read while the worker writes; busy_timeout waits out writers.
         cursor.execute("PRAGMA journal_mode=WAL")

@@ -20,21 +20,24 @@ from app.storage import ObjectStore
 
 # No-I/O dependencies are `async def` so FastAPI does not hop to a thread for them.
 async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_db(request: Request) -> SessionRunner:
-    return request.app.state.db
+    db: SessionRunner = request.app.state.db
+    return db
 
 
 DbDep = Annotated[SessionRunner, Depends(get_db)]
 
 
 async def get_store(request: Request) -> ObjectStore:
-    return request.app.state.store
+    store: ObjectStore = request.app.state.store
+    return store
 
 
 StoreDep = Annotated[ObjectStore, Depends(get_store)]

@@ -19,17 +19,23 @@ PROBLEM_BASE = "https://squash.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
 # OpenAPI `responses=` entries, so each route documents the problems it can answer.
-PROBLEM_RESPONSE = {"content": {PROBLEM_JSON: {}}}
-ERRORS_401 = {401: {"description": "Missing, invalid or revoked API key", **PROBLEM_RESPONSE}}
-ERRORS_404 = {404: {"description": "No such job for this tenant", **PROBLEM_RESPONSE}}
-ERRORS_413 = {413: {"description": "Request body over MAX_REQUEST_BYTES", **PROBLEM_RESPONSE}}
-ERRORS_429 = {
+PROBLEM_RESPONSE: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
+# FastAPI's `responses=` type: status code → OpenAPI response object.
+Responses = dict[int | str, dict[str, Any]]
+ERRORS_401: Responses = {
+    401: {"description": "Missing, invalid or revoked API key", **PROBLEM_RESPONSE}
+}
+ERRORS_404: Responses = {404: {"description": "No such job for this tenant", **PROBLEM_RESPONSE}}
+ERRORS_413: Responses = {
+    413: {"description": "Request body over MAX_REQUEST_BYTES", **PROBLEM_RESPONSE}
+}
+ERRORS_429: Responses = {
     429: {
         "description": "Rate limit or active-job quota reached; retry after `Retry-After` s",
         **PROBLEM_RESPONSE,
     }
 }
-ERRORS_503 = {
+ERRORS_503: Responses = {
     503: {
         "description": "A backing service (the database) is unreachable; nothing was changed. "
         "Retry after `Retry-After` s",
@@ -39,7 +45,9 @@ ERRORS_503 = {
 # A request that failed on these changed nothing (its transaction never committed): 503 tells
 # clients and load balancers to retry, where a 500 would read as a bug.
 DATABASE_UNAVAILABLE_RETRY_S = 5
-ERRORS_422 = {422: {"description": "Invalid input; `errors[].field` names it", **PROBLEM_RESPONSE}}
+ERRORS_422: Responses = {
+    422: {"description": "Invalid input; `errors[].field` names it", **PROBLEM_RESPONSE}
+}
 
 
 class AppError(Exception):

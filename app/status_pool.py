@@ -66,9 +66,9 @@ class StatusPool:
                 self._size -= 1
             if self._size < self.max_size:
                 return await self._open(deadline)
-            conn = await self._wait(deadline)
-            if conn is not None:
-                return conn
+            waited = await self._wait(deadline)
+            if waited is not None:
+                return waited
 
     def putconn(self, conn: AsyncConnection) -> None:
         if self._closed or conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:

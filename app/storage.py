@@ -118,7 +118,9 @@ class S3Store(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            found = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            body: bytes = found["Body"].read()
+            return body
         except self.client.exceptions.NoSuchKey as exc:
             raise ObjectNotFound(key) from exc
 
@@ -185,7 +187,7 @@ class S3Store(ObjectStore):
         return int(head["ContentLength"])
 
     def presigned_url(self, key: str, expires_s: int, filename: str) -> str:
-        return self.client.generate_presigned_url(
+        url: str = self.client.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": self.bucket,
@@ -194,6 +196,7 @@ class S3Store(ObjectStore):
             },
             ExpiresIn=expires_s,
         )
+        return url
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -15,8 +15,8 @@ from app.artifacts.retention import drop_attempt, drop_attempts, drop_checkpoint
 from app.config import Settings
 from app.db import session_scope
 from app.jobs import repository
+from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
-from app.queue import send_run_job
 from workers import faults
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
@@ -40,7 +40,7 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     scratch = Path(settings.work_dir) / "jobs" / f"{job_id}-{generation}"
     ctx.start()
     try:
-        from workers.pipeline import execute
+        from workers.job.execute import execute
 
         published = execute(ctx, job.spec, device_pref=job.device, scratch=scratch)
         ctx.fault_point("before_commit")
@@ -116,16 +116,13 @@ def _retry_or_fail(
         _fail(settings, ctx, ErrorCode.MAX_ATTEMPTS_EXCEEDED, message)
         return
     with session_scope(settings.database_url) as session:
-        moved = repository.transition(
+        moved = requeue(
             session,
             ctx.job_id,
-            JobState.QUEUED,
-            sources=[JobState.RUNNING],
             generation=ctx.generation,
             message=f"transient error, retrying: {message}",
-            worker_id=None,
-            lease_expires_at=None,
         )
         job = repository.get_job(session, ctx.job_id)
     if moved and job is not None:
-        send_run_job(settings, job.id, queue=job.queue, priority=job.priority)
+        with session_scope(settings.database_url) as session:
+            enqueue(session, settings, job.id, queue=job.queue, priority=job.priority)

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.manifest import MANIFEST_NAME, REPORT_HTML_NAME, REPORT_NAME
 from app.deps import DbDep, SettingsDep, StoreDep, TenantDep
-from app.errors import ERRORS_401, ERRORS_404, PROBLEM_RESPONSE, Conflict, NotFound, Unauthorized
+from app.errors import (
+    ERRORS_401,
+    ERRORS_404,
+    PROBLEM_RESPONSE,
+    Conflict,
+    NotFound,
+    Responses,
+    Unauthorized,
+)
 from app.jobs import repository as job_repository
 from app.jobs import service as job_service
 from app.jobs.schemas import ArtifactList, ArtifactRead
@@ -21,7 +29,7 @@ from app.reports.html import CSP
 from app.storage import LocalStore, ObjectNotFound
 
 router = APIRouter(tags=["artifacts"])
-ERRORS_409 = {
+ERRORS_409: Responses = {
     409: {"description": "The job has not published artifacts (not succeeded)", **PROBLEM_RESPONSE}
 }
 
@@ -77,7 +85,9 @@ async def get_report(
     prefix = await db.run(lambda session: _published_prefix(session, tenant_id, job_id))
     try:
         # Off the event loop and outside the database call: an S3 read holds no connection.
-        return json.loads(await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_NAME}"))
+        raw = await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_NAME}")
+        report: dict[str, Any] = json.loads(raw)
+        return report
     except ObjectNotFound as exc:
         raise NotFound("report not found", code="report_not_available") from exc
 

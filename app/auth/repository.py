@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
 from psycopg.rows import scalar_row
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import CursorResult, Select, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.orm import Session
 
@@ -29,7 +30,7 @@ def add_key(session: Session, key: ApiKey) -> ApiKey:
     return key
 
 
-def tenant_for_key_hash_query(key_hash: str) -> Select[tuple[uuid.UUID]]:
+def tenant_for_key_hash_query(key_hash: str) -> Select[uuid.UUID]:
     return select(ApiKey.tenant_id).where(
         ApiKey.key_hash == bindparam("key_hash", key_hash), ApiKey.revoked_at.is_(None)
     )
@@ -41,7 +42,9 @@ def tenant_for_key_hash(session: Session, key_hash: str) -> uuid.UUID | None:
 
 # The same query as SQL for psycopg (`%(key_hash)s`), compiled once: an API-key lookup runs on
 # the event loop's status pool (every key misses the cache once per AUTH_CACHE_TTL_S).
-TENANT_FOR_KEY_HASH_SQL = str(tenant_for_key_hash_query("").compile(dialect=pg_psycopg.dialect()))
+TENANT_FOR_KEY_HASH_SQL = str(
+    tenant_for_key_hash_query("").compile(dialect=pg_psycopg.dialect())  # type: ignore[no-untyped-call]
+)
 
 
 async def tenant_for_key_hash_pg(pool: StatusPool, key_hash: str) -> uuid.UUID | None:
@@ -57,7 +60,7 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def count_keys(session: Session) -> int:

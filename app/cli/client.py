@@ -30,11 +30,12 @@ class SquashClient:
             timeout=timeout,
         )
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise ApiError(response)
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}

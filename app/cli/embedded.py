@@ -79,8 +79,8 @@ class EmbeddedStack:
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        settings = Settings(
-            **{k.lower(): v for k, v in embedded_env(self.data_dir, self.port).items()}
+        settings = Settings.model_validate(
+            {k.lower(): v for k, v in embedded_env(self.data_dir, self.port).items()}
         )
         migrate(settings.database_url)
         key = bootstrap_key(settings, self.data_dir)

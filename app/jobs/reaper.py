@@ -20,8 +20,8 @@ from app.background import PeriodicThread
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
+from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
-from app.queue import send_run_job
 
 log = structlog.get_logger()
 
@@ -57,19 +57,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 ):
                     ended.append(job.id)
                     counts["failed"] += 1
-            elif repository.transition(
-                session,
-                job.id,
-                JobState.QUEUED,
-                sources=[JobState.RUNNING],
-                generation=gen,
-                message=f"{silent}; retrying",
-                worker_id=None,
-                lease_expires_at=None,
-                stage=None,
-                progress=0.0,
-                progress_detail=None,
-            ):
+            elif requeue(session, job.id, generation=gen, message=f"{silent}; retrying"):
                 counts["requeued"] += 1
                 to_send.append((job.id, job.queue, job.priority))
 
@@ -101,12 +89,8 @@ def reap_once(settings: Settings) -> dict[str, int]:
             drop_checkpoints(settings, job_id)
     # Send only after the moves above committed (a worker must find the job `queued`).
     for job_id, queue, priority in to_send:
-        try:
-            send_run_job(settings, job_id, queue=queue, priority=priority)
-            with session_scope(settings.database_url) as session:
-                repository.mark_enqueued(session, job_id)
-        except Exception:  # noqa: BLE001 - broker down: try again next round
-            log.warning("reaper.send_failed", job_id=str(job_id))
+        with session_scope(settings.database_url) as session:
+            enqueue(session, settings, job_id, queue=queue, priority=priority)
     if any(counts.values()):
         log.info("reaper.round", **counts)
     return counts

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from psycopg.rows import dict_row
-from sqlalchemy import Select, and_, func, or_, select, text, update
+from sqlalchemy import CursorResult, Select, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.artifacts.models import Artifact
@@ -70,7 +70,7 @@ def insert_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
     return job
 
 
-def job_query(job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Select[tuple[Job]]:
+def job_query(job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Select[Job]:
     """One job (labels joined in), optionally scoped to a tenant; used sync and async."""
     query = select(Job).where(Job.id == job_id)
     if tenant_id is not None:
@@ -222,7 +222,7 @@ def transition(
         update(Job).where(*conditions).values(state=target.value, updated_at=now, **values),
         execution_options=NO_SYNC,
     )
-    if result.rowcount != 1:
+    if cast(CursorResult[Any], result).rowcount != 1:
         return False
     event_data = dict(data or {})
     if generation is not None:

@@ -16,9 +16,9 @@ from app.errors import (
     NotFound,
 )
 from app.jobs import repository, service
+from app.jobs.dispatch import enqueue
 from app.jobs.schemas import LABEL_KEY_RE, EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
-from app.queue import send_run_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # key=value: the key as labels are written (LABEL_KEY_RE), a value without NUL (Postgres text
@@ -52,13 +52,8 @@ async def submit_job(
             settings=settings,
         )
         session.commit()  # 202 only once the job is durable; the message goes after the commit
-        if created:
-            try:
-                send_run_job(settings, job.id, queue=job.queue, priority=job.priority)
-                repository.mark_enqueued(session, job.id)
-                session.commit()
-            except Exception:  # noqa: BLE001 - broker down: the reaper re-sends queued jobs
-                session.rollback()
+        if created and enqueue(session, settings, job.id, queue=job.queue, priority=job.priority):
+            session.commit()
         return service.to_read(job), created
 
     read, created = await db.run(work)

@@ -158,6 +158,26 @@ class JobCreate(_Strict):
         return value
 
 
+class JobSpec(_Strict):
+    """What a worker runs: the stored `jobs.spec` (the request without its routing fields:
+    labels, priority, device, webhook; the recipe with every default filled in). The worker
+    validates it again before it does anything (a row written by an older API, or by hand)."""
+
+    kind: Literal["compress", "evaluate"] = "compress"
+    model: ModelSource
+    recipe: list[StageIn] = Field(default_factory=list, max_length=16)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @classmethod
+    def of_request(cls, body: JobCreate, recipe: list[dict[str, Any]]) -> JobSpec:
+        fields = body.model_dump(
+            mode="json", exclude={"labels", "priority", "device", "webhook_url"}
+        )
+        return cls.model_validate({**fields, "recipe": recipe})
+
+
 class JobError(BaseModel):
     code: str
     message: str

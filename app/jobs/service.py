@@ -17,7 +17,7 @@ from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.jobs import repository
 from app.jobs.models import Job, JobEvent
-from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead
+from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead, JobSpec
 from app.jobs.state import TERMINAL, JobState
 from app.json_paths import walk
 from app.queue import queue_for
@@ -86,15 +86,15 @@ def create_job(
                 code="quota_exceeded",
             )
     device = body.device or settings.default_device
-    spec = body.model_dump(mode="json", exclude={"labels", "priority", "device", "webhook_url"})
-    spec["recipe"] = [stage.as_json() for stage in stages]  # defaults filled in
+    # The recipe with every default filled in: what the worker runs.
+    spec = JobSpec.of_request(body, [stage.as_json() for stage in stages])
     job = Job(
         tenant_id=tenant_id,
         state=JobState.QUEUED.value,
         device=device,
         queue=queue_for(device),
         priority=body.priority,
-        spec=spec,
+        spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         request_hash=digest,
         max_attempts=settings.max_attempts,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from app.errors import InvalidInput
 from app.recipes.common import MethodParams
@@ -144,12 +144,15 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+METHOD_NAMES: list[JsonValue] = [*sorted(METHODS)]
+
+
 class StageIn(BaseModel):
     """One recipe stage as submitted. `params` is checked against the method's own model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field(json_schema_extra={"enum": sorted(METHODS)})
+    method: str = Field(json_schema_extra={"enum": METHOD_NAMES})
     params: dict[str, Any] = Field(default_factory=dict)
 
 

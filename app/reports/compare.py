@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs import repository
-from app.jobs.models import Job
 from app.jobs.state import JobState
 from app.reports.points import pareto_frontier, point_of
+from app.reports.schema import CompressSummary, EvaluateSummary, JobSummary, parse_summary
 
 MAX_JOBS = 20
 
@@ -22,7 +21,7 @@ class CompareRow(BaseModel):
     kind: str = Field(description="compress, or evaluate (the model as it is)")
     recipe: list[str] = Field(description="methods in order")
     labels: dict[str, str]
-    metrics: dict[str, Any] = Field(
+    metrics: dict[str, int | float] = Field(
         description="size_bytes, parameters, nonzero_parameters, perplexity, "
         "compression_ratio, effective_bits_per_parameter, decode_tokens_per_second_b1, "
         "throughput_tokens_per_second, ttft_ms, peak_memory_bytes, `<task>.<metric>`"
@@ -32,7 +31,7 @@ class CompareRow(BaseModel):
 
 class CompareTable(BaseModel):
     base_model: str = Field(description="sha256 of the input model's weights")
-    original: dict[str, Any] | None = Field(
+    original: dict[str, int | float] | None = Field(
         description="The input model's figures, as the compress jobs measured them"
     )
     columns: list[str]
@@ -56,23 +55,25 @@ def parse_ids(raw: list[str]) -> list[uuid.UUID]:
     return ids
 
 
-def row_metrics(job: Job) -> dict[str, Any]:
-    metrics = job.metrics or {}
-    if job.spec.get("kind") == "evaluate":
-        return {
-            "size_bytes": metrics.get("checkpoint_bytes_bf16"),
-            "parameters": metrics.get("parameters"),
-            "nonzero_parameters": metrics.get("nonzero_parameters"),
-            **metrics.get("evaluated", {}),
+def row_metrics(summary: JobSummary) -> dict[str, int | float]:
+    """The row's figures, read from the typed summary (absent ones left out)."""
+    if isinstance(summary, EvaluateSummary):
+        sizes: dict[str, int | float | None] = {
+            "size_bytes": summary.checkpoint_bytes_bf16,
+            "parameters": summary.parameters,
+            "nonzero_parameters": summary.nonzero_parameters,
         }
-    return {
-        "size_bytes": metrics.get("compressed_checkpoint_bytes"),
-        "parameters": metrics.get("parameters"),
-        "nonzero_parameters": metrics.get("nonzero_parameters"),
-        "compression_ratio": metrics.get("compression_ratio"),
-        "effective_bits_per_parameter": metrics.get("effective_bits_per_parameter"),
-        **metrics.get("compressed", {}),
-    }
+        measured = summary.evaluated
+    else:
+        sizes = {
+            "size_bytes": summary.compressed_checkpoint_bytes,
+            "parameters": summary.parameters,
+            "nonzero_parameters": summary.nonzero_parameters,
+            "compression_ratio": summary.compression_ratio,
+            "effective_bits_per_parameter": summary.effective_bits_per_parameter,
+        }
+        measured = summary.compressed
+    return {k: v for k, v in sizes.items() if v is not None} | measured.figures()
 
 
 def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> CompareTable:
@@ -87,37 +88,39 @@ def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> Com
                 code="job_not_finished",
             )
         jobs.append(job)
-    bases = {str(job.id): job.metrics.get("base_model") for job in jobs}
-    if len(set(bases.values())) != 1 or None in bases.values():
+    summaries = {job.id: parse_summary(job.metrics or {}) for job in jobs}
+    bases = {str(job_id): summary.base_model for job_id, summary in summaries.items()}
+    if len(set(bases.values())) != 1:
         raise InvalidInput(
             "jobs compare only on the same base model; these ran on "
             + ", ".join(f"{job_id}: {base}" for job_id, base in bases.items()),
             code="different_base_models",
             field="jobs",
         )
-    points = [p for job in jobs if (p := point_of(str(job.id), job.spec["recipe"], job.metrics))]
-    frontier = {p["job_id"] for p in pareto_frontier(points)}
+    points = [
+        p for job in jobs if (p := point_of(str(job.id), job.spec["recipe"], summaries[job.id]))
+    ]
+    frontier = {p.job_id for p in pareto_frontier(points)}
     rows = [
         CompareRow(
             job_id=job.id,
             kind=job.spec.get("kind", "compress"),
             recipe=[stage["method"] for stage in job.spec["recipe"]],
             labels={label.key: label.value for label in job.labels},
-            metrics={k: v for k, v in row_metrics(job).items() if v is not None},
+            metrics=row_metrics(summaries[job.id]),
             on_pareto_frontier=str(job.id) in frontier,
         )
         for job in jobs
     ]
     columns = list(dict.fromkeys(key for row in rows for key in row.metrics))
-    original = next(
-        (job.metrics.get("original") for job in jobs if job.metrics.get("original")), None
-    )
-    if original is not None:
-        first = next(j for j in jobs if j.metrics.get("original"))
-        original = {
-            "size_bytes_bf16": first.metrics.get("original_checkpoint_bytes_bf16"),
-            **original,
-        }
+    # The input model's figures from the first compress job that measured it.
+    measured = [
+        s for s in summaries.values() if isinstance(s, CompressSummary) and s.original.figures()
+    ]
+    original: dict[str, int | float] | None = None
+    if measured:
+        original = {"size_bytes_bf16": measured[0].original_checkpoint_bytes_bf16}
+        original |= measured[0].original.figures()
     return CompareTable(
         base_model=next(iter(bases.values())), original=original, columns=columns, rows=rows
     )

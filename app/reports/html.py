@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from app.reports.points import pareto_frontier
+from app.reports.points import Point, pareto_frontier
+from app.reports.schema import (
+    CompressedModel,
+    CompressSummary,
+    Efficiency,
+    Generation,
+    LayerError,
+    LayerErrorRow,
+    MeasuredModel,
+    OriginalModel,
+    Report,
+    StageMetrics,
+)
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -25,18 +38,6 @@ text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:ta
 .gen td{max-width:340px;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px}
 svg text{font:11px system-ui,sans-serif;fill:#333}
 """
-
-
-def lookup(report: dict[str, Any], key: str) -> Any:
-    value: Any = report
-    for part in key.split("/"):
-        if isinstance(value, list):
-            value = value[int(part)]
-        elif isinstance(value, dict) and part in value:
-            value = value[part]
-        else:
-            return None
-    return value
 
 
 def fmt(value: Any, unit: str = "") -> str:
@@ -55,70 +56,131 @@ def fmt(value: Any, unit: str = "") -> str:
     return escape(str(value))
 
 
-def cell(report: dict[str, Any], key: str, unit: str = "") -> str:
-    """A table cell showing the figure at `key` ('/'-separated path in report.json)."""
-    value = lookup(report, key)
+def cell(key: str, value: Any, unit: str = "") -> str:
+    """A table cell showing `value`, a typed field of the report whose path in report.json is
+    `key` ('/'-separated)."""
     if value is None:
         return '<td class="n muted">—</td>'
     data = escape(json.dumps(value), quote=True)
     return f'<td class="n" data-key="{escape(key)}" data-value="{data}">{fmt(value, unit)}</td>'
 
 
-def metric_rows(report: dict[str, Any], sides: list[str]) -> str:
-    """Rows of the headline table: one column per measured model ('original', 'compressed' or
-    'model_metrics')."""
-    size = {"original": "checkpoint_bytes_bf16", "model_metrics": "checkpoint_bytes_bf16"}
-    rows: list[tuple[str, str | dict[str, str], str]] = [
-        ("Size on disk (safetensors; an input model as 16-bit)", size, "bytes"),
-        ("Parameters", "parameters", "count"),
-        ("Nonzero parameters", "nonzero_parameters", "count"),
-        ("Effective bits per parameter", "effective_bits_per_parameter", ""),
-        ("Perplexity", "perplexity", ""),
-        ("Time to first token, median (ms)", "efficiency/ttft_ms/median", ""),
-        ("Time to first token, p90 (ms)", "efficiency/ttft_ms/p90", ""),
-        ("Decode tokens/s, batch 1", "efficiency/decode_tokens_per_second_b1", ""),
-        ("Decode ms/token batch 1, p90", "efficiency/decode_ms_per_token_b1/p90", ""),
-        ("Throughput tokens/s, larger batch", "efficiency/throughput_tokens_per_second", ""),
-        ("Peak memory while serving", "efficiency/peak_memory_bytes", "bytes"),
-    ]
+def _size(model: MeasuredModel) -> tuple[str, int | None]:
+    if isinstance(model, OriginalModel):
+        return "checkpoint_bytes_bf16", model.checkpoint_bytes_bf16
+    if isinstance(model, CompressedModel):
+        return "checkpoint_bytes", model.checkpoint_bytes
+    return "checkpoint_bytes", None
+
+
+def _efficiency(read: Callable[[Efficiency], Any]) -> Callable[[MeasuredModel], Any]:
+    return lambda model: read(model.efficiency) if model.efficiency else None
+
+
+# (title, path under the model's key, the typed field, unit); the size's path depends on the side.
+ROWS: list[tuple[str, str, Callable[[MeasuredModel], Any], str]] = [
+    ("Parameters", "parameters", lambda m: m.parameters, "count"),
+    ("Nonzero parameters", "nonzero_parameters", lambda m: m.nonzero_parameters, "count"),
+    (
+        "Effective bits per parameter",
+        "effective_bits_per_parameter",
+        lambda m: m.effective_bits_per_parameter,
+        "",
+    ),
+    ("Perplexity", "perplexity", lambda m: m.perplexity, ""),
+    (
+        "Time to first token, median (ms)",
+        "efficiency/ttft_ms/median",
+        _efficiency(lambda e: e.ttft_ms.median),
+        "",
+    ),
+    (
+        "Time to first token, p90 (ms)",
+        "efficiency/ttft_ms/p90",
+        _efficiency(lambda e: e.ttft_ms.p90),
+        "",
+    ),
+    (
+        "Decode tokens/s, batch 1",
+        "efficiency/decode_tokens_per_second_b1",
+        _efficiency(lambda e: e.decode_tokens_per_second_b1),
+        "",
+    ),
+    (
+        "Decode ms/token batch 1, p90",
+        "efficiency/decode_ms_per_token_b1/p90",
+        _efficiency(lambda e: e.decode_ms_per_token_b1.p90),
+        "",
+    ),
+    (
+        "Throughput tokens/s, larger batch",
+        "efficiency/throughput_tokens_per_second",
+        _efficiency(lambda e: e.throughput_tokens_per_second),
+        "",
+    ),
+    (
+        "Peak memory while serving",
+        "efficiency/peak_memory_bytes",
+        _efficiency(lambda e: e.peak_memory_bytes),
+        "bytes",
+    ),
+]
+
+
+def metric_rows(sides: dict[str, MeasuredModel]) -> str:
+    """Rows of the headline table: one column per measured model, keyed by where it sits in
+    report.json ('original', 'compressed' or 'model_metrics')."""
     out = []
-    for title, key, unit in rows:
-        keys = {
-            side: key.get(side, "checkpoint_bytes") if isinstance(key, dict) else key
-            for side in sides
-        }
-        cells = [cell(report, f"{side}/{keys[side]}", unit) for side in sides]
+    sizes = {side: _size(model) for side, model in sides.items()}
+    cells = [cell(f"{side}/{key}", value, "bytes") for side, (key, value) in sizes.items()]
+    if any("data-key" in c for c in cells):
+        title = "Size on disk (safetensors; an input model as 16-bit)"
+        out.append(f"<tr><th>{title}</th>{''.join(cells)}</tr>")
+    for title, key, read, unit in ROWS:
+        cells = [cell(f"{side}/{key}", read(model), unit) for side, model in sides.items()]
         if any("data-key" in c for c in cells):
             out.append(f"<tr><th>{title}</th>{''.join(cells)}</tr>")
     tasks = sorted(
         {
             (task, metric)
-            for side in sides
-            for task, result in (lookup(report, f"{side}/tasks") or {}).items()
-            for metric in result.get("metrics", {})
+            for model in sides.values()
+            for task, result in (model.tasks or {}).items()
+            for metric in result.metrics
         }
     )
     for task, metric in tasks:
-        cells = [cell(report, f"{side}/tasks/{task}/metrics/{metric}") for side in sides]
+        cells = [
+            cell(f"{side}/tasks/{task}/metrics/{metric}", _task_metric(model, task, metric))
+            for side, model in sides.items()
+        ]
         out.append(f"<tr><th>{escape(task)} — {escape(metric)}</th>{''.join(cells)}</tr>")
     return "".join(out)
 
 
-def bar_chart(layers: list[dict[str, Any]]) -> str:
+def _task_metric(model: MeasuredModel, task: str, metric: str) -> float | None:
+    result = (model.tasks or {}).get(task)
+    return result.metrics.get(metric) if result else None
+
+
+def bar_chart(layers: list[LayerErrorRow]) -> str:
     """Relative output error of each linear layer, in model order."""
-    measured = [row for row in layers if row.get("status") == "ok"]
+    measured = [
+        (row.layer, row.relative_error)
+        for row in layers
+        if row.status == "ok" and row.relative_error is not None
+    ]
     if not measured:
         return '<p class="muted">No layer was comparable.</p>'
     width, height, left, bottom = 1060, 240, 50, 30
-    top = max(row["relative_error"] for row in measured) or 1.0
+    top = max(error for _, error in measured) or 1.0
     step = (width - left) / len(measured)
     bars = []
-    for index, row in enumerate(measured):
-        h = (height - bottom - 10) * row["relative_error"] / top
+    for index, (layer, error) in enumerate(measured):
+        h = (height - bottom - 10) * error / top
         x, y = left + index * step, height - bottom - h
         bars.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(step - 0.6, 0.6):.1f}" height="{h:.1f}" '
-            f'fill="#4a6fd1"><title>{escape(row["layer"])}: {row["relative_error"]:.4g}</title>'
+            f'fill="#4a6fd1"><title>{escape(layer)}: {error:.4g}</title>'
             "</rect>"
         )
     axis = (
@@ -135,21 +197,21 @@ def bar_chart(layers: list[dict[str, Any]]) -> str:
     )
 
 
-def scatter(points: list[dict[str, Any]], current: str | None) -> str:
+def scatter(points: list[Point], current: str | None) -> str:
     """Size (x, log scale) against perplexity (y) of the tenant's jobs on this base model,
     the Pareto frontier drawn through the points nothing beats on both."""
     if not points:
         return '<p class="muted">No job on this model has both a size and a perplexity yet.</p>'
     width, height, left, bottom, pad = 760, 320, 60, 40, 16
-    xs = [math.log10(p["bytes"]) for p in points]
-    ys = [p["perplexity"] for p in points]
+    xs = [math.log10(p.bytes) for p in points]
+    ys = [p.perplexity for p in points]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
 
-    def px(p: dict[str, Any]) -> tuple[float, float]:
-        x = left + pad + (math.log10(p["bytes"]) - x0) / (x1 - x0) * (width - left - 2 * pad)
-        y = pad + (1 - (p["perplexity"] - y0) / (y1 - y0)) * (height - bottom - 2 * pad)
+    def px(p: Point) -> tuple[float, float]:
+        x = left + pad + (math.log10(p.bytes) - x0) / (x1 - x0) * (width - left - 2 * pad)
+        y = pad + (1 - (p.perplexity - y0) / (y1 - y0)) * (height - bottom - 2 * pad)
         return x, y
 
     frontier = pareto_frontier(points)
@@ -157,13 +219,13 @@ def scatter(points: list[dict[str, Any]], current: str | None) -> str:
     dots = []
     for point in points:
         x, y = px(point)
-        mine = point["job_id"] == current
+        mine = point.job_id == current
         on_front = any(point is f for f in frontier)
         colour = "#d1495b" if mine else ("#1a7f37" if on_front else "#8895a7")
         dots.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if mine else 4}" fill="{colour}">'
-            f"<title>{escape(point['label'])} ({escape(point['job_id'])}): "
-            f"{point['bytes'] / 1e6:.1f} MB, perplexity {point['perplexity']:.4g}</title></circle>"
+            f"<title>{escape(point.label)} ({escape(point.job_id)}): "
+            f"{point.bytes / 1e6:.1f} MB, perplexity {point.perplexity:.4g}</title></circle>"
         )
     axes = (
         f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
@@ -188,100 +250,142 @@ def scatter(points: list[dict[str, Any]], current: str | None) -> str:
     )
 
 
-def render(report: dict[str, Any], points: list[dict[str, Any]]) -> str:
+def render(report: Report, points: list[Point]) -> str:
     """The page. `points`: the tenant's jobs on the same base model (app/reports/points.py),
     this one included."""
-    job = escape(str(report.get("job_id")))
-    evaluate_only = report.get("kind") == "evaluate"
-    sides = ["model_metrics"] if evaluate_only else ["original", "compressed"]
+    job = escape(report.job_id)
+    evaluate_only = report.evaluate_only
     heads = "<th>model</th>" if evaluate_only else "<th>original</th><th>compressed</th>"
-    source = escape(json.dumps((report.get("model") or {}).get("source")))
-    recipe = " → ".join(escape(s["method"]) for s in report.get("recipe") or []) or "none"
+    source = escape(json.dumps(report.model.source))
+    recipe = " → ".join(escape(stage["method"]) for stage in report.recipe) or "none"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>Squash report {job}</title><style>{STYLE}</style></head><body>",
         f"<h1>{'Evaluation' if evaluate_only else 'Compression'} report</h1>",
         f'<p class="muted">job <code>{job}</code> · model <code>{source}</code> · recipe '
-        f"{recipe} · device {escape(str(report.get('device_name') or report.get('device')))}"
-        f" · report version {escape(str(report.get('version')))}</p>",
+        f"{recipe} · device {escape(report.device_name or report.device)}"
+        f" · report version {escape(str(report.version))}</p>",
     ]
-    if not evaluate_only:
+    summary = report.summary
+    if isinstance(summary, CompressSummary):
         parts.append("<table><tr>")
         parts.append("<th>Compression ratio (vs 16-bit original)</th>")
-        parts.append(cell(report, "summary/compression_ratio") + "</tr><tr>")
+        parts.append(cell("summary/compression_ratio", summary.compression_ratio) + "</tr><tr>")
         parts.append("<th>Perplexity change</th>")
-        parts.append(cell(report, "summary/perplexity_change_pct", "pct") + "</tr></table>")
+        parts.append(
+            cell("summary/perplexity_change_pct", summary.perplexity_change_pct, "pct")
+            + "</tr></table>"
+        )
     parts.append(f"<h2>Metrics</h2><table><tr><th></th>{heads}</tr>")
-    parts.append(metric_rows(report, sides) + "</table>")
-    ev = report.get("evaluation") or {}
+    parts.append(metric_rows(measured_sides(report)) + "</table>")
+    ev = report.evaluation
     parts.append(
-        f'<p class="muted">Perplexity: {escape(str(ev.get("tokens")))} tokens of '
-        f"{escape(str(ev.get('dataset')))}, context {escape(str(ev.get('context_length')))}, "
-        f"stride {escape(str(ev.get('stride')))}; {escape(str(ev.get('split')))}. "
+        f'<p class="muted">Perplexity: {ev.tokens} tokens of {escape(ev.dataset)}, context '
+        f"{ev.context_length}, stride {ev.stride}; {escape(ev.split)}. "
         "Latencies: median and p90 over repeated runs after warm-up, in a fresh process on "
         "the worker's device.</p>"
     )
-    storage = lookup(report, "compressed/unquantized_tensors")
-    if storage and storage.get("tensors"):
-        names = ", ".join(
-            f"{escape(t['name'])} ({t['parameters'] / 1e6:.1f}M {escape(t['dtype'])})"
-            for t in storage["largest"]
-        )
-        parts.append(
-            "<p>Floating-point tensors left unquantized: "
-            f'<span data-key="compressed/unquantized_tensors/parameters" '
-            f'data-value="{storage["parameters"]}">{fmt(storage["parameters"], "count")}</span>'
-            f" parameters in {storage['tensors']} tensors; largest: {names}.</p>"
-        )
-    statuses = report.get("evaluations") or {}
-    failed = {k: v for k, v in statuses.items() if v.get("status") != "ok"}
-    if failed:
-        parts.append('<h2 class="bad">Evaluations that failed</h2><table>')
-        for key, value in failed.items():
-            parts.append(
-                f'<tr><th class="bad">{escape(key)}</th><td>{escape(str(value.get("error")))}'
-                "</td></tr>"
-            )
-        parts.append("</table>")
-    stages = report.get("stages") or []
-    if len(stages) > 1:
-        parts.append("<h2>Stage by stage</h2><table><tr><th>stage</th><th>method</th>")
-        parts.append("<th>parameters</th><th>nonzero</th><th>perplexity after</th></tr>")
-        for i, stage in enumerate(stages):
-            last = i == len(stages) - 1
-            base = "compressed" if last else f"stages/{i}/metrics_after"
-            parts.append(f"<tr><td>{i}</td><td>{escape(stage['method'])}</td>")
-            parts.append(cell(report, f"{base}/parameters", "count"))
-            parts.append(cell(report, f"{base}/nonzero_parameters", "count"))
-            parts.append(cell(report, f"{base}/perplexity") + "</tr>")
-        parts.append("</table>")
-    errors = report.get("layer_error")
-    if errors:
-        parts.append("<h2>Per-layer error</h2>")
-        parts.append(f'<p class="muted">{escape(errors["method"])}, {errors["tokens"]} tokens.</p>')
-        parts.append(bar_chart(errors["layers"]))
-        parts.append("<table><tr><th>most damaged layers</th><th>relative error</th></tr>")
-        for i, row in enumerate(errors["most_damaged"]):
-            parts.append(f"<tr><td><code>{escape(row['layer'])}</code></td>")
-            parts.append(cell(report, f"layer_error/most_damaged/{i}/relative_error") + "</tr>")
-        parts.append("</table>")
+    parts.append(unquantized_note(report))
+    parts.append(failed_evaluations(report))
+    parts.append(stage_table(report))
+    parts.append(layer_error_section(report.layer_error))
     parts.append("<h2>Size against quality: your jobs on this model</h2>")
-    parts.append(scatter(points, str(report.get("job_id"))))
-    generations = report.get("generations") or []
-    if generations:
-        parts.append('<h2>Greedy generations</h2><table class="gen"><tr><th>prompt</th>')
-        parts.append("<th>original</th><th>compressed</th></tr>")
-        for row in generations:
-            parts.append(
-                f"<tr><td>{escape(row['prompt'])}</td><td>{escape(str(row['original'] or '—'))}"
-                f"</td><td>{escape(row['compressed'])}</td></tr>"
-            )
-        parts.append("</table>")
-    warnings = report.get("warnings") or []
-    if warnings:
+    parts.append(scatter(points, report.job_id))
+    parts.append(generations_table(report.generations or []))
+    if report.warnings:
         parts.append("<h2>Warnings</h2><ul>")
-        parts.extend(f"<li>{escape(w)}</li>" for w in warnings)
+        parts.extend(f"<li>{escape(w)}</li>" for w in report.warnings)
         parts.append("</ul>")
     parts.append("</body></html>")
+    return "".join(parts)
+
+
+def measured_sides(report: Report) -> dict[str, MeasuredModel]:
+    """The measured models by their key in report.json."""
+    if report.evaluate_only:
+        return {"model_metrics": report.model_metrics} if report.model_metrics else {}
+    sides: dict[str, MeasuredModel] = {}
+    if report.original:
+        sides["original"] = report.original
+    if report.compressed:
+        sides["compressed"] = report.compressed
+    return sides
+
+
+def unquantized_note(report: Report) -> str:
+    storage = report.compressed.unquantized_tensors if report.compressed else None
+    if not storage or not storage.tensors:
+        return ""
+    names = ", ".join(
+        f"{escape(t.name)} ({t.parameters / 1e6:.1f}M {escape(t.dtype)})" for t in storage.largest
+    )
+    return (
+        "<p>Floating-point tensors left unquantized: "
+        f'<span data-key="compressed/unquantized_tensors/parameters" '
+        f'data-value="{storage.parameters}">{fmt(storage.parameters, "count")}</span>'
+        f" parameters in {storage.tensors} tensors; largest: {names}.</p>"
+    )
+
+
+def failed_evaluations(report: Report) -> str:
+    failed = {k: v for k, v in report.evaluations.items() if v.status != "ok"}
+    if not failed:
+        return ""
+    rows = "".join(
+        f'<tr><th class="bad">{escape(key)}</th><td>{escape(str(value.error))}</td></tr>'
+        for key, value in failed.items()
+    )
+    return f'<h2 class="bad">Evaluations that failed</h2><table>{rows}</table>'
+
+
+def stage_table(report: Report) -> str:
+    stages = report.stages
+    if len(stages) <= 1:
+        return ""
+    parts = ["<h2>Stage by stage</h2><table><tr><th>stage</th><th>method</th>"]
+    parts.append("<th>parameters</th><th>nonzero</th><th>perplexity after</th></tr>")
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        base = "compressed" if last else f"stages/{i}/metrics_after"
+        after: StageMetrics | CompressedModel | None = (
+            report.compressed if last else stage.metrics_after
+        )
+        parts.append(f"<tr><td>{i}</td><td>{escape(stage.method)}</td>")
+        parts.append(cell(f"{base}/parameters", after.parameters if after else None, "count"))
+        parts.append(
+            cell(f"{base}/nonzero_parameters", after.nonzero_parameters if after else None, "count")
+        )
+        parts.append(cell(f"{base}/perplexity", after.perplexity if after else None) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def layer_error_section(errors: LayerError | None) -> str:
+    if not errors:
+        return ""
+    parts = ["<h2>Per-layer error</h2>"]
+    parts.append(f'<p class="muted">{escape(errors.method)}, {errors.tokens} tokens.</p>')
+    parts.append(bar_chart(errors.layers))
+    parts.append("<table><tr><th>most damaged layers</th><th>relative error</th></tr>")
+    for i, row in enumerate(errors.most_damaged):
+        parts.append(f"<tr><td><code>{escape(row.layer)}</code></td>")
+        parts.append(
+            cell(f"layer_error/most_damaged/{i}/relative_error", row.relative_error) + "</tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def generations_table(generations: list[Generation]) -> str:
+    if not generations:
+        return ""
+    parts = ['<h2>Greedy generations</h2><table class="gen"><tr><th>prompt</th>']
+    parts.append("<th>original</th><th>compressed</th></tr>")
+    for row in generations:
+        parts.append(
+            f"<tr><td>{escape(row.prompt)}</td><td>{escape(str(row.original or '—'))}"
+            f"</td><td>{escape(row.compressed)}</td></tr>"
+        )
+    parts.append("</table>")
     return "".join(parts)

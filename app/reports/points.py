@@ -1,37 +1,60 @@
-"""A job's place in size-vs-quality space, from the metrics its worker stored (pure Python:
+"""A job's place in size-vs-quality space, from the summary its worker stored (pure Python:
 the API renders comparisons without torch)."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
 
-def point_of(
-    job_id: str, recipe: list[dict[str, Any]], metrics: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """{job_id, label, bytes, perplexity} of a succeeded job, or None without both figures."""
-    if not metrics:
-        return None
-    if "evaluated" in metrics:  # an evaluate job: the model as it is
-        size, quality = metrics.get("checkpoint_bytes_bf16"), metrics["evaluated"].get("perplexity")
+from app.jobs import repository
+from app.reports.schema import EvaluateSummary, JobSummary, parse_summary
+
+
+@dataclass(frozen=True)
+class Point:
+    job_id: str
+    label: str
+    bytes: int
+    perplexity: float
+
+
+def point_of(job_id: str, recipe: list[dict[str, Any]], summary: JobSummary) -> Point | None:
+    """A succeeded job's size and perplexity, or None without both figures."""
+    if isinstance(summary, EvaluateSummary):  # the model as it is
+        size, quality = summary.checkpoint_bytes_bf16, summary.evaluated.perplexity
         label = "evaluated as is"
     else:
-        size, quality = (
-            metrics.get("compressed_checkpoint_bytes"),
-            metrics.get("compressed_perplexity"),
-        )
+        size, quality = summary.compressed_checkpoint_bytes, summary.compressed_perplexity
         label = " + ".join(stage["method"] for stage in recipe) or "?"
-    if size is None or quality is None:
+    if quality is None:
         return None
-    return {"job_id": job_id, "label": label, "bytes": size, "perplexity": quality}
+    return Point(job_id=job_id, label=label, bytes=size, perplexity=quality)
 
 
-def pareto_frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_frontier(points: list[Point]) -> list[Point]:
     """Points no other point beats on both size and perplexity, smallest first."""
-    frontier: list[dict[str, Any]] = []
+    frontier: list[Point] = []
     best = float("inf")
-    for point in sorted(points, key=lambda p: (p["bytes"], p["perplexity"])):
-        if point["perplexity"] < best:
+    for point in sorted(points, key=lambda p: (p.bytes, p.perplexity)):
+        if point.perplexity < best:
             frontier.append(point)
-            best = point["perplexity"]
+            best = point.perplexity
     return frontier
+
+
+def peer_points(session: Session, job_id: uuid.UUID, base_model: str) -> list[Point]:
+    """The tenant's other succeeded jobs on the same base model (the report's chart: a
+    snapshot, since the page is rendered once, when the job finishes)."""
+    job = repository.get_job(session, job_id)
+    peers = repository.succeeded_jobs_of_tenant(session, job.tenant_id) if job else []
+    points = []
+    for peer in peers:
+        if peer.id == job_id or not peer.metrics or peer.metrics.get("base_model") != base_model:
+            continue
+        point = point_of(str(peer.id), peer.spec["recipe"], parse_summary(peer.metrics))
+        if point:
+            points.append(point)
+    return points

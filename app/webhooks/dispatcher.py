@@ -66,7 +66,8 @@ def payload(delivery: WebhookDelivery, event: JobEvent, job: DueJob, settings: S
 
 
 def backoff_s(settings: Settings, attempts: int) -> float:
-    return min(settings.webhook_retry_base_s * 2 ** (attempts - 1), settings.webhook_retry_max_s)
+    delay = settings.webhook_retry_base_s * 2.0 ** (attempts - 1)
+    return min(delay, settings.webhook_retry_max_s)
 
 
 def _take_due(session: Session) -> tuple[WebhookDelivery, JobEvent, DueJob] | None:

@@ -31,7 +31,8 @@ def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.I
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
         raise UnsafeWebhookUrl(f"host {host!r} does not resolve ({error})") from None
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    # sockaddr[0] is the address text (an IPv6 one may end in %scope).
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

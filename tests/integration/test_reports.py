@@ -17,9 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.reports.html import lookup
+from app.reports.schema import Report
 from tests.support.fixtures import BUCKET
 from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.reports import typed_value, validate_against_published_schema
 from tests.support.services import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,11 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     job = submit(api, tenant_a, with_tasks(tasks), worker)
     report = report_of(api, tenant_a, job["id"])
     assert report["version"] == 2 and report["kind"] == "compress"
+    # What the worker wrote is what the published schema describes, and the typed models
+    # read it back unchanged.
+    validate_against_published_schema(report)
+    typed = Report.model_validate(report)
+    assert typed.to_json() == report
 
     # The broken task failed, named with its line and field; the job still succeeded with its
     # model artifact, and the other tasks ran on both models.
@@ -183,7 +189,8 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     assert parser.external == [] and "<script" not in page.text
     assert len(parser.cells) >= 20
     for key, value in parser.cells.items():
-        assert json.loads(value) == lookup(report, key), key
+        # Every figure on the page is a typed field of the report, equal to report.json's.
+        assert json.loads(value) == typed_value(typed, key), key
     for key in ("compressed/perplexity", "original/efficiency/ttft_ms/median"):
         assert key in parser.cells
     rendered = render_in_chromium(page.text, tmp_path)
@@ -260,6 +267,7 @@ def test_baseline_cache_compare_and_evaluate_jobs(
     evaluated = submit(api, tenant_a, body, worker)
     report = report_of(api, tenant_a, evaluated["id"])
     assert report["kind"] == "evaluate" and report["stages"] == []
+    validate_against_published_schema(report)
     assert report["model_metrics"]["perplexity"] == one["original"]["perplexity"]
     listing = api.get(f"/v1/jobs/{evaluated['id']}/artifacts", headers=tenant_a).json()
     assert {i["path"] for i in listing["items"]} == {"recipe.json", "report.json", "report.html"}

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from app.recipes import DistillParams, GptqParams, MagnitudeParams, RtnParams
 from workers.errors import JobFailure
 from workers.evaluation.measure import quantized_weight_storage, saved_checkpoint_bytes
+from workers.job.resources import check_memory
 from workers.methods.estimate import Estimate, estimate_job
-from workers.pipeline import check_memory
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from app.openapi import openapi_document
 from app.recipes import METHODS
+from app.reports.schema import report_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,3 +22,8 @@ def test_openapi_documents_problem_responses_and_methods() -> None:
     assert "application/problem+json" in submit["responses"]["422"]["content"]
     stage = doc["components"]["schemas"]["StageIn"]
     assert stage["properties"]["method"]["enum"] == sorted(METHODS)
+
+
+def test_committed_report_schema_matches_the_report_models() -> None:
+    committed = json.loads((ROOT / "openapi" / "report.schema.json").read_text())
+    assert committed == report_json_schema(), "run `make openapi` and commit openapi/"

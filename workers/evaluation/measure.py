@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -148,7 +149,7 @@ def unquantized_tensors(path: Path, largest: int = 5) -> dict[str, object]:
                 piece = handle.get_slice(key)
                 shapes[key] = (list(piece.get_shape()), str(piece.get_dtype()))
     quantized_layers = {key.rpartition(".")[0] for key in shapes if key.endswith(".weight_scale")}
-    found = []
+    found: list[dict[str, Any]] = []
     for key, (shape, dtype) in shapes.items():
         base = key.removesuffix(".values").removesuffix(".bitmask")
         if key.endswith(".bitmask") or base.rpartition(".")[0] in quantized_layers:

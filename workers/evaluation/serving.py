@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from workers.models.hf import hf_config
+
 
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0-100), as numpy's default."""
@@ -170,7 +172,7 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
     load_seconds = time.perf_counter() - started
     gc.collect()
     serving_only = device.type == "cpu" and _reset_peak_rss()
-    vocab = int(model.config.vocab_size)  # type: ignore[union-attr]
+    vocab = int(hf_config(model).vocab_size)
     result = measure(model, device=device, vocab_size=vocab, **spec)
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated())

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from app.jobs.schemas import EvaluationSpec
 from workers.context import JobContext
 from workers.errors import JobCancelled, LeaseLost
 from workers.evaluation import harness
@@ -45,28 +46,51 @@ class EvalPlan:
     @classmethod
     def from_spec(
         cls,
-        evaluation: dict[str, Any],
+        evaluation: EvaluationSpec,
         eval_ids: list[int],
         task_files: dict[str, Path],
         seed: int,
         *,
         offline: bool = False,
     ) -> EvalPlan:
-        efficiency = dict(evaluation.get("efficiency") or {"enabled": False})
+        # Tasks and efficiency stay the JSON the job submitted: the baseline cache's key is
+        # computed over them (workers/evaluation/baseline.py).
+        efficiency = evaluation.efficiency.model_dump(mode="json")
         enabled = efficiency.pop("enabled", True)
         return cls(
             eval_ids=eval_ids,
-            context_length=evaluation["context_length"],
-            stride=evaluation["stride"] or evaluation["context_length"],
-            perplexity=evaluation["perplexity"],
-            prompts=evaluation["prompts"],
-            max_new_tokens=evaluation["max_new_tokens"],
-            tasks=evaluation.get("tasks") or [],
+            context_length=evaluation.context_length,
+            stride=evaluation.stride or evaluation.context_length,
+            perplexity=evaluation.perplexity,
+            prompts=list(evaluation.prompts),
+            max_new_tokens=evaluation.max_new_tokens,
+            tasks=[task.model_dump(mode="json") for task in evaluation.tasks],
             task_files=task_files,
             efficiency=efficiency if enabled else None,
             seed=seed,
             offline=offline,
         )
+
+    @property
+    def key_settings(self) -> dict[str, Any]:
+        """The evaluation settings the original's figures depend on (the baseline key)."""
+        return {
+            "perplexity": self.perplexity,
+            "max_tokens": len(self.eval_ids),
+            "context_length": self.context_length,
+            "stride": self.stride,
+            "prompts": self.prompts,
+            "max_new_tokens": self.max_new_tokens,
+            "tasks": self.tasks,
+            "efficiency": self.efficiency,
+        }
+
+    @property
+    def eval_tokens(self) -> int:
+        """Tokens the perplexity pass runs through the model (windows overlap by the stride)."""
+        if not self.perplexity:
+            return 0
+        return int(len(self.eval_ids) * self.context_length / self.stride)
 
 
 @dataclass

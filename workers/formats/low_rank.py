@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from workers.models.hf import hf_config
+
 FORMAT = "squash-low-rank"
 VERSION = 1
 MANIFEST = "squash_format.json"
@@ -54,7 +56,7 @@ def save(model: torch.nn.Module, out_dir: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(str(out_dir))  # type: ignore[union-attr]
+    hf_config(model).save_pretrained(str(out_dir))
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(str(out_dir))

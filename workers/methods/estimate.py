@@ -30,6 +30,7 @@ import torch
 
 from app.recipes import MethodParams
 from workers.methods.catalog import get_method
+from workers.models.hf import hf_config
 
 PROBE_SIZE = 512
 PROBE_SECONDS = 0.3
@@ -79,7 +80,8 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def _decoder_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output_embeddings = getattr(model, "get_output_embeddings", None)
+    head = output_embeddings() if output_embeddings is not None else None
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
 
 
@@ -94,7 +96,7 @@ def estimate_job(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Estimate:
-    config = model.config
+    config = hf_config(model)
     hidden = int(config.hidden_size)
     layers = int(getattr(config, "num_hidden_layers", 1))
     heads = int(getattr(config, "num_attention_heads", 1))

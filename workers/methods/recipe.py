@@ -18,6 +18,7 @@ from workers.methods.base import StageInput
 from workers.methods.catalog import get_method
 from workers.methods.shared.masks import capture_masks, reapply_masks
 from workers.methods.shared.storage_dtype import cast_for_storage
+from workers.models.hf import hf_config
 
 STORAGE_DTYPE = torch.bfloat16
 # Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json
@@ -148,7 +149,7 @@ def save_artifact(outcome: RecipeOutcome, tokenizer: Any, out_dir: Path) -> None
 def restore_structural_config(model: torch.nn.Module, out_dir: Path) -> None:
     path = out_dir / "config.json"
     saved = json.loads(path.read_text())
-    current = model.config.to_dict()  # type: ignore[union-attr]
+    current = hf_config(model).to_dict()
     changed = {
         key: current[key]
         for key in STRUCTURAL_CONFIG_KEYS

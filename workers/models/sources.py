@@ -113,7 +113,8 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # Any: transformers' auto class returns an untyped model with the quantizer attributes.
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:
         raise JobFailure(ErrorCode.INVALID_MODEL, f"cannot read GGUF {gguf.name}: {exc}") from exc
     # Dequantized on load: a plain float model now, but it still carries the GGUF quantizer,

@@ -59,7 +59,7 @@ def multiple_choice(sentences: list[str], rng: random.Random) -> list[dict[str, 
 
 def cloze(sentences: list[str], rng: random.Random) -> list[dict[str, object]]:
     """LAMBADA-style: the last word of a sentence, scored by log-likelihood and greedy match."""
-    candidates = []
+    candidates: list[dict[str, object]] = []
     for sentence in sentences:
         words = sentence[:-1].split()
         if WORD.match(words[-1]) and len(words[-1]) >= 4:

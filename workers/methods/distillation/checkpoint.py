@@ -105,7 +105,7 @@ class CheckpointStore:
         torch.save(scheduler.state_dict(), local / SCHEDULER)
         torch.save(rng_state(), local / RNG)
         folder = f"{self.prefix}/step-{state.step:08d}-g{self.generation}"
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         for name in (WEIGHTS, OPTIMIZER, SCHEDULER, RNG):
             path = local / name
             self.store.put_file(f"{folder}/{name}", path)

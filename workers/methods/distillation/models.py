@@ -146,10 +146,15 @@ def add_lora(student: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
             ErrorCode.INVALID_RECIPE, f"lora.targets {spec.targets} match no Linear layer"
         )
     config = LoraConfig(
-        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names
+        r=spec.r,
+        # PEFT annotates an int but only divides by it: a float alpha scales as asked.
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]
+        lora_dropout=spec.dropout,
+        target_modules=names,
     )
     return get_peft_model(student, config)
 
 
 def merge_lora(student: torch.nn.Module) -> torch.nn.Module:
-    return student.merge_and_unload() if hasattr(student, "merge_and_unload") else student
+    merge = getattr(student, "merge_and_unload", None)  # a PEFT wrapper only
+    return merge() if merge is not None else student

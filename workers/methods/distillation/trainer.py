@@ -256,7 +256,9 @@ def sample_continuations(run: TrainingRun, ids: torch.Tensor, position: int) -> 
     prompts = ids[:, : params.prompt_tokens]
     run.student.eval()
     try:
-        out = run.student.generate(
+        # A PreTrainedModel or its PEFT wrapper: both generate.
+        student: Any = run.student
+        out = student.generate(
             input_ids=prompts, attention_mask=torch.ones_like(prompts), generation_config=config
         )
     finally:

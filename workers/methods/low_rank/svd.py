@@ -21,6 +21,7 @@ from workers.formats.low_rank import LowRankLinear, replace_module
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.shared.calibration import require_calibration
 from workers.methods.shared.layers import decoder_layers, require_layers, targeted_linears
+from workers.models.hf import linear
 
 
 def factored_targets(model: torch.nn.Module, params: LowRankParams) -> list[tuple[str, int]]:
@@ -132,7 +133,7 @@ class LowRank(CompressionMethod[LowRankParams]):
         errors: list[float] = []
         before = after = 0
         for name, rank in chosen:
-            dense = model.get_submodule(name)
+            dense = linear(model, name)
             up, down, relative = factorize(dense.weight, moments[name], rank, params.dampening_frac)
             factored = LowRankLinear(
                 dense.in_features, dense.out_features, rank, dense.bias is not None

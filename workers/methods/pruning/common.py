@@ -48,9 +48,9 @@ def preflight_sparsity(method: str, model: torch.nn.Module, params: SparsityPara
     modules = dict(model.named_modules())
     pattern = parse_mask_structure(params.mask_structure)
     if pattern is not None:
-        bad = [n for n in names if modules[n].in_features % pattern[1]]  # type: ignore[operator]
+        bad = [n for n in names if modules[n].in_features % pattern[1]]
         if bad:
-            sizes = sorted({modules[n].in_features for n in names})  # type: ignore[misc]
+            sizes = sorted({modules[n].in_features for n in names})
             raise JobFailure(
                 ErrorCode.INVALID_RECIPE,
                 f"{method}: M={pattern[1]} of mask_structure {params.mask_structure} does not "
@@ -88,7 +88,7 @@ def sparsity_notes(model: torch.nn.Module, names: list[str], params: SparsityPar
     pattern = parse_mask_structure(params.mask_structure)
     nm_ok = True
     for name in names:
-        weight = modules[name].weight  # type: ignore[union-attr]
+        weight = modules[name].weight
         layer_zeros = int((weight == 0).sum())
         zeros += layer_zeros
         total += weight.numel()

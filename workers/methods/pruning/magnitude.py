@@ -44,7 +44,7 @@ class Magnitude(SparsityMethod[MagnitudeParams]):
         modules = dict(stage.model.named_modules())
         pattern = parse_mask_structure(params.mask_structure)
         for name in names:
-            weight = modules[name].weight  # type: ignore[union-attr]
+            weight = modules[name].weight
             weight.mul_(magnitude_mask(weight, sparsity_of_layer(params, name), pattern))
         return StageResult(
             model=stage.model,

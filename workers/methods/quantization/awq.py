@@ -73,7 +73,7 @@ def recording_awq_modifier(**kwargs: Any) -> Any:
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from pydantic import PrivateAttr
 
-    class RecordingAWQModifier(AWQModifier):  # type: ignore[misc, valid-type]
+    class RecordingAWQModifier(AWQModifier):
         _squash_applied: list[tuple[str, list[str]]] = PrivateAttr(default_factory=list)
 
         def _set_resolved_mappings(self, model: torch.nn.Module) -> None:

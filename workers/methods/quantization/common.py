@@ -11,6 +11,7 @@ from app.jobs.state import ErrorCode
 from app.recipes import LayerOverride, WeightQuantParams
 from workers.errors import JobFailure
 from workers.methods.shared.layers import architecture, matches, require_layers, targeted_linears
+from workers.models.hf import linear
 
 # vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
 # multiples of 128; other shapes fall back to slower kernels (or none).
@@ -114,20 +115,21 @@ def preflight_weight_quant(
 ) -> list[str]:
     """Fail in seconds, naming layers and valid choices, instead of after calibration."""
     require_layers(method, model, params)
-    modules = dict(model.named_modules())
+    names = [name for name, _ in model.named_modules() if name]
     for index, override in enumerate(params.overrides):
-        if not any(matches(n, override.targets) for n in modules if n):
+        if not any(matches(n, override.targets) for n in names):
             raise JobFailure(
                 ErrorCode.INVALID_RECIPE,
                 f"{method}: overrides[{index}] targets {override.targets} match no layer",
             )
     settings = layer_settings(model, params)
-    sizes = sorted({modules[n].in_features for n in settings})  # type: ignore[union-attr]
+    modules = {name: linear(model, name) for name in settings}
+    sizes = sorted({modules[n].in_features for n in settings})
     for group_size in sorted({g for _, g, _ in settings.values() if g}):
         bad = sorted(
             n
             for n, (_, g, _) in settings.items()
-            if g == group_size and _indivisible(modules[n], group_size)
+            if g == group_size and modules[n].in_features % group_size
         )
         if bad:
             divisors = [g for g in (16, 32, 64, 128, 256) if all(s % g == 0 for s in sizes)]
@@ -140,13 +142,9 @@ def preflight_weight_quant(
     return vllm_kernel_warnings(method, modules, settings)
 
 
-def _indivisible(module: torch.nn.Module, group_size: int) -> bool:
-    return bool(module.in_features % group_size)  # type: ignore[operator]
-
-
 def vllm_kernel_warnings(
     method: str,
-    modules: dict[str, torch.nn.Module],
+    modules: dict[str, torch.nn.Linear],
     settings: dict[str, tuple[int, int | None, bool]],
 ) -> list[str]:
     warnings = []
@@ -166,7 +164,7 @@ def vllm_kernel_warnings(
         {
             dim
             for name in settings
-            for dim in (modules[name].in_features, modules[name].out_features)  # type: ignore[union-attr]
+            for dim in (modules[name].in_features, modules[name].out_features)
             if dim % VLLM_DIM_MULTIPLE
         }
     )

@@ -17,6 +17,7 @@ from app.recipes import Fp8Params
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
 from workers.methods.shared.layers import require_layers
+from workers.models.hf import pretrained
 
 SERVING_NOTE = (
     "FP8 artifacts run fast only on GPUs with FP8 tensor cores (compute capability >= 8.9); "
@@ -55,7 +56,7 @@ class Fp8(CompressionMethod[Fp8Params]):
         if self.needs_calibration(params):
             oneshot_calibrated(stage.model, modifier, require_calibration(self.name, stage))
         else:
-            oneshot(model=stage.model, recipe=modifier)
+            oneshot(model=pretrained(stage.model), recipe=modifier)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",

@@ -14,6 +14,7 @@ import torch
 from app.recipes import RtnParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
+from workers.models.hf import pretrained
 
 
 class RoundToNearest(CompressionMethod[RtnParams]):
@@ -29,5 +30,5 @@ class RoundToNearest(CompressionMethod[RtnParams]):
 
         groups, notes = weight_quant_plan(stage.model, params)
         modifier = QuantizationModifier(config_groups=groups, ignore=list(params.ignore))
-        oneshot(model=stage.model, recipe=modifier)
+        oneshot(model=pretrained(stage.model), recipe=modifier)
         return StageResult(model=stage.model, save_format="compressed-tensors", notes=notes)

@@ -18,6 +18,7 @@ from app.recipes import TernaryParams, WeightQuantParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import int_weights, preflight_weight_quant
 from workers.methods.shared.layers import require_layers
+from workers.models.hf import pretrained
 
 EPSILON = 1e-8
 
@@ -55,7 +56,7 @@ class Ternary(CompressionMethod[TernaryParams]):
             targets=list(params.targets), weights=int_weights(2, params.group_size, True)
         )
         oneshot(
-            model=stage.model,
+            model=pretrained(stage.model),
             recipe=QuantizationModifier(
                 config_groups={"group_0": scheme}, ignore=list(params.ignore)
             ),

@@ -12,6 +12,8 @@ preset. Stored in compressed-tensors' `int-quantized` format (vLLM: INT8 GEMM ke
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from app.recipes import W8A8Params
@@ -45,7 +47,7 @@ class W8A8(CompressionMethod[W8A8Params]):
         samples = require_calibration(self.name, stage)
         names = require_layers(self.name, stage.model, params)
         quantizer = GPTQModifier if params.weight_method == "gptq" else QuantizationModifier
-        recipe = [
+        recipe: list[Any] = [
             quantizer(targets=list(params.targets), scheme="W8A8", ignore=list(params.ignore))
         ]
         if params.smoothing_strength > 0:

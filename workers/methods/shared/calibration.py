@@ -9,6 +9,7 @@ import torch
 from app.jobs.state import ErrorCode
 from workers.errors import JobFailure
 from workers.methods.base import StageInput
+from workers.models.hf import pretrained
 
 
 def require_calibration(method: str, stage: StageInput) -> list[list[int]]:
@@ -33,7 +34,7 @@ def oneshot_calibrated(model: torch.nn.Module, recipe: Any, samples: list[list[i
     from llmcompressor import oneshot
 
     oneshot(
-        model=model,
+        model=pretrained(model),
         dataset=calibration_dataset(samples),
         recipe=recipe,
         max_seq_length=max(len(s) for s in samples),

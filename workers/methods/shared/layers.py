@@ -4,6 +4,8 @@ select exactly what llm-compressor's modifiers will)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from app.jobs.state import ErrorCode
@@ -42,6 +44,12 @@ def require_layers(method: str, model: torch.nn.Module, params: LayerTargets) ->
             "match no Linear layer",
         )
     return [name for name, _ in layers]
+
+
+def blocks(model: torch.nn.Module) -> list[Any]:
+    """The decoder blocks, untyped: a Llama-style block's parts (self_attn.q_proj, mlp…) are
+    plain attributes that only the architecture defines."""
+    return list(decoder_layers(model))
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

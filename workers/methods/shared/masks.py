@@ -8,7 +8,7 @@ import torch
 @torch.no_grad()
 def capture_masks(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
-    return {name: modules[name].weight != 0 for name in names}  # type: ignore[union-attr]
+    return {name: modules[name].weight != 0 for name in names}
 
 
 @torch.no_grad()
@@ -19,7 +19,7 @@ def reapply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> int
     modules = dict(model.named_modules())
     refilled = 0
     for name, mask in masks.items():
-        weight = modules[name].weight  # type: ignore[union-attr]
+        weight = modules[name].weight
         refilled += int(((weight != 0) & ~mask).sum())
         weight.mul_(mask.to(weight.dtype))
     return refilled

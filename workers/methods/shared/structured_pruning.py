@@ -12,7 +12,8 @@ import torch
 from app.jobs.state import ErrorCode
 from app.recipes import StructuredParams
 from workers.errors import JobFailure
-from workers.methods.shared.layers import decoder_layers
+from workers.methods.shared.layers import blocks, decoder_layers
+from workers.models.hf import hf_config
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -26,7 +27,7 @@ class Importance:
 
 
 def _shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    config = model.config
+    config = hf_config(model)
     heads, kv = int(config.num_attention_heads), int(config.num_key_value_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     return heads, kv, head_dim
@@ -57,7 +58,7 @@ def check_architecture(model: torch.nn.Module, params: StructuredParams) -> None
 
 @torch.no_grad()
 def measure_importance(model: torch.nn.Module, samples: list[list[int]]) -> Importance:
-    layers = decoder_layers(model)
+    layers = blocks(model)
     heads, _, head_dim = _shape(model)
     count = len(layers)
     influence = [0.0] * count
@@ -149,7 +150,9 @@ def _head_rows(heads: list[int], head_dim: int, device: torch.device) -> torch.T
     )
 
 
-def kept_heads(scores: torch.Tensor, kv: int, params: StructuredParams) -> tuple[list, list]:
+def kept_heads(
+    scores: torch.Tensor, kv: int, params: StructuredParams
+) -> tuple[list[int], list[int]]:
     """(kept key/value groups, kept query heads ordered by group): grouped-query attention maps
     query head i to key/value head i // (query heads per group), so the kept query heads stay
     grouped under their own key/value head, in order."""
@@ -157,7 +160,7 @@ def kept_heads(scores: torch.Tensor, kv: int, params: StructuredParams) -> tuple
     by_group = scores.reshape(kv, group)
     groups = sorted(by_group.sum(1).argsort(descending=True)[: kv - params.kv_groups].tolist())
     keep_per_group = group - params.query_heads_per_group
-    queries = []
+    queries: list[int] = []
     for g in groups:
         best = sorted(by_group[g].argsort(descending=True)[:keep_per_group].tolist())
         queries.extend(g * group + q for q in best)
@@ -165,8 +168,10 @@ def kept_heads(scores: torch.Tensor, kv: int, params: StructuredParams) -> tuple
 
 
 @torch.no_grad()
-def prune(model: torch.nn.Module, importance: Importance, params: StructuredParams) -> dict:
-    layers = decoder_layers(model)
+def prune(
+    model: torch.nn.Module, importance: Importance, params: StructuredParams
+) -> dict[str, Any]:
+    layers = blocks(model)
     heads, kv, head_dim = _shape(model)
     order = sorted(range(len(layers)), key=lambda i: importance.layer[i])
     removed_layers = sorted(order[: params.layers])
@@ -196,11 +201,11 @@ def prune(model: torch.nn.Module, importance: Importance, params: StructuredPara
             mlp.down_proj = _columns(mlp.down_proj, keep)
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = new_channels
-    kept = torch.nn.ModuleList([layers[i] for i in kept_layers])
-    for new_index, layer in enumerate(kept):
+    survivors = [layers[i] for i in kept_layers]
+    for new_index, layer in enumerate(survivors):
         layer.self_attn.layer_idx = new_index
-    model.model.layers = kept
-    config = model.config
+    model.get_submodule("model").layers = torch.nn.ModuleList(survivors)
+    config = hf_config(model)
     layer_types = getattr(config, "layer_types", None)
     config.num_hidden_layers = len(kept_layers)
     if layer_types:

@@ -1,4 +1,5 @@
-"""Upload a finished attempt: every file verified, the manifest written last."""
+"""Publish a finished attempt: render the report page, upload every file and verify it, write
+the manifest last, and hand the runner the values its final commit writes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,52 @@ from app.artifacts.manifest import (
     attempt_prefix,
     build_manifest,
 )
+from app.db import session_scope
+from app.reports.html import render as render_html
+from app.reports.points import peer_points, point_of
+from app.reports.schema import Report
 from app.storage import ObjectStore, make_store, sha256_file
 from workers.context import JobContext
 from workers.errors import TransientFailure
+from workers.job import progress
+from workers.job.data import JobData
 
 UPLOAD_TRIES = 3
 UPLOAD_BACKOFF_S = 1.0
+
+
+def finish(
+    ctx: JobContext,
+    report: Report,
+    *,
+    model_dir: Path | None,
+    data: JobData,
+    scratch: Path,
+) -> dict[str, Any]:
+    """Publish the report (and the model, for a compress job). Returns the job-row values:
+    the artifacts, their prefix and the summary as the job's `metrics`."""
+    provenance = {
+        "model": report.model.to_json(),
+        "calibration_sha256": data.calibration_sha256,
+        "evaluation_sha256": data.eval_corpus.sha256,
+        "recipe": report.recipe,
+        "seed": report.seed,
+        "device": report.device,
+        "libraries": report.libraries,
+    }
+    with session_scope(ctx.settings.database_url) as session:
+        points = peer_points(session, ctx.job_id, report.summary.base_model)
+    mine = point_of(report.job_id, report.recipe, report.summary)
+    published = publish(
+        ctx,
+        staging=scratch,
+        model_dir=model_dir,
+        report=report.to_json(),
+        report_html=render_html(report, [*points, mine] if mine else points),
+        recipe=report.recipe,
+        provenance=provenance,
+    )
+    return {**published, "metrics": report.summary.to_json()}
 
 
 def publish(
@@ -60,7 +101,7 @@ def publish(
         upload_verified(ctx, store, key, local, path, digest)
         files.append({"path": path, "object_key": key, "size": size, "sha256": digest})
         ctx.fault_point("upload")  # the first file is stored, the rest are not
-        ctx.progress("upload", 90 + 9 * (index + 1) / len(local_files))
+        ctx.progress("upload", progress.UPLOAD.at((index + 1) / len(local_files)))
     manifest = build_manifest(job_id=ctx.job_id, files=files, provenance=provenance)
     ctx.check()
     store.put_bytes(f"{prefix}/{MANIFEST_NAME}", json.dumps(manifest, indent=2).encode())

@@ -1,0 +1,311 @@
+"""The evaluation report (`report.json`) and the job summary (`jobs.metrics`) as typed models.
+
+One source of truth for both sides: the worker fills these models, `/v1/compare`, the HTML page
+and the job summary read them by attribute, and `openapi/report.schema.json` (generated from
+`Report`) gives clients the same types. Bump REPORT_VERSION when a field changes meaning or
+goes away; adding an optional field keeps it.
+
+Serialised with `exclude_unset=True`: a field the worker did not measure is absent, not null,
+exactly as in the reports written before these models existed (their shape is unchanged).
+A few maps keep free-form keys where the key itself is data (a task name, a method's own stage
+notes, a batch size in a field name); their values are still typed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_VERSION = 2
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# -- measured figures of one model --------------------------------------------------------------
+class Spread(_Model):
+    median: float
+    p90: float
+    runs: int
+
+
+class Efficiency(_Model):
+    """Serving speed and memory, measured in a fresh process on the worker's device. The batched
+    step time's key names its batch size (`decode_ms_per_step_b8`): an extra field, a Spread."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Spread] = Field(init=False)
+
+    ttft_ms: Spread
+    decode_ms_per_token_b1: Spread
+    decode_tokens_per_second_b1: float
+    batch_size: int
+    throughput_tokens_per_second: float
+    prompt_tokens: int
+    new_tokens: int
+    warmup: int
+    repetitions: int
+    peak_memory_bytes: int
+    peak_rss_bytes: int | None = None
+    memory_measure: str
+    load_seconds: float
+    device: str
+    dtype: str
+    threads: int
+
+
+class TaskResult(_Model):
+    metrics: dict[str, float] = Field(description="metric name → value (acc, acc_norm, …)")
+    samples: int
+
+
+class BaselineSource(_Model):
+    """Where the original model's figures came from: this job, or the baseline cache."""
+
+    cached: bool
+    key: str
+    computed_by_job: str | None = None
+    stored: bool | None = None
+
+
+class MeasuredModel(_Model):
+    """What every measured model has: counts, perplexity, generations, tasks, efficiency."""
+
+    parameters: int
+    nonzero_parameters: int
+    effective_bits_per_parameter: float
+    perplexity: float | None = None
+    nll_mean: float | None = None
+    scored_tokens: int | None = None
+    windows: int | None = None
+    generations: list[str] | None = None
+    tasks: dict[str, TaskResult] | None = None
+    efficiency: Efficiency | None = None
+
+
+class OriginalModel(MeasuredModel):
+    """The input model (also an evaluate job's `model_metrics`)."""
+
+    checkpoint_bytes_bf16: int = Field(description="its weights saved in 16 bits (safetensors)")
+    baseline: BaselineSource | None = None
+
+
+class QuantizedStorage(_Model):
+    quantized_layers: int
+    quantized_weights: int
+    quantized_bytes: int
+    bits_per_weight: float
+
+
+class TensorSize(_Model):
+    name: str
+    parameters: int
+    dtype: str
+
+
+class UnquantizedTensors(_Model):
+    tensors: int
+    parameters: int
+    largest: list[TensorSize]
+
+
+class CompressedModel(MeasuredModel):
+    checkpoint_bytes: int = Field(description="the artifact's safetensors files, as saved")
+    artifact_bytes: int = Field(description="every file of the artifact")
+    quantized_storage: QuantizedStorage | None = None
+    unquantized_tensors: UnquantizedTensors | None = None
+
+
+# -- the job's settings and what happened --------------------------------------------------------
+class Overlap(_Model):
+    window: int
+    evaluation_windows: int
+    shared_windows: int
+    calibration_tokens_checked: int
+
+
+class EvaluationSettings(_Model):
+    dataset: str
+    dataset_sha256: str
+    split: str
+    overlap_with_calibration: Overlap
+    tokens: int
+    context_length: int
+    stride: int
+    tasks: list[dict[str, Any]] = Field(description="the job's task specs, as submitted")
+    efficiency: dict[str, Any] | None = Field(description="the job's efficiency spec, or null")
+
+
+class Estimate(_Model):
+    memory_bytes: int
+    available_bytes: int | None
+    seconds: float
+    device_gflops: float
+    breakdown_s: dict[str, float]
+
+
+class StageMetrics(_Model):
+    parameters: int
+    nonzero_parameters: int
+    perplexity: float | None = None
+
+
+class StageNotes(_Model):
+    """One stage's notes: its method, figures measured after it (not after the last stage, whose
+    figures are the compressed model's) and what the method itself reports (extra fields:
+    sparsity reached, layers per scheme, training steps…)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    metrics_after: StageMetrics | None = None
+    mask_refilled_weights: int | None = None
+
+
+class LayerErrorRow(_Model):
+    layer: str
+    status: Literal["ok", "removed", "reshaped"]
+    compressed_layer: str | None = None
+    relative_error: float | None = None
+
+
+class DamagedLayer(_Model):
+    layer: str
+    relative_error: float
+
+
+class LayerError(_Model):
+    tokens: int
+    method: str
+    layers: list[LayerErrorRow]
+    most_damaged: list[DamagedLayer]
+    mean_relative_error: float | None
+    counts: dict[str, int]
+
+
+class LoadCheck(_Model):
+    ok: bool
+    artifact_format: str
+    loader: str
+    seconds: float
+
+
+class Generation(_Model):
+    prompt: str
+    original: str | None
+    compressed: str
+
+
+class EvaluationStatus(_Model):
+    status: Literal["ok", "failed"]
+    error: str | None = None
+    cached: bool | None = None
+
+
+# -- the job summary (jobs.metrics) ----------------------------------------------------------------
+class Headline(_Model):
+    """The figures `/v1/compare` and the job's `metrics` show for one model. Task metrics are
+    extra fields named `<task>.<metric>` (floats)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float] = Field(init=False)
+
+    perplexity: float | None = None
+    decode_tokens_per_second_b1: float | None = None
+    throughput_tokens_per_second: float | None = None
+    ttft_ms: float | None = None
+    peak_memory_bytes: int | None = None
+
+    def figures(self) -> dict[str, float | int]:
+        """Every measured figure by name, typed fields first, then the task metrics."""
+        return {name: value for name, value in self if value is not None}
+
+
+class CompressSummary(_Model):
+    base_model: str = Field(description="sha256 of the input model's weights")
+    original_checkpoint_bytes_bf16: int
+    compressed_checkpoint_bytes: int
+    compression_ratio: float
+    parameters: int
+    nonzero_parameters: int
+    effective_bits_per_parameter: float
+    bits_per_quantized_weight: float | None = None
+    original_perplexity: float | None = None
+    compressed_perplexity: float | None = None
+    perplexity_change_pct: float | None = None
+    compressed: Headline
+    original: Headline
+
+
+class EvaluateSummary(_Model):
+    base_model: str = Field(description="sha256 of the model's weights")
+    checkpoint_bytes_bf16: int
+    parameters: int
+    nonzero_parameters: int
+    evaluated: Headline
+
+
+JobSummary = CompressSummary | EvaluateSummary
+
+
+def parse_summary(metrics: dict[str, Any]) -> JobSummary:
+    """A job row's `metrics` (stored without a kind tag: an evaluate job's has `evaluated`)."""
+    if "evaluated" in metrics:
+        return EvaluateSummary.model_validate(metrics)
+    return CompressSummary.model_validate(metrics)
+
+
+# -- the report --------------------------------------------------------------------------------
+class ModelProvenance(_Model):
+    """The input model: its source as submitted, and what the worker read from it."""
+
+    source: dict[str, Any]
+    weights_sha256: str
+    architecture: str
+    gguf_sha256: str | None = None
+
+
+class Report(_Model):
+    version: Literal[2] = 2  # REPORT_VERSION
+    job_id: str
+    kind: Literal["compress", "evaluate"]
+    model: ModelProvenance
+    recipe: list[dict[str, Any]] = Field(description="the stages as run, defaults filled in")
+    seed: int
+    device: str
+    device_name: str
+    evaluation: EvaluationSettings
+    estimate: Estimate
+    stages: list[StageNotes]
+    # compress jobs
+    format: str | None = None
+    original: OriginalModel | None = None
+    compressed: CompressedModel | None = None
+    generations: list[Generation] | None = None
+    layer_error: LayerError | None = None
+    load_check: LoadCheck | None = None
+    # evaluate jobs: the model as it is
+    model_metrics: OriginalModel | None = None
+    summary: CompressSummary | EvaluateSummary
+    evaluations: dict[str, EvaluationStatus] = Field(
+        description="`<model>.<evaluation>` → whether it ran (a failed one names its error)"
+    )
+    warnings: list[str]
+    timings_s: dict[str, float]
+    libraries: dict[str, str]
+
+    @property
+    def evaluate_only(self) -> bool:
+        return self.kind == "evaluate"
+
+
+def report_json_schema() -> dict[str, Any]:
+    schema = Report.model_json_schema(mode="serialization")
+    schema["$id"] = "https://squash.dev/schemas/report-v2.json"
+    schema["title"] = "Squash evaluation report"
+    return schema

@@ -1,0 +1,192 @@
+"""Compress, then prove it: run the recipe's stages, save the artifact, load it back (an artifact
+that does not load never ships) and measure it against the original."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.jobs.state import ErrorCode
+from workers.context import JobContext
+from workers.errors import JobFailure
+from workers.evaluation import layer_error
+from workers.evaluation.measure import (
+    directory_bytes,
+    greedy_generations,
+    nonzero_parameter_count,
+    parameter_count,
+    quantized_weight_storage,
+    unquantized_tensors,
+    weight_bytes,
+)
+from workers.evaluation.suite import Attempts, EvalPlan, evaluate
+from workers.formats.loader import PLAIN, artifact_format
+from workers.job import progress
+from workers.job.data import JobData
+from workers.job.environment import load_model
+from workers.job.evaluate import Source, stage_metrics
+from workers.job.spec import ReadSpec
+from workers.methods.recipe import RecipeOutcome, run_stages, save_artifact
+from workers.methods.shared.storage_dtype import compute_dtype
+
+
+@dataclass
+class Compressed:
+    """What the compress phase hands to the report and to publishing."""
+
+    stage_notes: list[dict[str, Any]]
+    save_format: str
+    model_dir: Path
+    metrics: dict[str, Any]
+    load_check: dict[str, Any]
+    layer_error: dict[str, Any] | None
+
+
+def compress(
+    ctx: JobContext,
+    attempts: Attempts,
+    source: Source,
+    job: ReadSpec,
+    data: JobData,
+    plan: EvalPlan,
+    scratch: Path,
+) -> Compressed:
+    # The original's linear layers on calibration text, for the per-layer error after loading.
+    captured = None
+    if job.spec.evaluation.layer_error_tokens and data.layer_error_ids:
+        captured = attempts.run(
+            "layer_error.capture", partial(layer_error.capture, source.model, data.layer_error_ids)
+        )
+    original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
+    source.model.to(compute_dtype(source.device))
+    with ctx.timed("stages"):
+        outcome = run_recipe(ctx, attempts, source, job, data, plan, scratch)
+    # Counted on the compressed model before saving: its weights are plain tensors here (a
+    # reloaded quantized model holds packed integers, where counting elements means nothing).
+    counts = {
+        "parameters": parameter_count(outcome.model),
+        "nonzero_parameters": nonzero_parameter_count(outcome.model),
+    }
+    ctx.progress("save", progress.SAVE.start)
+    out_dir = scratch / "model"
+    with ctx.timed("save"):
+        save_artifact(outcome, source.tokenizer, out_dir)
+    save_format, stage_notes = outcome.save_format, outcome.stage_notes
+    source.release()  # the in-memory model goes before the artifact loads: one copy at a time
+    del outcome
+    gc.collect()
+
+    ctx.progress("load_check", progress.LOAD_CHECK.start)
+    loaded, load_check, generations = check_loads(source, out_dir, plan)
+    checkpoint_bytes = weight_bytes(out_dir)
+    compressed: dict[str, Any] = {
+        **counts,
+        "checkpoint_bytes": checkpoint_bytes,
+        "artifact_bytes": directory_bytes(out_dir),
+        "effective_bits_per_parameter": round(8 * checkpoint_bytes / counts["parameters"], 4),
+        "quantized_storage": quantized_weight_storage(out_dir),
+        "unquantized_tensors": unquantized_tensors(out_dir),
+        "generations": generations,
+    }
+    with ctx.timed("evaluate_compressed"):
+        compressed.update(
+            evaluate(
+                ctx,
+                attempts,
+                "compressed",
+                loaded,
+                source.tokenizer,
+                out_dir,
+                plan,
+                device=source.device,
+                span=progress.EVALUATE_COMPRESSED.bounds,
+                generations=False,
+            )
+        )
+        errors = None
+        if captured is not None:
+            origin = layer_error.layer_origin(stage_notes, original_layers)
+            if origin is None:
+                ctx.warn("per-layer error skipped: the student is another model")
+            else:
+                errors = attempts.run(
+                    "layer_error", partial(layer_error.measure, loaded, captured, origin)
+                )
+    del loaded
+    return Compressed(stage_notes, save_format, out_dir, compressed, load_check, errors)
+
+
+def run_recipe(
+    ctx: JobContext,
+    attempts: Attempts,
+    source: Source,
+    job: ReadSpec,
+    data: JobData,
+    plan: EvalPlan,
+    scratch: Path,
+) -> RecipeOutcome:
+    """The stages in order, each timed and noted in the job's events; figures after every
+    stage but the last (whose figures are the compressed model's, measured after loading)."""
+    stages = job.stages
+    started: dict[int, float] = {}
+    per_stage = job.spec.evaluation.per_stage and plan.perplexity and len(stages) > 1
+
+    def on_stage(index: int, name: str) -> None:
+        ctx.progress(f"stage:{name}", progress.STAGES.at(index / len(stages)))
+        ctx.fault_point("compression")
+        started[index] = time.perf_counter()
+
+    def on_stage_done(index: int, notes: dict[str, Any], current: torch.nn.Module) -> None:
+        seconds = time.perf_counter() - started[index]
+        ctx.timings[f"stage_{index}_{notes['method']}"] = round(seconds, 3)
+        if per_stage and index < len(stages) - 1:
+            notes["metrics_after"] = stage_metrics(ctx, attempts, current, plan, index)
+        ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
+
+    return run_stages(
+        source.model,
+        source.tokenizer,
+        stages,
+        data.calibration_ids,
+        ctx,
+        on_stage,
+        on_stage_done,
+        source_path=source.resolved.path,
+        eval_ids=plan.eval_ids,
+        eval_context_length=plan.context_length,
+        scratch=scratch,
+        seed=job.spec.seed,
+        progress_span=progress.STAGES.bounds,
+    )
+
+
+def check_loads(
+    source: Source, out_dir: Path, plan: EvalPlan
+) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
+    """Load the artifact as users will and generate from it. Plain transformers loads it,
+    unless its layout (sparse bitmask, low-rank) needs the loader the package ships: the
+    report says which."""
+    started = time.perf_counter()
+    layout = artifact_format(out_dir)
+    try:
+        loaded = load_model(out_dir, source.device)
+        generations = greedy_generations(
+            loaded, source.tokenizer, plan.prompts, plan.max_new_tokens
+        )
+    except Exception as exc:
+        raise JobFailure(ErrorCode.LOAD_CHECK_FAILED, f"artifact does not load: {exc}") from exc
+    load_check = {
+        "ok": True,
+        "artifact_format": layout,
+        "loader": "transformers.AutoModelForCausalLM.from_pretrained"
+        if layout == PLAIN
+        else "squash.load_pretrained",
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return loaded, load_check, generations

@@ -1,0 +1,35 @@
+"""Where the job runs: its device, the loader every phase uses, and what the report records
+about the machine and the libraries."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from workers.formats.loader import load_pretrained
+
+LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_model(path: Path, device: torch.device) -> torch.nn.Module:
+    """Any model or artifact directory, float32, on `device` (the one loader users get too)."""
+    return load_pretrained(path).to(device).eval()
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in LIBRARIES} | {"python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.machine()}:{torch.get_num_threads()}threads"

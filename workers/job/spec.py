@@ -1,0 +1,40 @@
+"""The job as the worker reads it: the stored spec validated again, the recipe's params typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.errors import InvalidInput
+from app.jobs.schemas import JobSpec
+from app.jobs.state import ErrorCode
+from app.recipes import MethodParams, validate_recipe
+from workers.errors import JobFailure
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    spec: JobSpec
+    stages: list[tuple[str, MethodParams]]  # (method, its typed params), in order
+
+    @property
+    def evaluate_only(self) -> bool:
+        return self.spec.kind == "evaluate"
+
+
+def read_spec(raw: dict[str, Any]) -> ReadSpec:
+    """A spec that no longer validates (written by another version, or by hand) fails the job
+    with `invalid_recipe` naming the field, before any model loads."""
+    try:
+        spec = JobSpec.model_validate(raw)
+        stages = validate_recipe(spec.recipe) if spec.kind == "compress" else []
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise JobFailure(ErrorCode.INVALID_RECIPE, f"job spec: {where}: {first['msg']}") from exc
+    except InvalidInput as exc:
+        named = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors) or exc.message
+        raise JobFailure(ErrorCode.INVALID_RECIPE, f"job spec: {named}") from exc
+    return ReadSpec(spec, [(stage.method, stage.params) for stage in stages])
