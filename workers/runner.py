@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from app.artifacts import repository as artifact_repository
 from app.artifacts.retention import drop_attempt, drop_attempts, drop_checkpoints
 from app.config import Settings
 from app.db import session_scope
@@ -88,7 +89,7 @@ def _finish(
             **values,
         )
         if moved and artifacts:
-            repository.insert_artifacts(session, ctx.job_id, artifacts)
+            artifact_repository.insert_artifacts(session, ctx.job_id, artifacts)
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
     if not moved:
         # Another attempt owns the job (this one was presumed dead): its files are not ours.

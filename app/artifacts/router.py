@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -11,20 +10,18 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy.orm import Session
 
-from app.artifacts.manifest import MANIFEST_NAME, REPORT_HTML_NAME, REPORT_NAME
+from app.artifacts import service
+from app.artifacts.manifest import REPORT_HTML_NAME, REPORT_NAME
+from app.artifacts.schemas import ArtifactList
 from app.deps import DbDep, SettingsDep, StoreDep, TenantDep
 from app.errors import (
     ERRORS_401,
     ERRORS_404,
     PROBLEM_RESPONSE,
-    Conflict,
     NotFound,
     Responses,
     Unauthorized,
 )
-from app.jobs import repository as job_repository
-from app.jobs import service as job_service
-from app.jobs.schemas import ArtifactList, ArtifactRead
 from app.reports.html import CSP
 from app.storage import LocalStore, ObjectNotFound
 
@@ -32,18 +29,6 @@ router = APIRouter(tags=["artifacts"])
 ERRORS_409: Responses = {
     409: {"description": "The job has not published artifacts (not succeeded)", **PROBLEM_RESPONSE}
 }
-
-
-def _published_prefix(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
-    job = job_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    if job.artifact_prefix is None:
-        # The job exists; its outputs do not yet (or never will): 409, not 404, so a client
-        # polling a fresh job does not read "no such job".
-        raise Conflict(
-            f"job {job_id} has no published artifacts (state {job.state})",
-            code="artifacts_not_available",
-        )
-    return job.artifact_prefix
 
 
 @router.get(
@@ -59,21 +44,13 @@ async def list_artifacts(
     settings: SettingsDep,
 ) -> ArtifactList:
     def work(session: Session) -> ArtifactList:
-        prefix = _published_prefix(session, tenant_id, job_id)
-        expires_s = settings.presign_expiry_s
-        expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
-        items = [
-            ArtifactRead(
-                path=a.path,
-                size=a.size,
-                sha256=a.sha256,
-                url=store.presigned_url(a.object_key, expires_s, PurePosixPath(a.path).name),
-                url_expires_at=expires_at,
-            )
-            for a in job_repository.list_artifacts(session, job_id)
-        ]
-        manifest_url = store.presigned_url(f"{prefix}/{MANIFEST_NAME}", expires_s, MANIFEST_NAME)
-        return ArtifactList(job_id=job_id, manifest_url=manifest_url, items=items)
+        return service.artifact_list(
+            session,
+            tenant_id=tenant_id,
+            job_id=job_id,
+            store=store,
+            expires_s=settings.presign_expiry_s,
+        )
 
     return await db.run(work)
 
@@ -82,7 +59,9 @@ async def list_artifacts(
 async def get_report(
     job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep, store: StoreDep
 ) -> dict[str, Any]:
-    prefix = await db.run(lambda session: _published_prefix(session, tenant_id, job_id))
+    prefix = await db.run(
+        lambda session: service.published_prefix(session, tenant_id=tenant_id, job_id=job_id)
+    )
     try:
         # Off the event loop and outside the database call: an S3 read holds no connection.
         raw = await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_NAME}")
@@ -106,7 +85,9 @@ async def get_report_html(
     job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep, store: StoreDep
 ) -> HTMLResponse:
     """The report as a self-contained page (inline SVG charts; loads nothing else)."""
-    prefix = await db.run(lambda session: _published_prefix(session, tenant_id, job_id))
+    prefix = await db.run(
+        lambda session: service.published_prefix(session, tenant_id=tenant_id, job_id=job_id)
+    )
     try:
         page = await to_thread.run_sync(store.get_bytes, f"{prefix}/{REPORT_HTML_NAME}")
     except ObjectNotFound as exc:

@@ -74,3 +74,18 @@ def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
         .order_by(ApiKey.created_at)
     )
     return [(key, name) for key, name in rows]
+
+
+def webhook_secret(session: Session, tenant_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id))
+
+
+def set_webhook_secret(
+    session: Session, tenant_id: uuid.UUID, secret: str, *, only_if_missing: bool = False
+) -> None:
+    """Store the tenant's webhook secret; `only_if_missing` keeps one a concurrent request
+    stored first (the caller reads it back)."""
+    query = update(Tenant).where(Tenant.id == tenant_id)
+    if only_if_missing:
+        query = query.where(Tenant.webhook_secret.is_(None))
+    session.execute(query.values(webhook_secret=secret))

@@ -11,12 +11,11 @@ from psycopg.rows import dict_row
 from sqlalchemy import CursorResult, Select, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from app.artifacts.models import Artifact
 from app.db import utcnow
 from app.jobs.models import Job, JobEvent, JobLabel
 from app.jobs.state import LEASED, JobState, check, sources_for
 from app.status_pool import StatusPool
-from app.webhooks.outbox import enqueue_state_change
+from app.webhooks.repository import add_delivery
 
 NO_SYNC = {"synchronize_session": False}
 
@@ -34,7 +33,7 @@ def add_event(
     session.add(event)
     if kind == "state":
         session.flush()  # the event's id names its webhook delivery
-        enqueue_state_change(session, job_id, event.id)
+        add_delivery(session, job_id, event.id)
 
 
 def add_attempt_event(
@@ -187,12 +186,6 @@ def list_events(
     )
 
 
-def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
-    return list(
-        session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.path))
-    )
-
-
 def transition(
     session: Session,
     job_id: uuid.UUID,
@@ -317,19 +310,6 @@ def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
     session.execute(
         update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()), execution_options=NO_SYNC
     )
-
-
-def insert_artifacts(session: Session, job_id: uuid.UUID, files: Sequence[dict[str, Any]]) -> None:
-    for item in files:
-        session.add(
-            Artifact(
-                job_id=job_id,
-                path=item["path"],
-                object_key=item["object_key"],
-                size=item["size"],
-                sha256=item["sha256"],
-            )
-        )
 
 
 def expired_leases(session: Session, *, now: datetime, limit: int = 100) -> list[Job]:

@@ -15,7 +15,7 @@ from app.errors import (
     PROBLEM_RESPONSE,
     NotFound,
 )
-from app.jobs import repository, service
+from app.jobs import service
 from app.jobs.dispatch import enqueue
 from app.jobs.schemas import LABEL_KEY_RE, EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
@@ -87,15 +87,11 @@ async def get_job(job_id: uuid.UUID, request: Request, db: DbDep, tenant_id: Ten
     # (bench/status_load.py, bench/api_load.py). SQLite (embedded mode): the ORM on a thread.
     pool = request.app.state.pg_pool
     if pool is not None:
-        row = await repository.get_job_row_pg(pool, job_id, tenant_id)
-        read = service.row_to_read(row) if row else None
+        read = await service.read_job_pg(pool, tenant_id=tenant_id, job_id=job_id)
     else:
-
-        def work(session: Session) -> JobRead | None:
-            job = repository.get_job(session, job_id, tenant_id)
-            return service.to_read(job) if job else None
-
-        read = await db.run(work)
+        read = await db.run(
+            lambda session: service.read_job(session, tenant_id=tenant_id, job_id=job_id)
+        )
     if read is None:
         raise NotFound(f"job {job_id} not found")
     # Serialized once here; returning the model would make FastAPI validate it a second time.

@@ -236,17 +236,3 @@ class EventRead(BaseModel):
 class EventPage(BaseModel):
     items: list[EventRead]
     next_after: int | None
-
-
-class ArtifactRead(BaseModel):
-    path: str
-    size: int
-    sha256: str
-    url: str
-    url_expires_at: datetime
-
-
-class ArtifactList(BaseModel):
-    job_id: uuid.UUID
-    manifest_url: str
-    items: list[ArtifactRead]

@@ -21,9 +21,10 @@ from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead, 
 from app.jobs.state import TERMINAL, JobState
 from app.json_paths import walk
 from app.queue import queue_for
-from app.recipes import BUILTIN_SHAPES, validate_recipe
+from app.recipes import BUILTIN_SHAPES, Stage, validate_recipe
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
+from app.status_pool import StatusPool
 from app.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
 
 
@@ -42,49 +43,14 @@ def create_job(
 ) -> tuple[Job, bool]:
     """Returns (job, created). A repeated Idempotency-Key with the same body returns the
     original job; with another body it is refused."""
-    # Built-in models' layer sizes are known here; other sources are checked by the worker.
-    shape = BUILTIN_SHAPES.get(body.model.name) if isinstance(body.model, BuiltinModel) else None
-    if body.kind == "evaluate":
-        if body.recipe:
-            raise InvalidInput(
-                "an evaluate job measures the model as it is: leave `recipe` empty",
-                code="invalid_recipe",
-                field="recipe",
-            )
-        stages = []
-    else:
-        stages = validate_recipe(body.recipe, shape=shape)
-    if body.webhook_url is not None:
-        try:
-            check_webhook_url(body.webhook_url, allowed_hosts=settings.webhook_allowed_hosts)
-        except UnsafeWebhookUrl as error:
-            raise InvalidInput(
-                f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
-            ) from None
-    body_json = body.model_dump(mode="json")
-    for path, value in walk(body_json):
-        # Postgres text and jsonb cannot hold NUL: refuse it here, naming the field, not as a 500.
-        if (isinstance(value, str) and "\x00" in value) or (
-            isinstance(value, dict) and any("\x00" in key for key in value)
-        ):
-            raise InvalidInput(f"{path or 'body'}: NUL characters are not allowed", field=path)
-    check_sources(body_json, tenant_id=tenant_id, settings=settings)
+    stages = checked_stages(body)
+    check_body(body, tenant_id=tenant_id, settings=settings)
     digest = request_hash(body)
     if idempotency_key:
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    if settings.max_active_jobs_per_tenant:
-        # Serialise this tenant's submissions so concurrent ones cannot both pass the count.
-        repository.lock_tenant_submissions(session, tenant_id)
-        active = repository.count_active_jobs(session, tenant_id)
-        if active >= settings.max_active_jobs_per_tenant:
-            raise TooManyRequests(
-                f"{active} jobs queued or running: at most {settings.max_active_jobs_per_tenant}"
-                " at once per tenant; retry when one has finished",
-                retry_after_s=settings.quota_retry_after_s,
-                code="quota_exceeded",
-            )
+    check_quota(session, tenant_id, settings)
     device = body.device or settings.default_device
     # The recipe with every default filled in: what the worker runs.
     spec = JobSpec.of_request(body, [stage.as_json() for stage in stages])
@@ -116,6 +82,55 @@ def create_job(
     return job, True
 
 
+def checked_stages(body: JobCreate) -> list[Stage]:
+    """The recipe validated (against the built-in model's layer sizes, which are known here;
+    other sources are checked again by the worker)."""
+    shape = BUILTIN_SHAPES.get(body.model.name) if isinstance(body.model, BuiltinModel) else None
+    if body.kind == "evaluate":
+        if body.recipe:
+            raise InvalidInput(
+                "an evaluate job measures the model as it is: leave `recipe` empty",
+                code="invalid_recipe",
+                field="recipe",
+            )
+        return []
+    return validate_recipe(body.recipe, shape=shape)
+
+
+def check_body(body: JobCreate, *, tenant_id: uuid.UUID, settings: Settings) -> None:
+    """What the schema cannot say: a safe webhook URL, no NUL anywhere, allowed sources."""
+    if body.webhook_url is not None:
+        try:
+            check_webhook_url(body.webhook_url, allowed_hosts=settings.webhook_allowed_hosts)
+        except UnsafeWebhookUrl as error:
+            raise InvalidInput(
+                f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
+            ) from None
+    body_json = body.model_dump(mode="json")
+    for path, value in walk(body_json):
+        # Postgres text and jsonb cannot hold NUL: refuse it here, naming the field, not as a 500.
+        if (isinstance(value, str) and "\x00" in value) or (
+            isinstance(value, dict) and any("\x00" in key for key in value)
+        ):
+            raise InvalidInput(f"{path or 'body'}: NUL characters are not allowed", field=path)
+    check_sources(body_json, tenant_id=tenant_id, settings=settings)
+
+
+def check_quota(session: Session, tenant_id: uuid.UUID, settings: Settings) -> None:
+    if not settings.max_active_jobs_per_tenant:
+        return
+    # Serialise this tenant's submissions so concurrent ones cannot both pass the count.
+    repository.lock_tenant_submissions(session, tenant_id)
+    active = repository.count_active_jobs(session, tenant_id)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise TooManyRequests(
+            f"{active} jobs queued or running: at most {settings.max_active_jobs_per_tenant}"
+            " at once per tenant; retry when one has finished",
+            retry_after_s=settings.quota_retry_after_s,
+            code="quota_exceeded",
+        )
+
+
 def _replay(existing: Job, digest: str) -> Job:
     if existing.request_hash != digest:
         raise InvalidInput(
@@ -131,6 +146,19 @@ def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def read_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobRead | None:
+    job = repository.get_job(session, job_id, tenant_id)
+    return to_read(job) if job else None
+
+
+async def read_job_pg(
+    pool: StatusPool, *, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> JobRead | None:
+    """The status poll: one row over the event loop's status pool, no ORM, no thread."""
+    row = await repository.get_job_row_pg(pool, job_id, tenant_id)
+    return row_to_read(row) if row else None
 
 
 def encode_cursor(job: Job) -> str:

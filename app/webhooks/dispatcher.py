@@ -12,39 +12,26 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app.background import PeriodicThread
 from app.config import Settings
 from app.db import session_scope, utcnow
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import JobEvent
 from app.jobs.repository import add_event
+from app.webhooks import repository
 from app.webhooks.models import WebhookDelivery
+from app.webhooks.repository import DueJob
 from app.webhooks.secrets import get_or_create_secret
 from app.webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from app.webhooks.urls import UnsafeWebhookUrl, pinned
 
 log = structlog.get_logger()
 EVENT_TYPE = "job.state_changed"
-
-
-@dataclass(frozen=True)
-class DueJob:
-    """The columns of a delivery's job that a delivery needs (not the ORM Job: its labels are
-    eagerly joined, which FOR UPDATE cannot lock)."""
-
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    error_code: str | None
-    error_message: str | None
 
 
 def payload(delivery: WebhookDelivery, event: JobEvent, job: DueJob, settings: Settings) -> bytes:
@@ -68,19 +55,6 @@ def payload(delivery: WebhookDelivery, event: JobEvent, job: DueJob, settings: S
 def backoff_s(settings: Settings, attempts: int) -> float:
     delay = settings.webhook_retry_base_s * 2.0 ** (attempts - 1)
     return min(delay, settings.webhook_retry_max_s)
-
-
-def _take_due(session: Session) -> tuple[WebhookDelivery, JobEvent, DueJob] | None:
-    row = session.execute(
-        select(WebhookDelivery, JobEvent, Job.id, Job.tenant_id, Job.error_code, Job.error_message)
-        .join(JobEvent, JobEvent.id == WebhookDelivery.event_id)
-        .join(Job, Job.id == WebhookDelivery.job_id)
-        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= utcnow())
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=WebhookDelivery)
-    ).one_or_none()
-    return None if row is None else (row[0], row[1], DueJob(*row[2:]))
 
 
 def _send(
@@ -116,7 +90,7 @@ def _send(
 def deliver_one(settings: Settings, client: httpx.Client) -> bool:
     """Attempt the most overdue delivery; False when none is due."""
     with session_scope(settings.database_url) as session:
-        taken = _take_due(session)
+        taken = repository.take_due(session)
         if taken is None:
             return False
         delivery, event, job = taken

@@ -1,15 +1,14 @@
 """Each tenant's webhook signing secret. Kept in clear (HMAC needs it), shown only to the
-tenant's own API keys, replaced by rotation."""
+tenant's own API keys, replaced by rotation. Stored on the tenant (app/auth/repository.py)."""
 
 from __future__ import annotations
 
 import secrets
 import uuid
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.auth.models import Tenant
+from app.auth import repository
 
 SECRET_PREFIX = "whsec_"
 
@@ -19,21 +18,17 @@ def new_secret() -> str:
 
 
 def get_or_create_secret(session: Session, tenant_id: uuid.UUID) -> str:
-    current = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id))
+    current = repository.webhook_secret(session, tenant_id)
     if current:
         return current
     # Conditional, so two processes creating it at once agree on one secret.
-    session.execute(
-        update(Tenant)
-        .where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None))
-        .values(webhook_secret=new_secret())
-    )
-    secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id))
+    repository.set_webhook_secret(session, tenant_id, new_secret(), only_if_missing=True)
+    secret = repository.webhook_secret(session, tenant_id)
     assert secret is not None
     return secret
 
 
 def rotate_secret(session: Session, tenant_id: uuid.UUID) -> str:
     secret = new_secret()
-    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(webhook_secret=secret))
+    repository.set_webhook_secret(session, tenant_id, secret)
     return secret

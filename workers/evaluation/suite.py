@@ -195,26 +195,7 @@ def evaluate(
         def on_task(index: int, total: int, name: str) -> None:
             progress("tasks", index / total, {"task": name, "done": index, "total": total})
 
-        results = harness.run_tasks(
-            model,
-            tokenizer,
-            plan.tasks,
-            plan.task_files,
-            seed=plan.seed,
-            offline=plan.offline,
-            on_task=on_task,
-        )
-        for name, result in results.items():
-            attempts.status[f"{label}.task:{name}"] = {
-                k: v for k, v in result.items() if k in ("status", "error")
-            }
-            if ctx and result["status"] == "failed":
-                ctx.warn(f"evaluation {label}.task:{name} failed: {result['error']}")
-        out["tasks"] = {
-            name: {k: v for k, v in result.items() if k in ("metrics", "samples")}
-            for name, result in results.items()
-            if result["status"] == "ok"
-        }
+        out["tasks"] = run_tasks(ctx, attempts, label, model, tokenizer, plan, on_task)
     if plan.efficiency is not None:
         spec = plan.efficiency
         progress("efficiency", 0.0, {"runs": spec["warmup"] + spec["repetitions"]})
@@ -231,3 +212,35 @@ def evaluate(
         if measured is not None:
             out["efficiency"] = measured
     return out
+
+
+def run_tasks(
+    ctx: JobContext | None,
+    attempts: Attempts,
+    label: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    plan: EvalPlan,
+    on_task: Callable[[int, int, str], None],
+) -> dict[str, Any]:
+    """The lm-eval tasks, each recorded on its own (a failed one warns; the rest report)."""
+    results = harness.run_tasks(
+        model,
+        tokenizer,
+        plan.tasks,
+        plan.task_files,
+        seed=plan.seed,
+        offline=plan.offline,
+        on_task=on_task,
+    )
+    for name, result in results.items():
+        attempts.status[f"{label}.task:{name}"] = {
+            k: v for k, v in result.items() if k in ("status", "error")
+        }
+        if ctx and result["status"] == "failed":
+            ctx.warn(f"evaluation {label}.task:{name} failed: {result['error']}")
+    return {
+        name: {k: v for k, v in result.items() if k in ("metrics", "samples")}
+        for name, result in results.items()
+        if result["status"] == "ok"
+    }

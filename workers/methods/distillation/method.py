@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from workers.methods.distillation.models import (
     load_teacher,
     merge_lora,
 )
-from workers.methods.distillation.trainer import StepReport, TrainingRun, train
+from workers.methods.distillation.trainer import StepReport, TrainingOutcome, TrainingRun, train
 from workers.methods.shared.storage_dtype import compute_dtype
 from workers.methods.shared.structured_pruning import check_architecture
 from workers.models.datasets import load_corpus, split_tokens
@@ -76,26 +77,8 @@ class Distill(CompressionMethod[DistillParams]):
 
         if params.lora is not None:
             student = add_lora(student, params.lora)
-        checkpoints = None
-        if stage.ctx is not None:
-            checkpoints = CheckpointStore(
-                make_store(stage.ctx.settings),
-                checkpoint_prefix(stage.ctx.job_id),
-                (stage.scratch or Path(stage.ctx.settings.work_dir)) / "checkpoints",
-                generation=stage.ctx.generation,
-                fingerprint=fingerprint(stage, params, student),
-            )
-        span_start, span_end = stage.progress_span
-
-        def on_step(report: StepReport) -> None:
-            if stage.ctx is None:
-                return
-            done = report.step / report.max_steps
-            if params.max_seconds:
-                done = max(done, report.train_seconds / params.max_seconds)
-            percent = span_start + (span_end - span_start) * min(done, 1.0)
-            stage.ctx.progress(f"stage:{self.name}", percent, detail=report.as_json())
-
+        checkpoints = checkpoint_store(stage, params, student)
+        on_step = progress_reporter(stage, params, self.name)
         outcome = train(
             TrainingRun(
                 student=student,
@@ -111,14 +94,7 @@ class Distill(CompressionMethod[DistillParams]):
                 eos_token_id=getattr(stage.tokenizer, "eos_token_id", None),
             )
         )
-        if outcome.resumed_from_step is not None and stage.ctx is not None:
-            stage.ctx.event(
-                "info",
-                f"distillation resumed from the checkpoint at step {outcome.resumed_from_step}",
-                {"resumed_from_step": outcome.resumed_from_step},
-            )
-        if outcome.resume_note and stage.ctx is not None:
-            stage.ctx.warn(outcome.resume_note)
+        report_resume(stage, outcome)
         student = merge_lora(student).eval()
         if len(eval_ids) >= 2:
             after = _heldout(student, teacher, eval_ids, stage)
@@ -131,28 +107,78 @@ class Distill(CompressionMethod[DistillParams]):
                 )
                 figures["gap_recovered"] = recovered / gap
         del teacher
-        state = outcome.state
-        losses = state.losses
-        notes.update(
-            {
-                "loss": params.loss,
-                "steps": state.step,
-                "stopped_by": outcome.stopped_by,
-                "resumed_from_step": outcome.resumed_from_step,
-                "trained_tokens": state.tokens,
-                "train_seconds": round(state.train_seconds, 3),
-                "tokens_per_second": round(state.tokens / state.train_seconds, 2)
-                if state.train_seconds
-                else None,
-                "loss_first": losses[0] if losses else None,
-                "loss_last": losses[-1] if losses else None,
-                "loss_curve": _thin(losses),
-                "checkpoint_bytes_written": outcome.checkpoint_bytes,
-                "evaluation_tokens": len(eval_ids),
-                **{key: round(value, 6) for key, value in figures.items()},
-            }
-        )
+        notes.update(training_notes(params, outcome, len(eval_ids), figures))
         return StageResult(model=student.to(incoming_dtype), notes=notes)
+
+
+def checkpoint_store(
+    stage: StageInput, params: DistillParams, student: torch.nn.Module
+) -> CheckpointStore | None:
+    """Where the training checkpoints go (none outside a job: tests, benchmarks)."""
+    if stage.ctx is None:
+        return None
+    return CheckpointStore(
+        make_store(stage.ctx.settings),
+        checkpoint_prefix(stage.ctx.job_id),
+        (stage.scratch or Path(stage.ctx.settings.work_dir)) / "checkpoints",
+        generation=stage.ctx.generation,
+        fingerprint=fingerprint(stage, params, student),
+    )
+
+
+def progress_reporter(
+    stage: StageInput, params: DistillParams, name: str
+) -> Callable[[StepReport], None]:
+    """Each step's share of the stage's progress span (by steps, or by time when capped)."""
+    span_start, span_end = stage.progress_span
+
+    def on_step(report: StepReport) -> None:
+        if stage.ctx is None:
+            return
+        done = report.step / report.max_steps
+        if params.max_seconds:
+            done = max(done, report.train_seconds / params.max_seconds)
+        percent = span_start + (span_end - span_start) * min(done, 1.0)
+        stage.ctx.progress(f"stage:{name}", percent, detail=report.as_json())
+
+    return on_step
+
+
+def report_resume(stage: StageInput, outcome: TrainingOutcome) -> None:
+    if stage.ctx is None:
+        return
+    if outcome.resumed_from_step is not None:
+        stage.ctx.event(
+            "info",
+            f"distillation resumed from the checkpoint at step {outcome.resumed_from_step}",
+            {"resumed_from_step": outcome.resumed_from_step},
+        )
+    if outcome.resume_note:
+        stage.ctx.warn(outcome.resume_note)
+
+
+def training_notes(
+    params: DistillParams, outcome: TrainingOutcome, eval_tokens: int, figures: dict[str, float]
+) -> dict[str, Any]:
+    state = outcome.state
+    losses = state.losses
+    return {
+        "loss": params.loss,
+        "steps": state.step,
+        "stopped_by": outcome.stopped_by,
+        "resumed_from_step": outcome.resumed_from_step,
+        "trained_tokens": state.tokens,
+        "train_seconds": round(state.train_seconds, 3),
+        "tokens_per_second": round(state.tokens / state.train_seconds, 2)
+        if state.train_seconds
+        else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_curve": _thin(losses),
+        "checkpoint_bytes_written": outcome.checkpoint_bytes,
+        "evaluation_tokens": eval_tokens,
+        **{key: round(value, 6) for key, value in figures.items()},
+    }
 
 
 def training_sequences(
