@@ -97,15 +97,14 @@ def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> Com
             code="different_base_models",
             field="jobs",
         )
-    points = [
-        p for job in jobs if (p := point_of(str(job.id), job.spec["recipe"], summaries[job.id]))
-    ]
+    methods = {job.id: [stage["method"] for stage in job.spec["recipe"]] for job in jobs}
+    points = [p for job in jobs if (p := point_of(str(job.id), methods[job.id], summaries[job.id]))]
     frontier = {p.job_id for p in pareto_frontier(points)}
     rows = [
         CompareRow(
             job_id=job.id,
             kind=job.spec.get("kind", "compress"),
-            recipe=[stage["method"] for stage in job.spec["recipe"]],
+            recipe=methods[job.id],
             labels={label.key: label.value for label in job.labels},
             metrics=row_metrics(summaries[job.id]),
             on_pareto_frontier=str(job.id) in frontier,

@@ -257,7 +257,7 @@ def render(report: Report, points: list[Point]) -> str:
     evaluate_only = report.evaluate_only
     heads = "<th>model</th>" if evaluate_only else "<th>original</th><th>compressed</th>"
     source = escape(json.dumps(report.model.source))
-    recipe = " → ".join(escape(stage["method"]) for stage in report.recipe) or "none"
+    recipe = " → ".join(escape(method) for method in report.methods) or "none"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -21,14 +20,14 @@ class Point:
     perplexity: float
 
 
-def point_of(job_id: str, recipe: list[dict[str, Any]], summary: JobSummary) -> Point | None:
+def point_of(job_id: str, methods: list[str], summary: JobSummary) -> Point | None:
     """A succeeded job's size and perplexity, or None without both figures."""
     if isinstance(summary, EvaluateSummary):  # the model as it is
         size, quality = summary.checkpoint_bytes_bf16, summary.evaluated.perplexity
         label = "evaluated as is"
     else:
         size, quality = summary.compressed_checkpoint_bytes, summary.compressed_perplexity
-        label = " + ".join(stage["method"] for stage in recipe) or "?"
+        label = " + ".join(methods) or "?"
     if quality is None:
         return None
     return Point(job_id=job_id, label=label, bytes=size, perplexity=quality)
@@ -54,7 +53,8 @@ def peer_points(session: Session, job_id: uuid.UUID, base_model: str) -> list[Po
     for peer in peers:
         if peer.id == job_id or not peer.metrics or peer.metrics.get("base_model") != base_model:
             continue
-        point = point_of(str(peer.id), peer.spec["recipe"], parse_summary(peer.metrics))
+        methods = [stage["method"] for stage in peer.spec["recipe"]]
+        point = point_of(str(peer.id), methods, parse_summary(peer.metrics))
         if point:
             points.append(point)
     return points

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.recipes import StageIn
+
 REPORT_VERSION = 2
 
 
@@ -275,7 +277,7 @@ class Report(_Model):
     job_id: str
     kind: Literal["compress", "evaluate"]
     model: ModelProvenance
-    recipe: list[dict[str, Any]] = Field(description="the stages as run, defaults filled in")
+    recipe: list[StageIn] = Field(description="the stages as run, defaults filled in")
     seed: int
     device: str
     device_name: str
@@ -302,6 +304,10 @@ class Report(_Model):
     @property
     def evaluate_only(self) -> bool:
         return self.kind == "evaluate"
+
+    @property
+    def methods(self) -> list[str]:
+        return [stage.method for stage in self.recipe]
 
 
 def report_json_schema() -> dict[str, Any]:

@@ -218,7 +218,7 @@ def test_compare_rows_come_from_typed_summary_fields() -> None:
     )
     assert isinstance(evaluate, EvaluateSummary)
     assert row_metrics(evaluate)["size_bytes"] == 2000
-    point = point_of("j", [{"method": "rtn"}], compress)
+    point = point_of("j", ["rtn"], compress)
     assert point is not None and (point.bytes, point.perplexity, point.label) == (800, 11.0, "rtn")
     with pytest.raises(ValidationError):  # a task metric must be a number
         parse_summary({**summary(), "compressed": {"mine.acc": "high"}})

@@ -44,21 +44,21 @@ def finish(
         "model": report.model.to_json(),
         "calibration_sha256": data.calibration_sha256,
         "evaluation_sha256": data.eval_corpus.sha256,
-        "recipe": report.recipe,
+        "recipe": [stage.model_dump(mode="json") for stage in report.recipe],
         "seed": report.seed,
         "device": report.device,
         "libraries": report.libraries,
     }
     with session_scope(ctx.settings.database_url) as session:
         points = peer_points(session, ctx.job_id, report.summary.base_model)
-    mine = point_of(report.job_id, report.recipe, report.summary)
+    mine = point_of(report.job_id, report.methods, report.summary)
     published = publish(
         ctx,
         staging=scratch,
         model_dir=model_dir,
         report=report.to_json(),
         report_html=render_html(report, [*points, mine] if mine else points),
-        recipe=report.recipe,
+        recipe=[stage.model_dump(mode="json") for stage in report.recipe],
         provenance=provenance,
     )
     return {**published, "metrics": report.summary.to_json()}
