@@ -41,6 +41,6 @@ def test_no_override_ignores() -> None:
         f"{path.relative_to(ROOT)}:{number}"
         for path in sources()
         for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if "type: ignore[override" in line
+        if "type: ignore[" + "override" in line  # split: this line is not one
     ]
     assert found == []

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from workers.models.hf import pretrained
+
 
 def weight_bytes(path: Path) -> int:
     """Bytes of the weight files (safetensors) in a model directory."""
@@ -33,7 +35,7 @@ def saved_checkpoint_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
             tensor = converted[key]
         state[name] = tensor
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, state_dict=state)  # type: ignore[operator]
+        pretrained(model).save_pretrained(tmp, state_dict=state)
         return weight_bytes(Path(tmp))
 
 
@@ -62,17 +64,18 @@ def nonzero_parameter_count(model: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def greedy_generations(
-    model: torch.nn.Module, tokenizer: object, prompts: list[str], max_new_tokens: int
+    model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int
 ) -> list[str]:
     outputs = []
     device = next(model.parameters()).device
+    lm: Any = model  # `generate` comes from the architecture's class (GenerationMixin)
     for prompt in prompts:
-        inputs = tokenizer(prompt, return_tensors="pt").to(device)  # type: ignore[operator]
-        generated = model.generate(  # type: ignore[operator]
+        inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        generated = lm.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0
         )
         new_tokens = generated[0, inputs["input_ids"].shape[1] :]
-        outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))  # type: ignore[attr-defined]
+        outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))
     return outputs
 
 

@@ -18,7 +18,7 @@ from workers.methods.base import StageInput
 from workers.methods.catalog import get_method
 from workers.methods.shared.masks import capture_masks, reapply_masks
 from workers.methods.shared.storage_dtype import cast_for_storage
-from workers.models.hf import hf_config
+from workers.models.hf import hf_config, pretrained
 
 STORAGE_DTYPE = torch.bfloat16
 # Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json
@@ -136,7 +136,7 @@ def save_artifact(outcome: RecipeOutcome, tokenizer: Any, out_dir: Path) -> None
     if outcome.layout == "low-rank":
         low_rank.save(outcome.model, out_dir)
     else:
-        outcome.model.save_pretrained(  # type: ignore[operator]
+        pretrained(outcome.model).save_pretrained(
             str(out_dir), save_compressed=outcome.save_format == "compressed-tensors"
         )
         restore_structural_config(outcome.model, out_dir)

@@ -16,6 +16,7 @@ from workers.errors import JobFailure
 from workers.formats.loader import load_pretrained, trust_remote_code
 from workers.methods.base import StageInput
 from workers.methods.shared.structured_pruning import check_architecture, measure_importance, prune
+from workers.models.hf import hf_config
 from workers.models.sources import resolve_model
 
 
@@ -88,7 +89,7 @@ def _pick_student(
 
 
 def check_vocabulary(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    sizes = (student.config.vocab_size, teacher.config.vocab_size)  # type: ignore[union-attr]
+    sizes = (hf_config(student).vocab_size, hf_config(teacher).vocab_size)
     if sizes[0] != sizes[1]:
         raise JobFailure(
             ErrorCode.INVALID_RECIPE,
@@ -118,7 +119,7 @@ def check_tokenizer(student_path: Path, tokenizer: Any) -> None:
 
 
 def check_hidden_sizes(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    sizes = (student.config.hidden_size, teacher.config.hidden_size)  # type: ignore[union-attr]
+    sizes = (hf_config(student).hidden_size, hf_config(teacher).hidden_size)
     if sizes[0] != sizes[1]:
         raise JobFailure(
             ErrorCode.INVALID_RECIPE,
