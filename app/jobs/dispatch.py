@@ -24,14 +24,18 @@ log = structlog.get_logger()
 def enqueue(
     session: Session, settings: Settings, job_id: uuid.UUID, *, queue: str, priority: int
 ) -> bool:
-    """Send the job's message, then mark it enqueued in `session` (the caller commits).
-    Returns False, raising nothing, when the broker cannot take it."""
+    """Send the job's message, then mark it enqueued and commit (the move that made the job
+    `queued` has committed before: `session` holds nothing else). Returns False, raising
+    nothing, when the broker or the database fails: the reaper re-sends queued jobs whose
+    message is not marked (a message sent twice is harmless: only one claim wins)."""
     try:
         send_run_job(settings, job_id, queue=queue, priority=priority)
-    except Exception:  # noqa: BLE001 - broker down: the reaper re-sends queued jobs
-        log.warning("job.send_failed", job_id=str(job_id))
+        repository.mark_enqueued(session, job_id)
+        session.commit()
+    except Exception:  # broker or database down: the reaper tries again
+        log.warning("job.enqueue_failed", job_id=str(job_id), exc_info=True)
+        session.rollback()
         return False
-    repository.mark_enqueued(session, job_id)
     return True
 
 

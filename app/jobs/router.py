@@ -52,8 +52,8 @@ async def submit_job(
             settings=settings,
         )
         session.commit()  # 202 only once the job is durable; the message goes after the commit
-        if created and enqueue(session, settings, job.id, queue=job.queue, priority=job.priority):
-            session.commit()
+        if created:
+            enqueue(session, settings, job.id, queue=job.queue, priority=job.priority)
         return service.to_read(job), created
 
     read, created = await db.run(work)
