@@ -123,6 +123,20 @@ class EvaluationSpec(_Strict):
         return self
 
 
+class OutputSpec(_Strict):
+    """How the compressed model is written."""
+
+    max_shard_bytes: int = Field(
+        default=5 * 10**9,
+        ge=2**16,
+        le=10**12,
+        description="Largest safetensors file of the artifact; a larger model is saved in "
+        "shards with a `model.safetensors.index.json` (as transformers writes them), each "
+        "shard uploaded in parallel parts and listed in the manifest. A sparse or low-rank "
+        "artifact is one file.",
+    )
+
+
 class JobCreate(_Strict):
     kind: Literal["compress", "evaluate"] = Field(
         default="compress",
@@ -133,6 +147,7 @@ class JobCreate(_Strict):
     recipe: list[StageIn] = Field(default_factory=list, max_length=16)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
     device: Literal["cpu", "gpu"] | None = Field(
         default=None, description="Which worker pool runs it; null = the server's default"
     )
@@ -168,6 +183,7 @@ class JobSpec(_Strict):
     recipe: list[StageIn] = Field(default_factory=list, max_length=16)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
     @classmethod
@@ -205,7 +221,8 @@ class JobRead(BaseModel):
         default=None,
         description="What the running stage reports beside the percentage; a distill stage: "
         "step, max_steps, loss, tokens_per_second, eta_seconds, checkpoint_step, "
-        "resumed_from_step",
+        "resumed_from_step; a calibrated layer-wise stage (GPTQ, AWQ, SparseGPT, Wanda, "
+        "W8A8, static FP8): layer, layers, eta_seconds",
     )
     attempts: int
     max_attempts: int

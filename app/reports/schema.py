@@ -119,6 +119,9 @@ class UnquantizedTensors(_Model):
 class CompressedModel(MeasuredModel):
     checkpoint_bytes: int = Field(description="the artifact's safetensors files, as saved")
     artifact_bytes: int = Field(description="every file of the artifact")
+    weight_files: int | None = Field(
+        default=None, description="safetensors files (shards: output.max_shard_bytes)"
+    )
     quantized_storage: QuantizedStorage | None = None
     unquantized_tensors: UnquantizedTensors | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,46 @@ def test_killed_worker_job_is_retried_on_another_worker(
     assert any("stopped heartbeating" in e["message"] for e in events)
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant_a)
     assert wait_for_state(api, tenant_a, job["id"], {"cancelled"}, timeout=30, worker=second)
+
+
+def test_a_model_over_max_shard_bytes_ships_in_verified_shards(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, settings: Settings, tmp_path: Path
+) -> None:
+    body = tiny_job(labels={"flow": "shards"})
+    body["recipe"] = [{"method": "rtn", "params": {"bits": 8}}]
+    body["output"] = {"max_shard_bytes": 2**16}  # the tiny model's int8 weights: several shards
+    body["evaluation"] |= {"efficiency": {"enabled": False}, "layer_error_tokens": 0}
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+
+    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
+    files = {item["path"]: item for item in listing["items"]}
+    shards = sorted(p for p in files if p.startswith("model/") and p.endswith(".safetensors"))
+    assert len(shards) >= 2 and "model/model.safetensors" not in files
+    index = json.loads(httpx.get(files["model/model.safetensors.index.json"]["url"]).content)
+    assert sorted({f"model/{name}" for name in index["weight_map"].values()}) == shards
+    # Every shard is in the manifest with the digest of the bytes stored.
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    manifest = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=f"artifacts/jobs/{job['id']}/1/manifest.json")[
+            "Body"
+        ].read()
+    )
+    digests = {f["path"]: f["sha256"] for f in manifest["files"]}
+    model_dir = tmp_path / "sharded"
+    model_dir.mkdir()
+    for path, item in files.items():
+        if path.startswith("model/"):
+            content = httpx.get(item["url"]).raise_for_status().content
+            assert hashlib.sha256(content).hexdigest() == digests[path] == item["sha256"]
+            (model_dir / path.removeprefix("model/")).write_bytes(content)
+
+    # The shards load with plain transformers and give the report's perplexity.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    assert report["compressed"]["weight_files"] == len(shards)
+    measured = perplexity_of(model, model_dir, report["evaluation"])
+    assert measured == pytest.approx(report["compressed"]["perplexity"], rel=1e-4)

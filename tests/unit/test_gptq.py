@@ -91,3 +91,29 @@ def test_gptq_without_calibration_samples_fails_clearly(tiny_model_dir: Path) ->
     with pytest.raises(JobFailure, match="no sample") as caught:
         Gptq().apply(StageInput(model, None, [], None), GptqParams(bits=4, group_size=32))  # type: ignore[arg-type]
     assert caught.value.code == "data_error"
+
+
+class RecordingContext:
+    """Stands in for the job's context (its progress writes go to Postgres): records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, dict]] = []
+
+    def progress(self, stage: str, percent: float, detail: dict | None = None) -> None:
+        self.calls.append((stage, percent, detail or {}))
+
+
+def test_a_layer_wise_stage_reports_each_decoder_layer_with_an_eta(
+    tiny_model_dir: Path, calibration: list[list[int]]
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ctx = RecordingContext()
+    stage = StageInput(model, None, calibration[:4], ctx, progress_span=(35.0, 60.0))  # type: ignore[arg-type]
+    Gptq().apply(stage, GptqParams(bits=4, group_size=32))
+    layers = model.config.num_hidden_layers
+    assert [detail["layer"] for _, _, detail in ctx.calls] == list(range(1, layers + 1))
+    assert all(detail["layers"] == layers for _, _, detail in ctx.calls)
+    assert "eta_seconds" in ctx.calls[-1][2] and ctx.calls[-1][2]["eta_seconds"] >= 0
+    percents = [percent for _, percent, _ in ctx.calls]
+    assert percents == sorted(percents) and percents[0] >= 35.0 and percents[-1] < 60.0
+    assert {name for name, _, _ in ctx.calls} == {"stage:gptq"}

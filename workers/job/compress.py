@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
-from workers.context import JobContext
 from workers.errors import JobFailure
 from workers.evaluation import layer_error
 from workers.evaluation.measure import (
@@ -25,13 +24,13 @@ from workers.evaluation.measure import (
     unquantized_tensors,
     weight_bytes,
 )
-from workers.evaluation.suite import Attempts, EvalPlan, evaluate
+from workers.evaluation.suite import EvalPlan, evaluate
 from workers.formats.loader import PLAIN, artifact_format
 from workers.job import progress
-from workers.job.data import JobData
 from workers.job.environment import load_model
-from workers.job.evaluate import Source, stage_metrics
-from workers.job.spec import ReadSpec
+from workers.job.evaluate import stage_metrics
+from workers.job.run import JobRun
+from workers.job.source import Source
 from workers.methods.recipe import RecipeOutcome, run_stages, save_artifact
 from workers.methods.shared.storage_dtype import compute_dtype
 
@@ -48,25 +47,19 @@ class Compressed:
     layer_error: dict[str, Any] | None
 
 
-def compress(
-    ctx: JobContext,
-    attempts: Attempts,
-    source: Source,
-    job: ReadSpec,
-    data: JobData,
-    plan: EvalPlan,
-    scratch: Path,
-) -> Compressed:
+def compress(run: JobRun) -> Compressed:
+    ctx, source, attempts, plan = run.ctx, run.source, run.evaluations, run.plan
     # The original's linear layers on calibration text, for the per-layer error after loading.
     captured = None
-    if job.spec.evaluation.layer_error_tokens and data.layer_error_ids:
+    if run.job.spec.evaluation.layer_error_tokens and run.data.layer_error_ids:
         captured = attempts.run(
-            "layer_error.capture", partial(layer_error.capture, source.model, data.layer_error_ids)
+            "layer_error.capture",
+            partial(layer_error.capture, source.model, run.data.layer_error_ids),
         )
     original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
     source.model.to(compute_dtype(source.device))
     with ctx.timed("stages"):
-        outcome = run_recipe(ctx, attempts, source, job, data, plan, scratch)
+        outcome = run_recipe(run)
     # Counted on the compressed model before saving: its weights are plain tensors here (a
     # reloaded quantized model holds packed integers, where counting elements means nothing).
     counts = {
@@ -74,9 +67,14 @@ def compress(
         "nonzero_parameters": nonzero_parameter_count(outcome.model),
     }
     ctx.progress("save", progress.SAVE.start)
-    out_dir = scratch / "model"
+    out_dir = run.scratch / "model"
     with ctx.timed("save"):
-        save_artifact(outcome, source.tokenizer, out_dir)
+        save_artifact(
+            outcome,
+            source.tokenizer,
+            out_dir,
+            max_shard_bytes=run.job.spec.output.max_shard_bytes,
+        )
     save_format, stage_notes = outcome.save_format, outcome.stage_notes
     source.release()  # the in-memory model goes before the artifact loads: one copy at a time
     del outcome
@@ -89,6 +87,7 @@ def compress(
         **counts,
         "checkpoint_bytes": checkpoint_bytes,
         "artifact_bytes": directory_bytes(out_dir),
+        "weight_files": len(list(out_dir.glob("*.safetensors"))),
         "effective_bits_per_parameter": round(8 * checkpoint_bytes / counts["parameters"], 4),
         "quantized_storage": quantized_weight_storage(out_dir),
         "unquantized_tensors": unquantized_tensors(out_dir),
@@ -122,17 +121,10 @@ def compress(
     return Compressed(stage_notes, save_format, out_dir, compressed, load_check, errors)
 
 
-def run_recipe(
-    ctx: JobContext,
-    attempts: Attempts,
-    source: Source,
-    job: ReadSpec,
-    data: JobData,
-    plan: EvalPlan,
-    scratch: Path,
-) -> RecipeOutcome:
+def run_recipe(run: JobRun) -> RecipeOutcome:
     """The stages in order, each timed and noted in the job's events; figures after every
     stage but the last (whose figures are the compressed model's, measured after loading)."""
+    ctx, job, plan = run.ctx, run.job, run.plan
     stages = job.stages
     started: dict[int, float] = {}
     per_stage = job.spec.evaluation.per_stage and plan.perplexity and len(stages) > 1
@@ -146,21 +138,21 @@ def run_recipe(
         seconds = time.perf_counter() - started[index]
         ctx.timings[f"stage_{index}_{notes['method']}"] = round(seconds, 3)
         if per_stage and index < len(stages) - 1:
-            notes["metrics_after"] = stage_metrics(ctx, attempts, current, plan, index)
+            notes["metrics_after"] = stage_metrics(run, current, index)
         ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
 
     return run_stages(
-        source.model,
-        source.tokenizer,
+        run.source.model,
+        run.source.tokenizer,
         stages,
-        data.calibration_ids,
+        run.data.calibration_ids,
         ctx,
         on_stage,
         on_stage_done,
-        source_path=source.resolved.path,
+        source_path=run.source.resolved.path,
         eval_ids=plan.eval_ids,
         eval_context_length=plan.context_length,
-        scratch=scratch,
+        scratch=run.scratch,
         seed=job.spec.seed,
         progress_span=progress.STAGES.bounds,
     )

@@ -3,53 +3,29 @@ between stages. The compressed model's evaluation is in `workers/job/compress.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from app.reports.schema import REPORT_VERSION
-from workers.context import JobContext
 from workers.evaluation import baseline
 from workers.evaluation.measure import (
     nonzero_parameter_count,
     parameter_count,
     saved_checkpoint_bytes,
 )
-from workers.evaluation.suite import Attempts, EvalPlan, evaluate, perplexity_metrics
+from workers.evaluation.suite import Attempts, evaluate, perplexity_metrics
 from workers.job import progress
-from workers.job.data import JobData
 from workers.job.environment import device_name, library_versions
+from workers.job.run import JobRun
 from workers.methods.recipe import STORAGE_DTYPE
-from workers.models.sources import ResolvedModel
 
 
-@dataclass
-class Source:
-    """The input model as loaded, and what evaluating it needs."""
-
-    resolved: ResolvedModel
-    tokenizer: Any
-    model: torch.nn.Module
-    device: torch.device
-
-    def release(self) -> None:
-        """Drop the in-memory model (the job's largest object) once nothing needs it."""
-        del self.model
-
-
-def measure_original(
-    ctx: JobContext,
-    attempts: Attempts,
-    source: Source,
-    plan: EvalPlan,
-    data: JobData,
-    *,
-    evaluate_it: bool,
-) -> dict[str, Any]:
+def measure_original(run: JobRun) -> dict[str, Any]:
     """Counts and 16-bit size always; the evaluations when the job compares with the original
     (or only evaluates)."""
-    model = source.model
+    ctx, job = run.ctx, run.job
+    model = run.source.model
     original: dict[str, Any] = {
         "parameters": parameter_count(model),
         "nonzero_parameters": nonzero_parameter_count(model),
@@ -61,21 +37,20 @@ def measure_original(
         8 * original["checkpoint_bytes_bf16"] / original["parameters"], 4
     )
     with ctx.timed("evaluate_original"):
-        if evaluate_it:
-            original.update(original_metrics(ctx, attempts, source, plan, data))
+        if job.spec.evaluation.compare_original or job.evaluate_only:
+            original.update(original_metrics(run))
     ctx.progress("evaluate_original", progress.EVALUATE_ORIGINAL.end)
     return original
 
 
-def original_metrics(
-    ctx: JobContext, attempts: Attempts, source: Source, plan: EvalPlan, data: JobData
-) -> dict[str, Any]:
+def original_metrics(run: JobRun) -> dict[str, Any]:
     """The input model's evaluations, from the baseline cache when another job computed them
     for the same weights, evaluation and device."""
+    ctx, source, plan, attempts = run.ctx, run.source, run.plan, run.evaluations
     key = baseline.baseline_key(
         weights_sha256=source.resolved.provenance["weights_sha256"],
         evaluation=plan.key_settings,
-        dataset_sha256=data.eval_corpus.sha256,
+        dataset_sha256=run.data.eval_corpus.sha256,
         device=device_name(source.device),
         versions=library_versions(),
         report_version=REPORT_VERSION,
@@ -105,10 +80,9 @@ def original_metrics(
     return {**metrics, "baseline": {"cached": False, "key": key, "stored": own.all_ok}}
 
 
-def stage_metrics(
-    ctx: JobContext, attempts: Attempts, model: torch.nn.Module, plan: EvalPlan, index: int
-) -> dict[str, Any]:
+def stage_metrics(run: JobRun, model: torch.nn.Module, index: int) -> dict[str, Any]:
     """Counts and perplexity after a stage that is not the last."""
+    ctx, plan = run.ctx, run.plan
     metrics: dict[str, Any] = {
         "parameters": parameter_count(model),
         "nonzero_parameters": nonzero_parameter_count(model),
@@ -119,7 +93,9 @@ def stage_metrics(
             f"evaluate_stage_{index}", progress.STAGES.start, {"window": done, "windows": total}
         )
 
-    found = attempts.run(f"stage_{index}.perplexity", lambda: perplexity_metrics(model, plan, tick))
+    found = run.evaluations.run(
+        f"stage_{index}.perplexity", lambda: perplexity_metrics(model, plan, tick)
+    )
     if found:
         metrics["perplexity"] = found["perplexity"]
     return metrics

@@ -24,22 +24,16 @@ from app.storage import ObjectStore, make_store, sha256_file
 from workers.context import JobContext
 from workers.errors import TransientFailure
 from workers.job import progress
-from workers.job.data import JobData
+from workers.job.run import JobRun
 
 UPLOAD_TRIES = 3
 UPLOAD_BACKOFF_S = 1.0
 
 
-def finish(
-    ctx: JobContext,
-    report: Report,
-    *,
-    model_dir: Path | None,
-    data: JobData,
-    scratch: Path,
-) -> dict[str, Any]:
+def finish(run: JobRun, report: Report, *, model_dir: Path | None) -> dict[str, Any]:
     """Publish the report (and the model, for a compress job). Returns the job-row values:
     the artifacts, their prefix and the summary as the job's `metrics`."""
+    ctx, data = run.ctx, run.data
     provenance = {
         "model": report.model.to_json(),
         "calibration_sha256": data.calibration_sha256,
@@ -54,7 +48,7 @@ def finish(
     mine = point_of(report.job_id, report.methods, report.summary)
     published = publish(
         ctx,
-        staging=scratch,
+        staging=run.scratch,
         model_dir=model_dir,
         report=report.to_json(),
         report_html=render_html(report, [*points, mine] if mine else points),

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from app.reports.schema import (
     REPORT_VERSION,
     CompressSummary,
@@ -14,26 +12,18 @@ from app.reports.schema import (
     Headline,
     Report,
 )
-from workers.context import JobContext
-from workers.evaluation.suite import Attempts, EvalPlan
 from workers.job.compress import Compressed
-from workers.job.data import JobData
 from workers.job.environment import device_name, library_versions
-from workers.job.spec import ReadSpec
+from workers.job.run import JobRun
 from workers.methods.estimate import Estimate
 from workers.models.datasets import CALIBRATION_SHARE
-from workers.models.sources import ResolvedModel
 
 
 def compress_report(
-    ctx: JobContext,
-    attempts: Attempts,
-    common: dict[str, Any],
-    original: dict[str, Any],
-    compressed: Compressed,
-    prompts: list[str],
+    run: JobRun, common: dict[str, Any], original: dict[str, Any], compressed: Compressed
 ) -> Report:
     metrics = compressed.metrics
+    prompts = run.plan.prompts
     generations = side_by_side(prompts, original.get("generations"), metrics["generations"])
     return Report.model_validate(
         {
@@ -47,14 +37,12 @@ def compress_report(
             "layer_error": compressed.layer_error,
             "load_check": compressed.load_check,
             "summary": summary(original, metrics, common["model"]),
-            **closing(ctx, attempts),
+            **closing(run),
         }
     )
 
 
-def evaluate_report(
-    ctx: JobContext, attempts: Attempts, common: dict[str, Any], measured: dict[str, Any]
-) -> Report:
+def evaluate_report(run: JobRun, common: dict[str, Any], measured: dict[str, Any]) -> Report:
     return Report.model_validate(
         {
             **common,
@@ -62,25 +50,18 @@ def evaluate_report(
             "model_metrics": measured,
             "stages": [],
             "summary": evaluate_summary(measured, common["model"]),
-            **closing(ctx, attempts),
+            **closing(run),
         }
     )
 
 
-def common_fields(
-    ctx: JobContext,
-    job: ReadSpec,
-    resolved: ResolvedModel,
-    device: torch.device,
-    data: JobData,
-    plan: EvalPlan,
-    estimate: Estimate,
-) -> dict[str, Any]:
+def common_fields(run: JobRun, estimate: Estimate) -> dict[str, Any]:
     """What every report starts with: the job, its model, its settings and the estimate."""
+    job, data, plan, device = run.job, run.data, run.plan, run.source.device
     return {
         "version": REPORT_VERSION,
-        "job_id": str(ctx.job_id),
-        "model": resolved.provenance,
+        "job_id": str(run.ctx.job_id),
+        "model": run.source.resolved.provenance,
         "recipe": [stage.model_dump(mode="json") for stage in job.spec.recipe],
         "seed": job.spec.seed,
         "device": str(device),
@@ -101,12 +82,12 @@ def common_fields(
     }
 
 
-def closing(ctx: JobContext, attempts: Attempts) -> dict[str, Any]:
+def closing(run: JobRun) -> dict[str, Any]:
     """What every report ends with: what ran, what it warned, how long it took, on what."""
     return {
-        "evaluations": attempts.status,
-        "warnings": ctx.warnings,
-        "timings_s": ctx.timings,
+        "evaluations": run.evaluations.status,
+        "warnings": run.ctx.warnings,
+        "timings_s": run.ctx.timings,
         "libraries": library_versions(),
     }
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from app.jobs.state import ErrorCode
 from workers.context import JobContext
 from workers.errors import JobFailure
-from workers.evaluation.suite import EvalPlan
-from workers.job.data import JobData
-from workers.job.evaluate import Source
-from workers.job.spec import ReadSpec
+from workers.job.run import JobRun
 from workers.methods.estimate import Estimate, estimate_job
 from workers.methods.shared.storage_dtype import compute_dtype
 
@@ -16,16 +13,15 @@ from workers.methods.shared.storage_dtype import compute_dtype
 MEMORY_REFUSE_FACTOR = 1.5
 
 
-def estimate_resources(
-    ctx: JobContext, source: Source, job: ReadSpec, data: JobData, plan: EvalPlan
-) -> Estimate:
+def estimate_resources(run: JobRun) -> Estimate:
     """Estimate, record it in the job's events, and refuse a job that clearly cannot fit."""
+    ctx, source, job, data = run.ctx, run.source, run.job, run.data
     estimate = estimate_job(
         source.model,
         job.stages,
         calibration_samples=len(data.calibration_ids),
         calibration_length=max((len(c) for c in data.calibration_ids), default=0),
-        eval_tokens=plan.eval_tokens,
+        eval_tokens=run.plan.eval_tokens,
         evaluate_original=job.spec.evaluation.compare_original or job.evaluate_only,
         device=source.device,
         dtype=compute_dtype(source.device),

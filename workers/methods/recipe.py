@@ -21,6 +21,7 @@ from workers.methods.shared.storage_dtype import cast_for_storage
 from workers.models.hf import hf_config, pretrained
 
 STORAGE_DTYPE = torch.bfloat16
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the job spec's default (output.max_shard_bytes)
 # Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json
 # from the *source* model's file (for vLLM compatibility), which would undo them.
 STRUCTURAL_CONFIG_KEYS = (
@@ -130,14 +131,20 @@ def run_stages(
     return outcome
 
 
-def save_artifact(outcome: RecipeOutcome, tokenizer: Any, out_dir: Path) -> None:
-    """Cast to the 16-bit storage dtype (quantized weights kept on their grid) and save."""
+def save_artifact(
+    outcome: RecipeOutcome, tokenizer: Any, out_dir: Path, *, max_shard_bytes: int | None = None
+) -> None:
+    """Cast to the 16-bit storage dtype (quantized weights kept on their grid) and save, in
+    shards of at most `max_shard_bytes` (transformers' own sharding and index; a tensor larger
+    than that is a shard of its own)."""
     cast_for_storage(outcome.model, STORAGE_DTYPE)
     if outcome.layout == "low-rank":
         low_rank.save(outcome.model, out_dir)
     else:
         pretrained(outcome.model).save_pretrained(
-            str(out_dir), save_compressed=outcome.save_format == "compressed-tensors"
+            str(out_dir),
+            save_compressed=outcome.save_format == "compressed-tensors",
+            max_shard_size=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
         )
         restore_structural_config(outcome.model, out_dir)
         if outcome.sparse_layers:

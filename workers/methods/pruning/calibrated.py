@@ -44,7 +44,7 @@ def prune_calibrated(
     method: str, stage: StageInput, params: SparsityParams, modifier: Any
 ) -> StageResult:
     samples = require_calibration(method, stage)
-    oneshot_calibrated(stage.model, modifier, samples)
+    oneshot_calibrated(stage, method, modifier, samples)
     names = pruned_linears(stage.model, params)
     return StageResult(
         model=stage.model,

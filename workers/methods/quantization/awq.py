@@ -108,7 +108,7 @@ class Awq(CompressionMethod[AwqParams]):
         awq = recording_awq_modifier(duo_scaling=params.duo_scaling, n_grid=params.n_grid)
         quantize = QuantizationModifier(config_groups=groups, ignore=list(params.ignore))
         with pinning_disabled_without_accelerator():
-            oneshot_calibrated(stage.model, [awq, quantize], samples)
+            oneshot_calibrated(stage, self.name, [awq, quantize], samples)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",

@@ -54,7 +54,8 @@ class Fp8(CompressionMethod[Fp8Params]):
             kv_cache_scheme=kv_cache,
         )
         if self.needs_calibration(params):
-            oneshot_calibrated(stage.model, modifier, require_calibration(self.name, stage))
+            samples = require_calibration(self.name, stage)
+            oneshot_calibrated(stage, self.name, modifier, samples)
         else:
             oneshot(model=pretrained(stage.model), recipe=modifier)
         return StageResult(

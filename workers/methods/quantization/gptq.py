@@ -41,7 +41,7 @@ class Gptq(CompressionMethod[GptqParams]):
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
         )
-        oneshot_calibrated(stage.model, modifier, samples)
+        oneshot_calibrated(stage, self.name, modifier, samples)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",

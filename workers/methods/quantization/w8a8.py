@@ -52,7 +52,7 @@ class W8A8(CompressionMethod[W8A8Params]):
         ]
         if params.smoothing_strength > 0:
             recipe.insert(0, SmoothQuantModifier(smoothing_strength=params.smoothing_strength))
-        oneshot_calibrated(stage.model, recipe, samples)
+        oneshot_calibrated(stage, self.name, recipe, samples)
         return StageResult(
             model=stage.model,
             save_format="compressed-tensors",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from app.jobs.state import ErrorCode
 from workers.errors import JobFailure
 from workers.methods.base import StageInput
+from workers.methods.shared.layer_progress import LayerProgress
 from workers.models.hf import pretrained
 
 
@@ -30,13 +29,17 @@ def calibration_dataset(samples: list[list[int]]) -> Any:
     )
 
 
-def oneshot_calibrated(model: torch.nn.Module, recipe: Any, samples: list[list[int]]) -> None:
+def oneshot_calibrated(
+    stage: StageInput, method: str, recipe: Any, samples: list[list[int]]
+) -> None:
+    """llm-compressor's oneshot over the samples, reporting which decoder layer it is on."""
     from llmcompressor import oneshot
 
-    oneshot(
-        model=pretrained(model),
-        dataset=calibration_dataset(samples),
-        recipe=recipe,
-        max_seq_length=max(len(s) for s in samples),
-        num_calibration_samples=len(samples),
-    )
+    with LayerProgress(stage, method).watching(stage.model):
+        oneshot(
+            model=pretrained(stage.model),
+            dataset=calibration_dataset(samples),
+            recipe=recipe,
+            max_seq_length=max(len(s) for s in samples),
+            num_calibration_samples=len(samples),
+        )
