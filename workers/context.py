@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 import structlog
@@ -15,6 +16,7 @@ from app.jobs import repository
 from app.jobs.state import JobState
 from workers import faults
 from workers.errors import JobCancelled, LeaseLost
+from workers.memory import PhaseMemory
 
 log = structlog.get_logger()
 PROGRESS_WRITE_S = 0.5
@@ -35,6 +37,8 @@ class JobContext:
         self.timings: dict[str, float] = {}
         self._last_write: tuple[str, float] = ("", 0.0)
         self.fault_hold: str | None = None  # workers/faults.py; None unless FAULT_INJECTION
+        # Peak memory of each timed phase, once the job body sets it (workers/memory.py).
+        self.memory: PhaseMemory | None = None
 
     # -- heartbeat ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -120,11 +124,17 @@ class JobContext:
 
 
 class _Timer:
+    """A phase's wall time, and its peak memory when the job measures memory."""
+
     def __init__(self, ctx: JobContext, name: str) -> None:
         self.ctx, self.name = ctx, name
+        self.stack = ExitStack()
 
     def __enter__(self) -> None:
+        if self.ctx.memory is not None:
+            self.stack.enter_context(self.ctx.memory.phase(self.name))
         self.start = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
         self.ctx.timings[self.name] = round(time.perf_counter() - self.start, 3)
+        self.stack.close()

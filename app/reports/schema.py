@@ -146,6 +146,26 @@ class EvaluationSettings(_Model):
     efficiency: dict[str, Any] | None = Field(description="the job's efficiency spec, or null")
 
 
+class PhaseMemoryFigures(_Model):
+    peak_rss_bytes: int = Field(description="the process's peak RSS during the phase")
+    peak_above_start_bytes: int = Field(
+        description="that peak above the RSS the job started at (the runtime and its "
+        "libraries are a fixed cost, not the model's)"
+    )
+    cuda_peak_bytes: int | None = Field(default=None, description="torch.cuda.max_memory_allocated")
+
+
+class MemoryFigures(_Model):
+    """Measured peak memory per phase, beside the estimate's `memory_bytes` (the plan)."""
+
+    start_rss_bytes: int
+    peak_reset_per_phase: bool = Field(
+        description="false where the OS did not let the peak be reset: each phase's peak is "
+        "then the process's peak so far"
+    )
+    phases: dict[str, PhaseMemoryFigures]
+
+
 class Estimate(_Model):
     memory_bytes: int
     available_bytes: int | None
@@ -297,6 +317,7 @@ class Report(_Model):
     # evaluate jobs: the model as it is
     model_metrics: OriginalModel | None = None
     summary: CompressSummary | EvaluateSummary
+    memory: MemoryFigures | None = None
     evaluations: dict[str, EvaluationStatus] = Field(
         description="`<model>.<evaluation>` → whether it ran (a failed one names its error)"
     )

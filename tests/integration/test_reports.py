@@ -131,6 +131,15 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     validate_against_published_schema(report)
     typed = Report.model_validate(report)
     assert typed.to_json() == report
+    # Measured peak memory of every phase, beside its time (loading the model raises RSS).
+    phases = report["memory"]["phases"]
+    assert (
+        set(phases)
+        == {"resolve", "evaluate_original", "stages", "save", "load_check", "evaluate_compressed"}
+        <= set(report["timings_s"])
+    )
+    assert phases["resolve"]["peak_above_start_bytes"] > 0
+    assert all(p["peak_rss_bytes"] >= report["memory"]["start_rss_bytes"] for p in phases.values())
 
     # The broken task failed, named with its line and field; the job still succeeded with its
     # model artifact, and the other tasks ran on both models.

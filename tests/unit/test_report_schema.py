@@ -152,7 +152,14 @@ def report() -> dict[str, Any]:
         "summary": summary(),
         "evaluations": {"compressed.task:broken": {"status": "failed", "error": "line 1"}},
         "warnings": ["w"],
-        "timings_s": {"resolve": 0.1},
+        "memory": {
+            "start_rss_bytes": 600_000_000,
+            "peak_reset_per_phase": True,
+            "phases": {
+                "stages": {"peak_rss_bytes": 900_000_000, "peak_above_start_bytes": 300_000_000}
+            },
+        },
+        "timings_s": {"resolve": 0.1, "stages": 2.5},
         "libraries": {"torch": "2.13.0"},
     }
 
@@ -190,6 +197,8 @@ def test_every_figure_on_the_page_is_a_typed_field() -> None:
         "compressed/tasks/mine/metrics/acc",
         "original/efficiency/ttft_ms/p90",
         "summary/compression_ratio",
+        "memory/phases/stages/peak_above_start_bytes",
+        "timings_s/stages",
     ):
         assert key in parser.cells
 

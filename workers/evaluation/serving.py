@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from typing import Any
 
 import torch
 
+from workers.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from workers.models.hf import hf_config
 
 
@@ -136,28 +135,6 @@ def measure(
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so the peak after
-    this excludes the transient copies of loading."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Load the model and measure it (runs in the fresh process)."""
     from workers.formats.loader import load_pretrained
@@ -165,21 +142,21 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
 
     device = torch.device(device_name)
     dtype = compute_dtype(device)
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     model = load_pretrained(model_dir, dtype=dtype).to(device).eval()
     load_seconds = time.perf_counter() - started
     gc.collect()
-    serving_only = device.type == "cpu" and _reset_peak_rss()
+    serving_only = device.type == "cpu" and reset_peak_rss()
     vocab = int(hf_config(model).vocab_size)
     result = measure(model, device=device, vocab_size=vocab, **spec)
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated())
         memory = {"peak_memory_bytes": peak, "memory_measure": "torch.cuda.max_memory_allocated"}
     else:
-        peak_rss = _peak_rss_bytes()
+        peak_rss = peak_rss_bytes()
         memory = {
             "peak_memory_bytes": peak_rss - rss_before,
             "peak_rss_bytes": peak_rss,

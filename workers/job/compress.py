@@ -81,7 +81,8 @@ def compress(run: JobRun) -> Compressed:
     gc.collect()
 
     ctx.progress("load_check", progress.LOAD_CHECK.start)
-    loaded, load_check, generations = check_loads(source, out_dir, plan)
+    with ctx.timed("load_check"):
+        loaded, load_check, generations = check_loads(source, out_dir, plan)
     checkpoint_bytes = weight_bytes(out_dir)
     compressed: dict[str, Any] = {
         **counts,

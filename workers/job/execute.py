@@ -14,6 +14,7 @@ from workers.evaluation.suite import EvalPlan
 from workers.job import progress
 from workers.job.compress import compress
 from workers.job.data import prepare_data
+from workers.job.environment import pick_device
 from workers.job.evaluate import measure_original
 from workers.job.publish import finish
 from workers.job.report import common_fields, compress_report, evaluate_report
@@ -21,6 +22,7 @@ from workers.job.resources import estimate_resources
 from workers.job.run import JobRun
 from workers.job.source import open_source
 from workers.job.spec import read_spec
+from workers.memory import PhaseMemory
 from workers.methods.recipe import preflight
 
 
@@ -30,10 +32,12 @@ def execute(
     """Run the job; returns the values the runner's final commit writes."""
     job = read_spec(raw_spec)
     torch.manual_seed(job.spec.seed)
+    device = pick_device(device_pref)
+    ctx.memory = PhaseMemory(cuda=device.type == "cuda")
     scratch.mkdir(parents=True, exist_ok=True)
     ctx.progress("resolve", progress.RESOLVE_STARTED)
     with ctx.timed("resolve"):
-        source = open_source(ctx, job.spec.model, device_pref, scratch)
+        source = open_source(ctx, job.spec.model, device, scratch)
     ctx.fault_point("model_load")
     architecture = source.resolved.provenance.get("architecture")
     ctx.event("info", f"model loaded on {source.device}", {"architecture": architecture})

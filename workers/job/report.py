@@ -84,7 +84,9 @@ def common_fields(run: JobRun, estimate: Estimate) -> dict[str, Any]:
 
 def closing(run: JobRun) -> dict[str, Any]:
     """What every report ends with: what ran, what it warned, how long it took, on what."""
+    memory = {"memory": run.ctx.memory.as_json()} if run.ctx.memory else {}
     return {
+        **memory,
         "evaluations": run.evaluations.status,
         "warnings": run.ctx.warnings,
         "timings_s": run.ctx.timings,

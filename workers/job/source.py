@@ -14,7 +14,7 @@ from app.sources import ModelSource
 from workers.context import JobContext
 from workers.errors import JobFailure
 from workers.formats.loader import trust_remote_code
-from workers.job.environment import load_model, pick_device
+from workers.job.environment import load_model
 from workers.models.sources import ResolvedModel, resolve_model
 
 
@@ -32,11 +32,10 @@ class Source:
         del self.model
 
 
-def open_source(ctx: JobContext, model: ModelSource, device_pref: str, scratch: Path) -> Source:
+def open_source(ctx: JobContext, model: ModelSource, device: torch.device, scratch: Path) -> Source:
     """Fetch the model (and its tokenizer) and load it on the job's device."""
     from transformers import AutoTokenizer
 
-    device = pick_device(device_pref)
     resolved = resolve_model(model.model_dump(mode="json"), ctx.settings, scratch)
     tokenizer = AutoTokenizer.from_pretrained(
         str(resolved.path), trust_remote_code=trust_remote_code()
