@@ -36,7 +36,8 @@ def peak_rss_bytes() -> int:
 
 
 class PhaseMemory:
-    """Peak memory of each phase of a job, for the report."""
+    """Peak memory of each phase of a job, for the report. Phases run one after another: a
+    phase that started inside another would reset the outer one's peak."""
 
     def __init__(self, cuda: bool = False) -> None:
         self.cuda = cuda

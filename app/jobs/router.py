@@ -120,7 +120,10 @@ async def list_events(
     job_id: uuid.UUID,
     db: DbDep,
     tenant_id: TenantDep,
-    after: Annotated[int, Query(ge=0, description="Return events with id > after")] = 0,
+    # Event ids are Postgres bigints: a larger `after` is a 422, not an overflow (a 500).
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Return events with id > after")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventPage:
     def work(session: Session) -> EventPage:
