@@ -41,7 +41,8 @@ async def submit_job(
     tenant_id: TenantDep,
     settings: SettingsDep,
     _limited: SubmitLimitDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    # Not empty: an empty key would be stored, and every later empty key would collide with it.
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobRead:
     def work(session: Session) -> tuple[JobRead, bool]:
         job, created = service.create_job(
