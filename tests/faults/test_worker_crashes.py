@@ -102,10 +102,19 @@ def test_sigkill_in_every_phase_loses_nothing_and_publishes_once(
     assert all(max(values) < bound for values in reclaim.values()), figures
 
 
+def stale_notices(worker: WorkerProcess) -> int:
+    """How often this worker's log says an attempt found its lease gone (at a check point, or
+    when its final commit was refused)."""
+    text = worker.log_path.read_text(errors="replace")
+    return text.count("job.lease_lost") + text.count("applied=False")
+
+
 def freeze_once(stack: Stack, point: str) -> bool:
     """SIGSTOP the worker held at `point` until another worker finished the job, then SIGCONT.
     True if anything the stale attempt did afterwards changed the job, its events or files."""
     job_id, frozen = hold(stack, point)
+    # This worker may have noticed an earlier attempt's loss: wait for one more notice.
+    noticed = stale_notices(frozen)
     os.killpg(frozen.proc.pid, signal.SIGSTOP)
     done = stack.wait_job(job_id, lambda j: j["state"] == "succeeded", "the other worker")
     before = (done, published_state(stack, job_id), stack.events(job_id))
@@ -114,9 +123,7 @@ def freeze_once(stack: Stack, point: str) -> bool:
     # The woken attempt runs on from its phase: its next fenced write is refused (a progress
     # write or its finish) and it deletes its own files.
     wait_until(
-        lambda: "job.lease_lost" in frozen.tail(200) or "applied=False" in frozen.tail(200),
-        timeout=60,
-        what="the stale attempt to notice",
+        lambda: stale_notices(frozen) > noticed, timeout=60, what="the stale attempt to notice"
     )
     time.sleep(1.0)
     after = (stack.job(job_id), published_state(stack, job_id), stack.events(job_id))
