@@ -77,3 +77,22 @@ def write_results(path: Path, result: dict[str, Any], failures: list[str]) -> No
         print("TARGETS BROKEN:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)
     print("all targets hold")
+
+
+def run_reported_job(
+    client: Any, name: str, body: dict[str, Any], poll_s: float = 5.0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Submit a job through the API (an httpx client with the key), print each new progress
+    line, and return (the job, its report) once it succeeded; raise if it did not."""
+    job = client.post("/v1/jobs", json=body).raise_for_status().json()
+    last = ""
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(poll_s)
+        job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+        line = f"{name}: {job['stage']} {job['progress']:.0f}% {job.get('progress_detail') or {}}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"{name} job ended {job['state']}: {job['error']}")
+    return job, client.get(f"/v1/jobs/{job['id']}/report").raise_for_status().json()

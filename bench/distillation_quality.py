@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from app.cli.embedded import EmbeddedStack
-from bench.common import RESULTS_DIR, write_results
+from bench.common import RESULTS_DIR, run_reported_job, write_results
 
 RESULTS = RESULTS_DIR / "distillation_quality.json"
 REFERENCE_GAP_RECOVERED = 0.77  # the plain forward-KL loop, same budget and data
@@ -71,19 +71,7 @@ def job_body(loss: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(client: httpx.Client, name: str, loss: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    job = client.post("/v1/jobs", json=job_body(loss)).raise_for_status().json()
-    last = ""
-    while job["state"] not in ("succeeded", "failed", "cancelled"):
-        time.sleep(10)
-        job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
-        detail = job.get("progress_detail") or {}
-        line = f"{name}: {job['stage']} {job['progress']:.0f}% {detail}"
-        if line != last:
-            print(line, flush=True)
-            last = line
-    if job["state"] != "succeeded":
-        raise RuntimeError(f"{name} job ended {job['state']}: {job['error']}")
-    report = client.get(f"/v1/jobs/{job['id']}/report").raise_for_status().json()
+    job, report = run_reported_job(client, name, job_body(loss), poll_s=10)
     notes = report["stages"][1]
     return {
         "job_id": job["id"],

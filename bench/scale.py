@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from app.cli.embedded import EmbeddedStack
-from bench.common import RESULTS_DIR, write_results
+from bench.common import RESULTS_DIR, run_reported_job, write_results
 from bench.distillation_quality import free_port
 
 RESULTS = RESULTS_DIR / "scale.json"
@@ -98,18 +98,7 @@ def job_body(name: str) -> dict[str, Any]:
 
 def run_job(client: httpx.Client, name: str) -> dict[str, Any]:
     started = time.perf_counter()
-    job = client.post("/v1/jobs", json=job_body(name)).raise_for_status().json()
-    last = ""
-    while job["state"] not in ("succeeded", "failed", "cancelled"):
-        time.sleep(5)
-        job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
-        line = f"{name}: {job['stage']} {job['progress']:.0f}% {job.get('progress_detail') or ''}"
-        if line != last:
-            print(line, flush=True)
-            last = line
-    if job["state"] != "succeeded":
-        raise RuntimeError(f"{name} job ended {job['state']}: {job['error']}")
-    report = client.get(f"/v1/jobs/{job['id']}/report").raise_for_status().json()
+    job, report = run_reported_job(client, name, job_body(name), poll_s=5)
     phases = report["memory"]["phases"]
     return {
         "job_id": job["id"],
