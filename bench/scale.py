@@ -54,24 +54,11 @@ def build_model(target: Path) -> tuple[int, int]:
     """Random weights in bfloat16 with a BPE tokenizer trained on the built-in corpus.
     Returns (parameters, bytes of the saved safetensors)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workers.models.datasets import builtin_text
+    from tests.support.tiny_model import train_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=4096,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([builtin_text("pydoc-topics")], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
+    fast = train_tokenizer(4096)
     torch.manual_seed(0)
     config = LlamaConfig(
         **SHAPE, max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
-    import torch
+def train_tokenizer(vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on the built-in corpus (also bench/scale.py's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from workers.models.datasets import builtin_text
 
@@ -22,9 +23,16 @@ def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> P
         show_progress=False,
     )
     tokenizer.train_from_iterator([builtin_text("pydoc-topics")], trainer)
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )
+
+
+def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = train_tokenizer(vocab_size)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=fast.vocab_size,
