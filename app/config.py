@@ -6,8 +6,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerPool(BaseModel):
+    """Workers that consume one queue on one kind of machine (app/planning/pools.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", examples=["gpu-24g"])
+    device: Literal["cpu", "gpu"]
+    # What one job may use there; None = unknown (the plan never refuses on it).
+    device_memory_bytes: int | None = Field(default=None, gt=0)
+    host_memory_bytes: int | None = Field(default=None, gt=0)
+
+
+DEFAULT_POOLS = (WorkerPool(queue="gpu", device="gpu"), WorkerPool(queue="cpu", device="cpu"))
 
 
 class Settings(BaseSettings):
@@ -58,6 +73,14 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     presign_expiry_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     default_device: Literal["cpu", "gpu"] = "gpu"
+    # Worker pools by device and memory, as JSON: '[{"queue": "gpu-24g", "device": "gpu",
+    # "device_memory_bytes": 24e9, "host_memory_bytes": 64e9}, ...]'. A job goes to the smallest
+    # pool of its device whose memory fits its plan, or is refused (422) when none does.
+    worker_pools: tuple[WorkerPool, ...] = Field(default=DEFAULT_POOLS, min_length=1)
+    # The memory this worker gives one job (its pool's figures); None = measured when the job
+    # starts (free host memory, free GPU memory).
+    worker_host_memory_bytes: int | None = Field(default=None, gt=0)
+    worker_device_memory_bytes: int | None = Field(default=None, gt=0)
 
     # Per-tenant limits (app/limits/). Token buckets: `burst` requests at once, refilled at
     # `per_minute` (0 disables); submissions have their own, stricter bucket. Active jobs are
@@ -125,6 +148,14 @@ class Settings(BaseSettings):
         if self.lease_ttl_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("LEASE_TTL_S must exceed twice HEARTBEAT_INTERVAL_S")
         return self
+
+    @field_validator("worker_pools")
+    @classmethod
+    def _unique_queues(cls, pools: tuple[WorkerPool, ...]) -> tuple[WorkerPool, ...]:
+        names = [pool.queue for pool in pools]
+        if len(set(names)) != len(names):
+            raise ValueError("WORKER_POOLS: each pool needs its own queue name")
+        return pools
 
     @property
     def is_sqlite(self) -> bool:

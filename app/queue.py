@@ -15,11 +15,11 @@ from celery import Celery
 from app.config import Settings
 
 RUN_JOB_TASK = "squash.run_job"
-QUEUES = ("gpu", "cpu")
 
 
-def queue_for(device: str) -> str:
-    return "gpu" if device == "gpu" else "cpu"
+def pool_queues(settings: Settings) -> list[str]:
+    """Every worker pool's queue (WORKER_POOLS); a worker consumes one or more of them."""
+    return [pool.queue for pool in settings.worker_pools]
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def make_celery(settings: Settings, name: str = "squash") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_default_queue="cpu",
+        task_default_queue=pool_queues(settings)[-1],
     )
     return app
 

@@ -87,6 +87,7 @@ def run_job(client: httpx.Client, name: str) -> dict[str, Any]:
     started = time.perf_counter()
     job, report = run_reported_job(client, name, job_body(name), poll_s=5)
     phases = report["memory"]["phases"]
+    plan = report["memory"]["plan"]
     return {
         "job_id": job["id"],
         "job_seconds": round(time.perf_counter() - started, 1),
@@ -94,6 +95,9 @@ def run_job(client: httpx.Client, name: str) -> dict[str, Any]:
         "peak_reset_per_phase": report["memory"]["peak_reset_per_phase"],
         "phase_peak_rss_bytes": {k: p["peak_above_start_bytes"] for k, p in phases.items()},
         "phase_seconds": {k: report["timings_s"].get(k) for k in phases},
+        # The plan made before the weights loaded (app/planning/memory_plan.py), per phase.
+        "plan_mode": plan["mode"],
+        "phase_planned_bytes": {k: plan["phases"][k]["host_bytes"] for k in phases},
         "estimate_memory_bytes": report["estimate"]["memory_bytes"],
         "compressed_checkpoint_bytes": report["compressed"]["checkpoint_bytes"],
     }
@@ -196,6 +200,15 @@ def main() -> None:
             f"{row['library_peak_rss_bytes'] / 1e9:.2f} GB | {row['job_peak_vs_bf16']} | "
             f"{row['job_peak_vs_library']} |"
         )
+    print("\n| recipe | phase | measured peak | planned | planned/measured |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        for phase, measured in row["phase_peak_rss_bytes"].items():
+            planned = row["phase_planned_bytes"][phase]
+            print(
+                f"| {name} | {phase} | {measured / 1e9:.2f} GB | {planned / 1e9:.2f} GB | "
+                f"{planned / measured:.2f} |"
+            )
     first = rows[names[0]]
     failures = [
         f"{name}: job peak {row['job_peak_vs_bf16']}x bf16, {row['job_peak_vs_library']}x the "

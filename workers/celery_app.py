@@ -7,7 +7,7 @@ from kombu import Queue
 from app.config import get_settings
 from app.db import set_connection_budget
 from app.logging import configure_logging
-from app.queue import QUEUES, make_celery
+from app.queue import make_celery, pool_queues
 
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_json)
@@ -28,6 +28,6 @@ celery_app.conf.update(
     # the GPU time). The reaper re-sends the job once its lease expires.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_hijack_root_logger=False,
-    task_queues=[Queue(name) for name in QUEUES],
+    task_queues=[Queue(name) for name in pool_queues(settings)],
     imports=["workers.tasks"],
 )

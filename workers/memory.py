@@ -44,6 +44,7 @@ class PhaseMemory:
         self.start_rss = rss_bytes()
         self.peak_reset = True
         self.phases: dict[str, dict[str, int]] = {}
+        self.plan: dict[str, Any] | None = None  # the memory plan, beside the measured peaks
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -68,4 +69,5 @@ class PhaseMemory:
             "start_rss_bytes": self.start_rss,
             "peak_reset_per_phase": self.peak_reset,
             "phases": self.phases,
+            **({"plan": self.plan} if self.plan else {}),
         }

@@ -13,6 +13,7 @@ import httpx
 
 from app.config import Settings
 from app.db import session_scope
+from app.queue import pool_queues
 
 
 def embedded_env(data_dir: Path, port: int) -> dict[str, str]:
@@ -98,7 +99,8 @@ class EmbeddedStack:
                 str(self.port),
             ],
         )
-        self._spawn("worker", worker_command(["gpu", "cpu"]))
+        # One worker for every pool: the embedded stack is one machine.
+        self._spawn("worker", worker_command(pool_queues(Settings())))
         self._wait_ready()
         return key
 

@@ -46,7 +46,12 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 @cli.command()
-@click.option("--queues", default="gpu,cpu", show_default=True)
+@click.option(
+    "--queues",
+    default="gpu,cpu",
+    show_default=True,
+    help="comma-separated pool queues (WORKER_POOLS), e.g. gpu-24g",
+)
 @click.option("--concurrency", default=1, show_default=True, help="jobs at once (one per GPU)")
 def worker(queues: str, concurrency: int) -> None:
     """Run a Celery worker (one job per process, fresh process per job)."""

@@ -61,11 +61,16 @@ def add_attempt_event(
     return True
 
 
-def insert_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
+def insert_job(
+    session: Session, job: Job, labels: dict[str, str], plan: dict[str, Any] | None = None
+) -> Job:
+    """The new job and its first event, which names the pool it was routed to and the memory
+    plan that chose it (None: the model's size was not readable at submission)."""
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted(labels.items())]
     session.add(job)
     session.flush()
-    add_event(session, job.id, "state", "job accepted", state=job.state)
+    routed = {"queue": job.queue, "memory_plan": plan}
+    add_event(session, job.id, "state", "job accepted", state=job.state, data=routed)
     return job
 
 
@@ -85,7 +90,7 @@ def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = N
 # request here; this prepared statement on a psycopg pool costs ~0.4 ms (bench/status_load.py).
 # Postgres only; the integration tests read every job through it.
 JOB_STATUS_SQL = """
-SELECT j.id, j.state, j.device, j.priority, j.stage, j.progress, j.progress_detail,
+SELECT j.id, j.state, j.device, j.queue, j.priority, j.stage, j.progress, j.progress_detail,
        j.attempts, j.max_attempts,
        j.error_code, j.error_message, j.metrics, j.created_at, j.updated_at, j.started_at,
        j.finished_at, j.webhook_url,

@@ -211,6 +211,10 @@ class JobRead(BaseModel):
     id: uuid.UUID
     state: JobState
     device: str
+    queue: str = Field(
+        description="The worker pool it was sent to: the smallest of its device whose memory "
+        "fits the job's plan (the plan is in the job's first event)"
+    )
     priority: int
     labels: dict[str, str]
     model: dict[str, Any]

@@ -20,7 +20,7 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead, JobSpec
 from app.jobs.state import TERMINAL, JobState
 from app.json_paths import walk
-from app.queue import queue_for
+from app.planning.submission import route_submission
 from app.recipes import BUILTIN_SHAPES, Stage, validate_recipe
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
@@ -54,11 +54,12 @@ def create_job(
     device = body.device or settings.default_device
     # The recipe with every default filled in: what the worker runs.
     spec = JobSpec.of_request(body, [stage.as_json() for stage in stages])
+    routing = route_submission(spec, [stage.params for stage in stages], device, settings)
     job = Job(
         tenant_id=tenant_id,
         state=JobState.QUEUED.value,
         device=device,
-        queue=queue_for(device),
+        queue=routing.queue,
         priority=body.priority,
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
@@ -66,13 +67,14 @@ def create_job(
         max_attempts=settings.max_attempts,
         webhook_url=body.webhook_url,
     )
+    plan = routing.plan.as_json() if routing.plan else None
     if not idempotency_key:
-        return repository.insert_job(session, job, body.labels), True
+        return repository.insert_job(session, job, body.labels, plan), True
     try:
         # A savepoint only where a concurrent duplicate can collide (two round trips saved
         # on every submission without a key).
         with session.begin_nested():
-            repository.insert_job(session, job, body.labels)
+            repository.insert_job(session, job, body.labels, plan)
     except IntegrityError:
         # A concurrent request with the same key won the insert; answer with its job.
         existing = repository.get_job_by_idempotency_key(session, tenant_id, idempotency_key)
@@ -248,6 +250,7 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
         id=job.id,
         state=JobState(job.state),
         device=job.device,
+        queue=job.queue,
         priority=job.priority,
         labels=labels if labels is not None else {lab.key: lab.value for lab in job.labels},
         model=job.spec["model"],

@@ -6,9 +6,15 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.recipes.cost import StageCost
+
 
 class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def cost(self) -> StageCost:
+        """The stage's work beyond holding the model (default: none, e.g. RTN, magnitude)."""
+        return StageCost()
 
 
 def check_patterns(patterns: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from app.recipes.common import MethodParams, check_patterns
+from app.recipes.cost import StageCost
 from app.recipes.pruning import StructuredParams
 from app.sources import BuiltinDataset, DatasetSource, ModelSource
 
@@ -157,3 +158,13 @@ class DistillParams(MethodParams):
     @property
     def beta_for_loss(self) -> float:
         return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(self.loss, self.beta)
+
+    def cost(self) -> StageCost:
+        # Calibration only to choose what a derived student drops; training reads `dataset`.
+        micro = self.batch_size * self.seq_length
+        return StageCost(
+            calibration_passes=1.0 if isinstance(self.student, DerivedStudent) else 0.0,
+            training_tokens=self.max_steps * self.grad_accum * micro,
+            micro_batch_tokens=micro,
+            max_seconds=self.max_seconds,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from app.recipes.common import LayerTargets
+from app.recipes.cost import StageCost
 
 
 class LowRankParams(LayerTargets):
@@ -51,3 +52,6 @@ class LowRankParams(LayerTargets):
         else:
             rank = (self.rank_ratio or 0) * min(out_features, in_features)
         return max(self.rank_multiple, int(rank) // self.rank_multiple * self.rank_multiple)
+
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=1.0, hessians=True)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from app.recipes.common import LayerTargets, MethodParams
+from app.recipes.cost import StageCost
 
 NM_RE = re.compile(r"^(\d+):(\d+)$")
 MAX_M = 64
@@ -93,6 +94,9 @@ class WandaParams(SparsityParams):
     Example stage: `{"method": "wanda", "params": {"mask_structure": "2:4"}}`.
     """
 
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=2.0)
+
 
 class SparseGptParams(SparsityParams):
     """SparseGPT: one-shot pruning that updates the remaining weights of each layer to cancel
@@ -105,6 +109,9 @@ class SparseGptParams(SparsityParams):
         default=0.01, gt=0, lt=1, description="Fraction of the mean Hessian diagonal added"
     )
     block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
+
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=2.0, hessians=True)
 
 
 class StructuredParams(MethodParams):
@@ -153,3 +160,6 @@ class StructuredParams(MethodParams):
         """MLP channels kept per layer (the worker and the submission check share this)."""
         kept = int(intermediate_size * (1 - self.mlp_channels))
         return max(self.channel_multiple, kept // self.channel_multiple * self.channel_multiple)
+
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=1.0)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from app.recipes.common import LayerTargets, MethodParams, check_patterns, check_power_of_two
+from app.recipes.cost import StageCost
 
 IntBits = Literal[2, 3, 4, 8]
 MAX_OVERRIDES = 32
@@ -99,6 +100,9 @@ class GptqParams(WeightQuantParams):
     )
     block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
 
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=2.0, hessians=True)
+
 
 class AwqParams(WeightQuantParams):
     """AWQ: activation-aware weight quantization. Scales salient input channels (found from
@@ -117,6 +121,9 @@ class AwqParams(WeightQuantParams):
     )
     n_grid: int = Field(default=20, ge=1, le=100, description="Scale exponents searched per layer")
 
+    def cost(self) -> StageCost:
+        return StageCost(calibration_passes=2.0 + self.n_grid)  # one block forward per grid point
+
 
 class W8A8Params(LayerTargets):
     """SmoothQuant + INT8 W8A8: migrate activation outliers into the weights (per-channel
@@ -132,6 +139,10 @@ class W8A8Params(LayerTargets):
     weight_method: Literal["gptq", "rtn"] = Field(
         default="gptq", description="How the INT8 weights are rounded after smoothing"
     )
+
+    def cost(self) -> StageCost:
+        smoothing = 1.0 if self.smoothing_strength > 0 else 0.0
+        return StageCost(calibration_passes=2.0 + smoothing, hessians=self.weight_method == "gptq")
 
 
 class Fp8Params(LayerTargets):
@@ -149,6 +160,10 @@ class Fp8Params(LayerTargets):
         description="Per-token dynamic or calibrated per-tensor activation scales",
     )
     kv_cache: bool = Field(default=False, description="Also quantize the KV cache to FP8")
+
+    def cost(self) -> StageCost:
+        calibrated = self.activations == "static" or self.kv_cache
+        return StageCost(calibration_passes=2.0 if calibrated else 0.0)
 
 
 class TernaryParams(LayerTargets):

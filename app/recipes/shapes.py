@@ -5,6 +5,9 @@ after the model loads, with the same messages."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from app.planning.model_facts import ModelFacts, facts_from_config
 
 
 @dataclass(frozen=True)
@@ -23,14 +26,38 @@ class ModelShape:
             {self.hidden_size, self.num_attention_heads * self.head_dim, self.intermediate_size}
         )
 
+    @classmethod
+    def of(cls, facts: ModelFacts) -> ModelShape:
+        return cls(
+            hidden_size=facts.hidden_size,
+            intermediate_size=facts.intermediate_size,
+            num_hidden_layers=facts.num_hidden_layers,
+            num_attention_heads=facts.num_attention_heads,
+            num_key_value_heads=facts.num_key_value_heads,
+            head_dim=facts.head_dim,
+        )
 
-BUILTIN_SHAPES = {
-    "smollm2-135m-instruct": ModelShape(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-    )
+
+# The built-in models' config.json (the sizes that matter here). Stored in float32 on the
+# worker: the GGUF file is dequantized once (workers/models/sources.py).
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "smollm2-135m-instruct": {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
 }
+
+
+def builtin_facts(name: str) -> ModelFacts:
+    return facts_from_config(BUILTIN_CONFIGS[name])
+
+
+BUILTIN_SHAPES = {name: ModelShape.of(builtin_facts(name)) for name in BUILTIN_CONFIGS}

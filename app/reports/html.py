@@ -290,22 +290,36 @@ def layer_error_section(errors: LayerError | None) -> str:
 
 
 def memory_table(report: Report) -> str:
-    """Each phase's time and measured peak memory, beside the estimate."""
+    """Each phase's time and measured peak memory, beside the plan made before loading."""
     memory = report.memory
     if memory is None or not memory.phases:
         return ""
+    plan = memory.plan
+    gpu = plan is not None and plan.device == "gpu"
     parts = ["<h2>Time and memory by phase</h2><table><tr><th>phase</th><th>seconds</th>"]
-    parts.append("<th>peak RSS above the job's start</th><th>CUDA peak</th></tr>")
+    parts.append("<th>peak RSS above the job's start</th><th>planned</th><th>CUDA peak</th>")
+    parts.append("<th>planned (GPU)</th></tr>" if gpu else "</tr>")
     for name, figures in memory.phases.items():
         parts.append(f"<tr><td>{escape(name)}</td>")
         parts.append(cell(f"timings_s/{name}", report.timings_s.get(name)))
         key = f"memory/phases/{name}"
+        planned = plan.phases.get(name) if plan else None
         parts.append(cell(f"{key}/peak_above_start_bytes", figures.peak_above_start_bytes, "bytes"))
-        parts.append(cell(f"{key}/cuda_peak_bytes", figures.cuda_peak_bytes, "bytes") + "</tr>")
+        host = planned.host_bytes if planned else None
+        parts.append(cell(f"memory/plan/phases/{name}/host_bytes", host, "bytes"))
+        parts.append(cell(f"{key}/cuda_peak_bytes", figures.cuda_peak_bytes, "bytes"))
+        if gpu:
+            device = planned.device_bytes if planned else None
+            parts.append(cell(f"memory/plan/phases/{name}/device_bytes", device, "bytes"))
+        parts.append("</tr>")
     parts.append("</table>")
-    estimate = fmt(report.estimate.memory_bytes, "bytes")
     reset = "" if memory.peak_reset_per_phase else " (peaks could not be reset between phases)"
-    parts.append(f'<p class="muted">The estimate before loading: {estimate}{reset}.</p>')
+    budget = fmt(report.estimate.available_bytes, "bytes")
+    mode = f"mode {escape(plan.mode)}, " if plan else ""
+    parts.append(
+        f'<p class="muted">Planned before the weights loaded ({mode}checked against {budget})'
+        f"{reset}.</p>"
+    )
     return "".join(parts)
 
 

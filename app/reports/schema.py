@@ -155,8 +155,28 @@ class PhaseMemoryFigures(_Model):
     cuda_peak_bytes: int | None = Field(default=None, description="torch.cuda.max_memory_allocated")
 
 
+class PlannedPhase(_Model):
+    host_bytes: int
+    device_bytes: int
+
+
+class MemoryPlanFigures(_Model):
+    """The memory plan made before the weights loaded (app/planning/memory_plan.py)."""
+
+    mode: str = Field(description="how the model is held: in_memory")
+    device: str
+    fits: bool
+    shortfall: str | None
+    host_peak_bytes: int
+    device_peak_bytes: int
+    host_budget_bytes: int | None
+    device_budget_bytes: int | None
+    phases: dict[str, PlannedPhase] = Field(description="bytes above the post-import RSS")
+    model: dict[str, Any] = Field(description="the sizes the plan read: parameters, bytes, ...")
+
+
 class MemoryFigures(_Model):
-    """Measured peak memory per phase, beside the estimate's `memory_bytes` (the plan)."""
+    """Measured peak memory per phase, beside the plan made before the weights loaded."""
 
     start_rss_bytes: int
     peak_reset_per_phase: bool = Field(
@@ -164,11 +184,12 @@ class MemoryFigures(_Model):
         "then the process's peak so far"
     )
     phases: dict[str, PhaseMemoryFigures]
+    plan: MemoryPlanFigures | None = None
 
 
 class Estimate(_Model):
-    memory_bytes: int
-    available_bytes: int | None
+    memory_bytes: int | None = Field(description="the memory plan's peak on the job's device")
+    available_bytes: int | None = Field(description="the memory the plan was checked against")
     seconds: float
     device_gflops: float
     breakdown_s: dict[str, float]

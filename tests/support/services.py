@@ -65,6 +65,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build the same Settings."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue  # unset: the child's default (None) too
         env[name.upper()] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return env
 

@@ -16,11 +16,12 @@ from workers.job.compress import compress
 from workers.job.data import prepare_data
 from workers.job.environment import pick_device
 from workers.job.evaluate import measure_original
+from workers.job.plan import plan_job
 from workers.job.publish import finish
 from workers.job.report import common_fields, compress_report, evaluate_report
 from workers.job.resources import estimate_resources
 from workers.job.run import JobRun
-from workers.job.source import open_source
+from workers.job.source import fetch_source, open_source
 from workers.job.spec import read_spec
 from workers.memory import PhaseMemory
 from workers.methods.recipe import preflight
@@ -37,7 +38,10 @@ def execute(
     scratch.mkdir(parents=True, exist_ok=True)
     ctx.progress("resolve", progress.RESOLVE_STARTED)
     with ctx.timed("resolve"):
-        source = open_source(ctx, job.spec.model, device, scratch)
+        resolved = fetch_source(ctx, job.spec.model, scratch)
+        memory_plan = plan_job(ctx, job, resolved.path, device)
+        ctx.memory.plan = memory_plan.as_json()
+        source = open_source(resolved, device)
     ctx.fault_point("model_load")
     architecture = source.resolved.provenance.get("architecture")
     ctx.event("info", f"model loaded on {source.device}", {"architecture": architecture})
@@ -51,7 +55,7 @@ def execute(
         evaluation, data.eval_ids, data.task_files, job.spec.seed, offline=ctx.settings.hf_offline
     )
     run = JobRun(ctx, job, source, data, plan, scratch)
-    estimate = estimate_resources(run)
+    estimate = estimate_resources(run, memory_plan)
     original = measure_original(run)
     common = common_fields(run, estimate)
 

@@ -1,21 +1,17 @@
-"""The job's estimate (time and memory) and the memory gate before any heavy work."""
+"""The job's time estimate, beside its memory plan (`workers/job/plan.py`), in the events and
+the report."""
 
 from __future__ import annotations
 
-from app.jobs.state import ErrorCode
-from workers.context import JobContext
-from workers.errors import JobFailure
+from app.planning.memory_plan import MemoryPlan
 from workers.job.run import JobRun
 from workers.methods.estimate import Estimate, estimate_job
 from workers.methods.shared.storage_dtype import compute_dtype
 
-# The memory estimate is first-order: refuse only when it exceeds what is free by this factor.
-MEMORY_REFUSE_FACTOR = 1.5
 
-
-def estimate_resources(run: JobRun) -> Estimate:
-    """Estimate, record it in the job's events, and refuse a job that clearly cannot fit."""
+def estimate_resources(run: JobRun, memory_plan: MemoryPlan) -> Estimate:
     ctx, source, job, data = run.ctx, run.source, run.job, run.data
+    gpu = memory_plan.device == "gpu"
     estimate = estimate_job(
         source.model,
         job.stages,
@@ -25,23 +21,8 @@ def estimate_resources(run: JobRun) -> Estimate:
         evaluate_original=job.spec.evaluation.compare_original or job.evaluate_only,
         device=source.device,
         dtype=compute_dtype(source.device),
+        memory_bytes=memory_plan.device_peak_bytes if gpu else memory_plan.host_peak_bytes,
+        available_bytes=memory_plan.budget.device_bytes if gpu else memory_plan.budget.host_bytes,
     )
     ctx.event("info", "estimated resources", estimate.as_json())
-    check_memory(ctx, estimate)
     return estimate
-
-
-def check_memory(ctx: JobContext, estimate: Estimate) -> None:
-    """Refuse a job that clearly cannot fit (the estimate is first-order: warn when close)."""
-    if not estimate.available_bytes:
-        return
-    needed, available = estimate.memory_bytes / 2**30, estimate.available_bytes / 2**30
-    if needed > MEMORY_REFUSE_FACTOR * available:
-        raise JobFailure(
-            ErrorCode.UNSUPPORTED,
-            f"the job needs about {needed:.1f} GiB on this device, which has {available:.1f} GiB "
-            "available: use a worker with more memory, fewer calibration samples or a shorter "
-            "max_seq_length",
-        )
-    if needed > available:
-        ctx.warn(f"the job may need {needed:.1f} GiB; the device has {available:.1f} GiB free")

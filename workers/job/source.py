@@ -32,11 +32,15 @@ class Source:
         del self.model
 
 
-def open_source(ctx: JobContext, model: ModelSource, device: torch.device, scratch: Path) -> Source:
-    """Fetch the model (and its tokenizer) and load it on the job's device."""
+def fetch_source(ctx: JobContext, model: ModelSource, scratch: Path) -> ResolvedModel:
+    """The model's files in a local directory (downloaded, or converted from GGUF)."""
+    return resolve_model(model.model_dump(mode="json"), ctx.settings, scratch)
+
+
+def open_source(resolved: ResolvedModel, device: torch.device) -> Source:
+    """Load the fetched model (and its tokenizer) on the job's device."""
     from transformers import AutoTokenizer
 
-    resolved = resolve_model(model.model_dump(mode="json"), ctx.settings, scratch)
     tokenizer = AutoTokenizer.from_pretrained(
         str(resolved.path), trust_remote_code=trust_remote_code()
     )

@@ -53,21 +53,11 @@ class StageResult:
 class CompressionMethod(ABC, Generic[P]):
     name: ClassVar[str]
     params_type: type[P]
-    uses_calibration: ClassVar[bool] = False
 
     def needs_calibration(self, params: P) -> bool:
-        """Whether this stage reads the job's calibration samples (some do only for some params)."""
-        return self.uses_calibration
-
-    def calibration_cost(self, params: P) -> tuple[float, bool]:
-        """For the job estimate: (forward passes over the calibration set, whether each
-        linear's input Hessian is accumulated)."""
-        return (2.0 if self.needs_calibration(params) else 0.0), False
-
-    def training_cost(self, params: P) -> tuple[int, int, float | None]:
-        """For the job estimate, stages that train: (tokens trained, tokens per micro-batch,
-        wall-clock cap in seconds or None)."""
-        return 0, 0, None
+        """Whether this stage reads the job's calibration samples (the params' cost says:
+        `app/recipes/cost.py`, shared with the estimate and the memory plan)."""
+        return params.cost().calibrated
 
     def preflight(self, model: torch.nn.Module, params: P) -> list[str]:
         """Reject impossible settings before heavy work (raise JobFailure); return warnings."""

@@ -1,8 +1,9 @@
-"""Before a job starts: how much memory and time it will need on this worker's device.
+"""Before a job starts: how long it will take on this worker's device. (Its memory is the
+plan's: `app/planning/memory_plan.py`, computed before the weights load.)
 
 A first-order model, not a promise. Time = floating-point work / the matmul rate this device
 reaches right now (probed with a few seconds' worth of float32/bfloat16 GEMMs, so a busy or slow
-machine estimates slower). Work counted:
+machine estimates slower). Work counted, from each stage's cost (`app/recipes/cost.py`):
 - evaluation: a forward pass over the evaluation tokens, for the original and the compressed
   model (2 x non-embedding parameters x tokens, plus the lm_head);
 - calibrated stages: llm-compressor's sequential pipeline runs every decoder layer twice per
@@ -11,10 +12,6 @@ machine estimates slower). Work counted:
 - training stages (distill): per trained token a teacher forward and a student forward and
   backward (~3 forwards), i.e. 4 forwards, capped by the stage's wall-clock budget (GKD's
   sampling is not counted).
-Memory = the model in the compute dtype, a second copy while the artifact is saved and
-reloaded, the calibration activations cached between layers, one layer's Hessians, and one
-sample's attention and MLP activations; a training stage adds the student's float32 weights,
-gradients and AdamW moments (4 copies) and one micro-batch's logits for both models.
 
 The report puts the estimate beside the measured timings, so its error is visible per job.
 """
@@ -29,7 +26,6 @@ from typing import Any
 import torch
 
 from app.recipes import MethodParams
-from workers.methods.catalog import get_method
 from workers.models.hf import hf_config
 
 PROBE_SIZE = 512
@@ -43,7 +39,7 @@ EFFICIENCY = 0.5
 
 @dataclass(frozen=True)
 class Estimate:
-    memory_bytes: int
+    memory_bytes: int | None
     available_bytes: int | None
     seconds: float
     device_gflops: float
@@ -95,17 +91,16 @@ def estimate_job(
     evaluate_original: bool,
     device: torch.device,
     dtype: torch.dtype,
+    memory_bytes: int | None = None,
+    available_bytes: int | None = None,
 ) -> Estimate:
+    """The job's time; `memory_bytes` / `available_bytes` are the memory plan's peak and
+    budget, carried into the report beside it."""
     config = hf_config(model)
     hidden = int(config.hidden_size)
-    layers = int(getattr(config, "num_hidden_layers", 1))
-    heads = int(getattr(config, "num_attention_heads", 1))
-    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
     vocab = int(getattr(config, "vocab_size", 0))
     linears = _decoder_linears(model)
     body_params = sum(m.weight.numel() for m in linears)
-    params = sum(p.numel() for p in model.parameters())
-    element = torch.finfo(dtype).bits // 8
     rate = EFFICIENCY * matmul_flops_per_second(device, dtype)
 
     def forward_flops(tokens: int) -> float:
@@ -116,40 +111,22 @@ def estimate_job(
     breakdown["evaluate"] = forward_flops(eval_tokens) * passes / rate
 
     calibration_tokens = calibration_samples * calibration_length
-    calibrated = False
-    training_bytes = 0
     for index, (name, stage_params) in enumerate(stages):
-        method = get_method(name)
+        cost = stage_params.cost()
         seconds = 0.0
-        passes_over_data, hessians = method.calibration_cost(stage_params)
-        if passes_over_data:
-            calibrated = True
-            work = passes_over_data * 2.0 * body_params * calibration_tokens
-            if hessians:
+        if cost.calibrated:
+            work = cost.calibration_passes * 2.0 * body_params * calibration_tokens
+            if cost.hessians:
                 work += sum(2.0 * calibration_tokens * m.in_features**2 for m in linears)
             seconds += work / rate
-        tokens, micro_tokens, cap = method.training_cost(stage_params)
-        if tokens:
-            training = 4 * forward_flops(tokens) / rate
-            seconds += min(training, cap) if cap else training
-            # 4 float32 copies of the student, 4 float32 logit-sized tensors per model (logits,
-            # log-softmax, the divergence and its gradient), activations kept for backward.
-            activations = micro_tokens * (layers * (intermediate * 3 + hidden * 6) + 8 * vocab) * 4
-            training_bytes = max(training_bytes, params * 4 * 4 + activations)
+        if cost.trains:
+            training = 4 * forward_flops(cost.training_tokens) / rate
+            seconds += min(training, cost.max_seconds) if cost.max_seconds else training
         if seconds:
             breakdown[f"stage_{index}_{name}"] = seconds
-    cache_bytes = calibration_tokens * hidden * element * 2 if calibrated else 0
-    hessian_bytes = (
-        sum(4 * m.in_features**2 for m in linears) // max(layers, 1) if calibrated else 0
-    )
-    longest = max(calibration_length if calibrated else 0, 512)
-    sample_bytes = longest * (intermediate * 3 + hidden * 4) * element + (
-        heads * longest**2 * element
-    )
-    memory = params * element * 2 + cache_bytes + hessian_bytes + sample_bytes + training_bytes
     return Estimate(
-        memory_bytes=int(memory),
-        available_bytes=available_memory(device),
+        memory_bytes=memory_bytes,
+        available_bytes=available_bytes,
         seconds=round(sum(breakdown.values()), 3),
         device_gflops=round(rate / EFFICIENCY / 1e9, 1),
         breakdown_s={k: round(v, 3) for k, v in breakdown.items()},

@@ -37,18 +37,6 @@ class Distill(CompressionMethod[DistillParams]):
     name = "distill"
     params_type = DistillParams
 
-    def needs_calibration(self, params: DistillParams) -> bool:
-        # Only to choose which layers/channels a derived student drops; training reads
-        # params.dataset.
-        return isinstance(params.student, DerivedStudent)
-
-    def calibration_cost(self, params: DistillParams) -> tuple[float, bool]:
-        return (1.0 if self.needs_calibration(params) else 0.0), False
-
-    def training_cost(self, params: DistillParams) -> tuple[int, int, float | None]:
-        micro = params.batch_size * params.seq_length
-        return params.max_steps * params.grad_accum * micro, micro, params.max_seconds
-
     def preflight(self, model: torch.nn.Module, params: DistillParams) -> list[str]:
         if isinstance(params.student, DerivedStudent):
             check_architecture(model, params.student.structured)

@@ -108,10 +108,6 @@ def factorize(
 class LowRank(CompressionMethod[LowRankParams]):
     name = "low_rank"
     params_type = LowRankParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: LowRankParams) -> tuple[float, bool]:
-        return 1.0, True
 
     def preflight(self, model: torch.nn.Module, params: LowRankParams) -> list[str]:
         require_layers(self.name, model, params)

@@ -13,10 +13,6 @@ from workers.methods.pruning.common import SparsityMethod
 class SparseGpt(SparsityMethod[SparseGptParams]):
     name = "sparsegpt"
     params_type = SparseGptParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: SparseGptParams) -> tuple[float, bool]:
-        return 2.0, True
 
     def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:
         from llmcompressor.modifiers.pruning import SparseGPTModifier

@@ -31,10 +31,6 @@ from workers.methods.shared.structured_pruning import (
 class Structured(CompressionMethod[StructuredParams]):
     name = "structured"
     params_type = StructuredParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: StructuredParams) -> tuple[float, bool]:
-        return 1.0, False
 
     def preflight(self, model: torch.nn.Module, params: StructuredParams) -> list[str]:
         check_architecture(model, params)

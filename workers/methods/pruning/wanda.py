@@ -12,10 +12,6 @@ from workers.methods.pruning.common import SparsityMethod
 class Wanda(SparsityMethod[WandaParams]):
     name = "wanda"
     params_type = WandaParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: WandaParams) -> tuple[float, bool]:
-        return 2.0, False
 
     def apply(self, stage: StageInput, params: WandaParams) -> StageResult:
         from llmcompressor.modifiers.pruning import WandaPruningModifier

@@ -88,10 +88,6 @@ def recording_awq_modifier(**kwargs: Any) -> Any:
 class Awq(CompressionMethod[AwqParams]):
     name = "awq"
     params_type = AwqParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: AwqParams) -> tuple[float, bool]:
-        return 2.0 + params.n_grid, False  # one block forward per grid point
 
     def preflight(self, model: torch.nn.Module, params: AwqParams) -> list[str]:
         from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY

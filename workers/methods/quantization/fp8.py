@@ -29,9 +29,6 @@ class Fp8(CompressionMethod[Fp8Params]):
     name = "fp8"
     params_type = Fp8Params
 
-    def needs_calibration(self, params: Fp8Params) -> bool:
-        return params.activations == "static" or params.kv_cache
-
     def preflight(self, model: torch.nn.Module, params: Fp8Params) -> list[str]:
         require_layers(self.name, model, params)
         return [f"fp8: {SERVING_NOTE}"]

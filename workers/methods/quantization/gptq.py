@@ -22,10 +22,6 @@ from workers.methods.shared.calibration import oneshot_calibrated, require_calib
 class Gptq(CompressionMethod[GptqParams]):
     name = "gptq"
     params_type = GptqParams
-    uses_calibration = True
-
-    def calibration_cost(self, params: GptqParams) -> tuple[float, bool]:
-        return 2.0, True  # sequential pipeline: calibrate + propagate each layer
 
     def preflight(self, model: torch.nn.Module, params: GptqParams) -> list[str]:
         return preflight_weight_quant(self.name, model, params)

@@ -26,11 +26,6 @@ from workers.methods.shared.layers import require_layers
 class W8A8(CompressionMethod[W8A8Params]):
     name = "w8a8"
     params_type = W8A8Params
-    uses_calibration = True
-
-    def calibration_cost(self, params: W8A8Params) -> tuple[float, bool]:
-        smoothing = 1.0 if params.smoothing_strength > 0 else 0.0
-        return 2.0 + smoothing, params.weight_method == "gptq"
 
     def preflight(self, model: torch.nn.Module, params: W8A8Params) -> list[str]:
         from llmcompressor.modifiers.transform.smoothquant.utils import MAPPINGS_REGISTRY

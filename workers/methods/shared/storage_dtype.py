@@ -24,9 +24,12 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 @torch.no_grad()
 def cast_for_storage(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    """In place, one layer at a time: each quantized weight is replaced by its exact float32
+    value as soon as it is computed (holding them all until the end doubled the save phase's
+    peak: 9.9 GB for a 1.1B model in float32), then every other floating tensor is cast."""
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
 
-    exact: dict[torch.nn.Module, torch.Tensor] = {}
+    on_grid: set[int] = set()
     for module in model.modules():
         scheme = getattr(module, "quantization_scheme", None)
         scale = getattr(module, "weight_scale", None)
@@ -35,13 +38,14 @@ def cast_for_storage(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16
         scale.data = scale.data.to(dtype).float()
         zero_point = getattr(module, "weight_zero_point", None)
         global_scale = getattr(module, "weight_global_scale", None)
-        exact[module] = fake_quantize(
+        module.weight.data = fake_quantize(
             module.weight.data.float(),
             scale.data,
             zero_point.data if zero_point is not None else None,
             scheme.weights,
             global_scale=global_scale.data.float() if global_scale is not None else None,
         )
-    model.to(dtype)
-    for module, weight in exact.items():
-        module.weight.data = weight
+        on_grid.add(id(module.weight))
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point() and id(tensor) not in on_grid and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)

@@ -1,0 +1,28 @@
+"""What a stage costs beyond holding the model: read by the worker's time estimate
+(`workers/methods/estimate.py`) and by the memory plan (`app/planning/`), in the API and the
+worker alike, so both count the same work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageCost:
+    # Forward passes over the calibration set (llm-compressor's sequential pipeline runs every
+    # decoder layer twice per sample: calibrate, then propagate); 0 = reads no calibration data.
+    calibration_passes: float = 0.0
+    # Whether each linear's input Hessian (in x in, float32) is accumulated, one layer at a time.
+    hessians: bool = False
+    # Stages that train: tokens trained, tokens per micro-batch, wall-clock cap (s) or None.
+    training_tokens: int = 0
+    micro_batch_tokens: int = 0
+    max_seconds: float | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration_passes > 0
+
+    @property
+    def trains(self) -> bool:
+        return self.training_tokens > 0

@@ -1,0 +1,97 @@
+"""Routing by size through the API: each job goes to the smallest declared pool whose memory
+fits its plan (read from the model's config.json and headers), or is refused with the figures.
+The 8B and 70B models are config files only: the API plans from them without any weight."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings, WorkerPool
+from app.main import create_app
+from tests.support.jobs import tiny_job
+
+CONFIGS = Path(__file__).parent.parent / "data" / "configs"
+GB = 10**9
+POOLS = (
+    WorkerPool(queue="cpu-4g", device="cpu", host_memory_bytes=4 * GB),
+    WorkerPool(queue="cpu-64g", device="cpu", host_memory_bytes=64 * GB),
+    WorkerPool(queue="gpu-80g", device="gpu", device_memory_bytes=80 * GB),
+    WorkerPool(queue="gpu-24g", device="gpu", device_memory_bytes=24 * GB),
+)
+
+
+@pytest.fixture(scope="module")
+def pooled_api(settings: Settings, models_root: Path) -> Iterator[TestClient]:
+    for name in ("llama-3.1-8b", "llama-3.1-70b"):
+        folder = models_root / f"config-only-{name}"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(CONFIGS / f"{name}.json", folder / "config.json")
+    # Only the API: nobody consumes these queues, so every job stays queued where it was sent.
+    quiet = {"reaper_enabled": False, "webhook_dispatch_enabled": False, "worker_pools": POOLS}
+    with TestClient(create_app(settings.model_copy(update=quiet))) as client:
+        yield client
+
+
+@pytest.fixture
+def auth(make_key: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key()}"}
+
+
+def submit(api: TestClient, auth: dict[str, str], **overrides: Any) -> dict[str, Any]:
+    response = api.post("/v1/jobs", json=tiny_job(**overrides), headers=auth)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def gptq(path: str, device: str) -> dict[str, Any]:
+    return {
+        "model": {"kind": "local", "path": path},
+        "recipe": [{"method": "gptq", "params": {"bits": 4, "group_size": 128}}],
+        "device": device,
+    }
+
+
+def test_jobs_go_to_the_smallest_pool_that_fits(
+    pooled_api: TestClient, auth: dict[str, str]
+) -> None:
+    tiny = submit(pooled_api, auth, device="cpu")
+    assert tiny["queue"] == "cpu-4g"
+    # Its first event holds the plan that chose the pool, from the weight files' headers.
+    events = pooled_api.get(f"/v1/jobs/{tiny['id']}/events", headers=auth).json()["items"]
+    routed = events[0]["data"]
+    assert routed["queue"] == "cpu-4g"
+    plan = routed["memory_plan"]
+    assert plan["fits"] and plan["mode"] == "in_memory" and plan["model"]["exact"]
+    assert 0 < plan["host_peak_bytes"] < 4 * GB
+    # 8B: 32 GB in float32 fits neither 4 GB of host memory nor a 24 GB GPU.
+    assert submit(pooled_api, auth, **gptq("config-only-llama-3.1-8b", "cpu"))["queue"] == (
+        "cpu-64g"
+    )
+    on_gpu = submit(pooled_api, auth, **gptq("config-only-llama-3.1-8b", "gpu"))
+    assert on_gpu["queue"] == "gpu-80g"
+    # A source the API cannot read before the worker downloads it: the device's largest pool.
+    hub = {"kind": "huggingface", "repo_id": "org/model"}
+    assert submit(pooled_api, auth, model=hub, device="gpu")["queue"] == "gpu-80g"
+
+
+def test_a_job_no_pool_can_hold_is_refused_with_the_figures(
+    pooled_api: TestClient, auth: dict[str, str]
+) -> None:
+    response = pooled_api.post(
+        "/v1/jobs", json=tiny_job(**gptq("config-only-llama-3.1-70b", "gpu")), headers=auth
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "no_pool_fits"
+    assert problem["errors"][0]["field"] == "model"
+    for pool in ("gpu-24g", "gpu-80g"):
+        assert f"{pool}: GPU memory" in problem["detail"]
+    assert "GiB planned" in problem["detail"]
+    listed = pooled_api.get("/v1/jobs", headers=auth).json()["items"]
+    assert listed == []  # nothing was stored
