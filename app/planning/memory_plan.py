@@ -93,13 +93,13 @@ class MemoryPlan:
         host, device = self.budget.host_bytes, self.budget.device_bytes
         if host is not None and self.host_peak_bytes * HEADROOM > host:
             problems.append(
-                f"host memory {_gib(self.host_peak_bytes)} GiB planned "
-                f"(+{HEADROOM - 1:.0%} headroom) > {_gib(host)} GiB"
+                f"host memory {_gib(self.host_peak_bytes)} planned "
+                f"(+{HEADROOM - 1:.0%} headroom) > {_gib(host)}"
             )
         if device is not None and self.device_peak_bytes * HEADROOM > device:
             problems.append(
-                f"GPU memory {_gib(self.device_peak_bytes)} GiB planned "
-                f"(+{HEADROOM - 1:.0%} headroom) > {_gib(device)} GiB"
+                f"GPU memory {_gib(self.device_peak_bytes)} planned "
+                f"(+{HEADROOM - 1:.0%} headroom) > {_gib(device)}"
             )
         return "; ".join(problems) or None
 
@@ -130,7 +130,10 @@ class MemoryPlan:
 
 
 def _gib(value: int) -> str:
-    return f"{value / GIB:.1f}"
+    """A size for people: GiB, or MiB below one GiB."""
+    if value >= GIB:
+        return f"{value / GIB:.1f} GiB"
+    return f"{value / 2**20:.1f} MiB"
 
 
 def evaluation_bytes(facts: ModelFacts, tokens: int, element: int) -> int:

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings, WorkerPool
 from app.main import create_app
-from tests.support.jobs import tiny_job
+from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.services import WorkerProcess
 
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 GB = 10**9
@@ -95,3 +96,25 @@ def test_a_job_no_pool_can_hold_is_refused_with_the_figures(
     assert "GiB planned" in problem["detail"]
     listed = pooled_api.get("/v1/jobs", headers=auth).json()["items"]
     assert listed == []  # nothing was stored
+
+
+def test_a_worker_refuses_before_loading_a_job_its_memory_cannot_hold(
+    pooled_api: TestClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    """The API's pool said 4 GB; this worker of that pool has 1 MB for a job (its own figure
+    wins): the job fails `unsupported` with the figures, before any weight is loaded."""
+    job = submit(pooled_api, auth, device="cpu")
+    assert job["queue"] == "cpu-4g"
+    small = settings.model_copy(update={"worker_pools": POOLS, "worker_host_memory_bytes": 2**20})
+    worker = WorkerProcess(small, tmp_path / "small-worker.log", queues="cpu-4g")
+    try:
+        done = wait_for_state(pooled_api, auth, job["id"], worker=worker)
+    finally:
+        worker.kill()
+    assert done["state"] == "failed", done
+    assert done["error"]["code"] == "unsupported"
+    assert "host memory" in done["error"]["message"] and "> 1.0 MiB" in done["error"]["message"]
+    events = pooled_api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
+    messages = [event["message"] for event in events]
+    assert any(m.startswith("memory plan: in_memory") for m in messages)
+    assert not any(m.startswith("model loaded") for m in messages)  # refused before loading
