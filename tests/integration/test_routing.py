@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 GB = 10**9
 POOLS = (
     WorkerPool(queue="cpu-4g", device="cpu", host_memory_bytes=4 * GB),
-    WorkerPool(queue="cpu-64g", device="cpu", host_memory_bytes=64 * GB),
+    WorkerPool(queue="cpu-96g", device="cpu", host_memory_bytes=96 * GB),
     WorkerPool(queue="gpu-80g", device="gpu", device_memory_bytes=80 * GB),
     WorkerPool(queue="gpu-24g", device="gpu", device_memory_bytes=24 * GB),
 )
@@ -72,7 +72,7 @@ def test_jobs_go_to_the_smallest_pool_that_fits(
     assert 0 < plan["host_peak_bytes"] < 4 * GB
     # 8B: 32 GB in float32 fits neither 4 GB of host memory nor a 24 GB GPU.
     assert submit(pooled_api, auth, **gptq("config-only-llama-3.1-8b", "cpu"))["queue"] == (
-        "cpu-64g"
+        "cpu-96g"
     )
     on_gpu = submit(pooled_api, auth, **gptq("config-only-llama-3.1-8b", "gpu"))
     assert on_gpu["queue"] == "gpu-80g"

@@ -23,7 +23,7 @@ from app.recipes import DistillParams, GptqParams, RtnParams
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 GB = 10**9
 POOLS = (
-    WorkerPool(queue="cpu", device="cpu", host_memory_bytes=64 * GB),
+    WorkerPool(queue="cpu", device="cpu", host_memory_bytes=96 * GB),
     WorkerPool(queue="gpu-80g", device="gpu", device_memory_bytes=80 * GB),
     WorkerPool(
         queue="gpu-24g", device="gpu", device_memory_bytes=24 * GB, host_memory_bytes=64 * GB
