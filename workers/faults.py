@@ -23,6 +23,8 @@ log = structlog.get_logger()
 
 HOLD_LABEL = "squash.fault-hold"
 POINTS = ("model_load", "compression", "upload", "before_commit")
+# Inside one method: GPTQ past half of its layers (workers/methods/quantization/gptq_resume.py).
+METHOD_POINTS = ("gptq_past_half",)
 
 
 def hold_point_for(settings: Settings, labels: dict[str, Any], attempt: int) -> str | None:
@@ -30,7 +32,7 @@ def hold_point_for(settings: Settings, labels: dict[str, Any], attempt: int) -> 
     if not settings.fault_injection or attempt != 1:
         return None
     point = labels.get(HOLD_LABEL)
-    return point if point in POINTS else None
+    return point if point in POINTS + METHOD_POINTS else None
 
 
 def marker_path(settings: Settings, job_id: object) -> Path:

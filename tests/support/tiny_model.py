@@ -28,7 +28,9 @@ def train_tokenizer(vocab_size: int) -> Any:
     )
 
 
-def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(
+    target: Path, *, vocab_size: int = 512, seed: int = 0, layers: int = 2
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,7 +40,7 @@ def build_tiny_model(target: Path, *, vocab_size: int = 512, seed: int = 0) -> P
         vocab_size=fast.vocab_size,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,

@@ -5,8 +5,9 @@ calibration data.
 Example stage: `{"method": "gptq", "params": {"bits": 4, "group_size": 64, "actorder": "static"}}`
 
 llm-compressor's GPTQModifier does the work (its sequential pipeline runs one decoder layer at a
-time, so calibration memory stays at one layer's activations); the output format is the same
-compressed-tensors `pack-quantized` checkpoint as RTN.
+time, so calibration memory stays at one layer's activations), with layer checkpoints so a
+retried job resumes at the first unfinished layer (`gptq_resume.py`); the output format is the
+same compressed-tensors `pack-quantized` checkpoint as RTN.
 """
 
 from __future__ import annotations
@@ -27,15 +28,21 @@ class Gptq(CompressionMethod[GptqParams]):
         return preflight_weight_quant(self.name, model, params)
 
     def apply(self, stage: StageInput, params: GptqParams) -> StageResult:
-        from llmcompressor.modifiers.quantization import GPTQModifier
+        from workers.methods.quantization.gptq_resume import (
+            ResumableGPTQModifier,
+            resume_from_checkpoints,
+        )
 
         samples = require_calibration(self.name, stage)
         groups, notes = weight_quant_plan(stage.model, params)
-        modifier = GPTQModifier(
+        modifier = ResumableGPTQModifier(
             config_groups=groups,
             ignore=list(params.ignore),
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
+        )
+        notes.update(
+            resume_from_checkpoints(stage, modifier, params.model_dump(mode="json"), samples)
         )
         oneshot_calibrated(stage, self.name, modifier, samples)
         return StageResult(
