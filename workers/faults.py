@@ -23,8 +23,8 @@ log = structlog.get_logger()
 
 HOLD_LABEL = "squash.fault-hold"
 POINTS = ("model_load", "compression", "upload", "before_commit")
-# Inside one method: GPTQ past half of its layers (workers/methods/quantization/gptq_resume.py).
-METHOD_POINTS = ("gptq_past_half",)
+# Inside a layer-wise stage: past half of its layers (workers/methods/shared/layer_resume.py).
+METHOD_POINTS = ("layers_past_half",)
 
 
 def hold_point_for(settings: Settings, labels: dict[str, Any], attempt: int) -> str | None:

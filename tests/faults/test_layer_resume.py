@@ -14,7 +14,7 @@ from app.config import Settings
 from tests.support.services import wait_until
 from tests.support.stack import Stack, fast_job, stack
 from tests.support.tiny_model import build_tiny_model
-from workers.methods.quantization.gptq_resume import PAST_HALF
+from workers.methods.shared.layer_resume import PAST_HALF
 
 pytestmark = pytest.mark.integration
 

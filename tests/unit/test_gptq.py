@@ -3,6 +3,7 @@ outputs better than round-to-nearest does with the same scheme (what GPTQ exists
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils.quantization_config import CompressedTensorsConfig
 
+from app.config import Settings
 from app.recipes import GptqParams, RtnParams
 from workers.errors import JobFailure
 from workers.methods.base import StageInput
@@ -94,20 +96,28 @@ def test_gptq_without_calibration_samples_fails_clearly(tiny_model_dir: Path) ->
 
 
 class RecordingContext:
-    """Stands in for the job's context (its progress writes go to Postgres): records them."""
+    """Stands in for the job's context (its progress writes go to Postgres): records them; its
+    object store is a folder (the stage writes its layer checkpoints there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Path) -> None:
         self.calls: list[tuple[str, float, dict]] = []
+        self.settings = Settings(object_store_url=f"file://{store}", work_dir=store / "work")
+        self.job_id, self.generation = uuid.uuid4(), 1
 
     def progress(self, stage: str, percent: float, detail: dict | None = None) -> None:
         self.calls.append((stage, percent, detail or {}))
 
+    def check(self) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def event(self, kind: str, message: str, data: dict | None = None) -> None: ...
+    def fault_point(self, point: str) -> None: ...
+
 
 def test_a_layer_wise_stage_reports_each_decoder_layer_with_an_eta(
-    tiny_model_dir: Path, calibration: list[list[int]]
+    tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    ctx = RecordingContext()
+    ctx = RecordingContext(tmp_path)
     stage = StageInput(model, None, calibration[:4], ctx, progress_span=(35.0, 60.0))  # type: ignore[arg-type]
     Gptq().apply(stage, GptqParams(bits=4, group_size=32))
     layers = model.config.num_hidden_layers
@@ -117,3 +127,6 @@ def test_a_layer_wise_stage_reports_each_decoder_layer_with_an_eta(
     percents = [percent for _, percent, _ in ctx.calls]
     assert percents == sorted(percents) and percents[0] >= 35.0 and percents[-1] < 60.0
     assert {name for name, _, _ in ctx.calls} == {"stage:gptq"}
+    # and each layer was checkpointed for a retried attempt to resume from
+    written = sorted(p.name for p in tmp_path.rglob("layer-*.safetensors"))
+    assert written == [f"layer-{i:05d}-g1.safetensors" for i in range(layers)]

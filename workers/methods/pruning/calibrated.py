@@ -1,6 +1,7 @@
 """Wanda and SparseGPT through llm-compressor's modifiers: its sequential pipeline runs one
 decoder layer at a time over the calibration samples (memory stays at one layer's activations),
-prunes that layer, and feeds the pruned layer's output to the next."""
+prunes that layer, and feeds the pruned layer's output to the next. Each pruned layer is
+checkpointed, so a retried job resumes at its first unfinished layer (`shared/layer_resume.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.recipes import SparsityParams
 from workers.methods.base import StageInput, StageResult
 from workers.methods.pruning.common import pruned_linears, sparsity_notes
 from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layer_resume import LayerResume, resume_from_checkpoints
 from workers.methods.shared.layers import decoder_layers
 
 
@@ -41,9 +43,10 @@ def modifier_scope(model: torch.nn.Module, params: SparsityParams) -> dict[str, 
 
 
 def prune_calibrated(
-    method: str, stage: StageInput, params: SparsityParams, modifier: Any
+    method: str, stage: StageInput, params: SparsityParams, modifier: LayerResume
 ) -> StageResult:
     samples = require_calibration(method, stage)
+    resumed = resume_from_checkpoints(stage, method, modifier, params, samples)
     oneshot_calibrated(stage, method, modifier, samples)
     names = pruned_linears(stage.model, params)
     return StageResult(
@@ -54,5 +57,6 @@ def prune_calibrated(
             **sparsity_notes(stage.model, names, params),
             "calibration_samples": len(samples),
             "calibration_tokens": sum(len(s) for s in samples),
+            **resumed,
         },
     )

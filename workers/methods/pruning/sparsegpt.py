@@ -15,9 +15,9 @@ class SparseGpt(SparsityMethod[SparseGptParams]):
     params_type = SparseGptParams
 
     def apply(self, stage: StageInput, params: SparseGptParams) -> StageResult:
-        from llmcompressor.modifiers.pruning import SparseGPTModifier
+        from workers.methods.pruning.resumable import ResumableSparseGPTModifier
 
-        modifier = SparseGPTModifier(
+        modifier = ResumableSparseGPTModifier(
             **modifier_scope(stage.model, params),
             block_size=params.block_size,
             dampening_frac=params.dampening_frac,

@@ -14,7 +14,7 @@ class Wanda(SparsityMethod[WandaParams]):
     params_type = WandaParams
 
     def apply(self, stage: StageInput, params: WandaParams) -> StageResult:
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
+        from workers.methods.pruning.resumable import ResumableWandaModifier
 
-        modifier = WandaPruningModifier(**modifier_scope(stage.model, params))
+        modifier = ResumableWandaModifier(**modifier_scope(stage.model, params))
         return prune_calibrated(self.name, stage, params, modifier)

@@ -6,8 +6,8 @@ Example stage: `{"method": "gptq", "params": {"bits": 4, "group_size": 64, "acto
 
 llm-compressor's GPTQModifier does the work (its sequential pipeline runs one decoder layer at a
 time, so calibration memory stays at one layer's activations), with layer checkpoints so a
-retried job resumes at the first unfinished layer (`gptq_resume.py`); the output format is the
-same compressed-tensors `pack-quantized` checkpoint as RTN.
+retried job resumes at its first unfinished layer (`workers/methods/shared/layer_resume.py`);
+the output format is the same compressed-tensors `pack-quantized` checkpoint as RTN.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from app.recipes import GptqParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
 from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.layer_resume import resume_from_checkpoints
 
 
 class Gptq(CompressionMethod[GptqParams]):
@@ -28,10 +29,7 @@ class Gptq(CompressionMethod[GptqParams]):
         return preflight_weight_quant(self.name, model, params)
 
     def apply(self, stage: StageInput, params: GptqParams) -> StageResult:
-        from workers.methods.quantization.gptq_resume import (
-            ResumableGPTQModifier,
-            resume_from_checkpoints,
-        )
+        from workers.methods.quantization.gptq_resume import ResumableGPTQModifier
 
         samples = require_calibration(self.name, stage)
         groups, notes = weight_quant_plan(stage.model, params)
@@ -41,9 +39,7 @@ class Gptq(CompressionMethod[GptqParams]):
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
         )
-        notes.update(
-            resume_from_checkpoints(stage, modifier, params.model_dump(mode="json"), samples)
-        )
+        notes.update(resume_from_checkpoints(stage, self.name, modifier, params, samples))
         oneshot_calibrated(stage, self.name, modifier, samples)
         return StageResult(
             model=stage.model,
