@@ -5,7 +5,7 @@ layers checkpointed (an attempt killed past half of its layers), side by side in
     .venv/bin/python -m bench.resume        (~10 min, ~10 GB of RAM)
 
 The stage runs in this process through the same modifier the worker uses
-(`workers/methods/quantization/gptq_resume.py`); the kill and the retry through the service are
+(`workers/methods/shared/layer_resume.py`); the kill and the retry through the service are
 the fault suite's (`tests/faults/test_layer_resume.py`). Target: the resumed stage takes <= 0.6x
 the full one and ends tensor-equal. Adds `resume_stage_time_ratio`, `resume_tensors_equal` and
 a `resume` section to bench/results/scale.json.
@@ -25,7 +25,7 @@ from app.recipes import GptqParams
 from app.storage import LocalStore
 from bench.common import write_results
 from bench.scale import CALIBRATION, RESULTS, build_model
-from tests.support.gptq_runs import run_gptq
+from tests.support.layerwise_runs import run_layerwise
 from workers.methods.shared.layer_checkpoints import POINTER, LayerCheckpoints
 from workers.models.datasets import builtin_text, split_tokens
 
@@ -53,7 +53,7 @@ def main() -> None:
             scratch = root / f"scratch-{generation}"
             return LayerCheckpoints(store, "ck", scratch, generation=generation, fingerprint="f")
 
-        full, saved, full_s = run_gptq(model_dir, samples, PARAMS, checkpoints(1), {})
+        full, saved, _, full_s = run_layerwise(model_dir, samples, PARAMS, checkpoints(1), {})
         print(f"full stage: {full_s:.1f} s, {len(saved)} layers checkpointed", flush=True)
         pointer = json.loads(store.get_bytes(f"ck/{POINTER}"))
         layers = len(pointer["layers"])
@@ -62,7 +62,9 @@ def main() -> None:
         second = checkpoints(2)
         restored, why = second.restore(layers)
         assert len(restored) == KEPT_LAYERS, why
-        resumed, computed, resumed_s = run_gptq(model_dir, samples, PARAMS, second, restored)
+        resumed, computed, _, resumed_s = run_layerwise(
+            model_dir, samples, PARAMS, second, restored
+        )
         equal = full.keys() == resumed.keys() and all(
             torch.equal(full[name], resumed[name]) for name in full
         )
