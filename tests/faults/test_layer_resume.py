@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 from safetensors.torch import load
 
 from app.config import Settings
+from tests.support.fixtures import BUCKET
 from tests.support.services import wait_until
 from tests.support.stack import Stack, fast_job, stack
 from tests.support.tiny_model import build_tiny_model
@@ -38,6 +40,13 @@ def model_tensors(deployment: Stack, job_id: str) -> dict:  # type: ignore[type-
     return load(httpx.get(weights["url"], timeout=30).content)
 
 
+def layer_checkpoints(deployment: Stack, job_id: str) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=deployment.settings.s3_endpoint_url)
+    prefix = f"artifacts/checkpoints/{job_id}/layers/"
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return [item["Key"] for item in listed]
+
+
 def test_a_killed_gptq_stage_resumes_at_its_first_unfinished_layer(
     settings: Settings, models_root: Path, tmp_path: Path
 ) -> None:
@@ -52,8 +61,14 @@ def test_a_killed_gptq_stage_resumes_at_its_first_unfinished_layer(
         victim.kill()  # 4 of 6 layers are checkpointed
         deployment.release(job_id)
         deployment.start_worker()
+        checkpoints = layer_checkpoints(deployment, job_id)
+        assert len(checkpoints) == 4 + 1  # four layers and the pointer, before the retry
         done = deployment.wait_job(job_id, lambda j: j["state"] == "succeeded", "the retry", 240)
         assert done["attempts"] == 2
+        # Dropped once the job succeeded (the worker deletes them right after its final commit).
+        wait_until(
+            lambda: not layer_checkpoints(deployment, job_id), timeout=30, what="checkpoints gone"
+        )
         messages = [event["message"] for event in deployment.events(job_id)]
         assert "gptq: resumed at layer 5 of 6 (4 restored from layer checkpoints)" in messages
         # The same job, never interrupted: the same tensors.
