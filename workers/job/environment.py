@@ -4,7 +4,7 @@ about the machine and the libraries."""
 from __future__ import annotations
 
 import platform
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -26,7 +26,15 @@ def load_model(path: Path, device: torch.device) -> torch.nn.Module:
 
 
 def library_versions() -> dict[str, str]:
-    return {name: version(name) for name in LIBRARIES} | {"python": platform.python_version()}
+    """Each library's version, "absent" for one a worker runs without (lm_eval is needed
+    only by jobs that name its tasks)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions | {"python": platform.python_version()}
 
 
 def device_name(device: torch.device) -> str:
