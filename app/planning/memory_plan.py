@@ -206,7 +206,8 @@ def in_memory(facts: ModelFacts, workload: Workload, device: str) -> dict[str, P
             "resolve": PhaseNeed(full + stored, full),
             "evaluate_original": PhaseNeed(stored, full + evaluation * workload.evaluate_original),
             "stages": PhaseNeed(stored, max(full, half + working)),
-            "save": PhaseNeed(stored * 2, half + stored),
+            # The on-grid weights are kept in float32 until packed (storage_dtype.py).
+            "save": PhaseNeed(stored, full),
             "load_check": PhaseNeed(full + stored, full),
             "evaluate_compressed": PhaseNeed(stored, full + evaluation),
         }
