@@ -42,4 +42,8 @@ def oneshot_calibrated(
             recipe=recipe,
             max_seq_length=max(len(s) for s in samples),
             num_calibration_samples=len(samples),
+            # The job's sample order, not a draw from the global RNG (the library's default):
+            # the statistics are sums over all samples, but their rounding depends on the
+            # order, and a retried attempt (layer resume) must see the same one.
+            shuffle_calibration_samples=False,
         )
