@@ -36,6 +36,7 @@ DTYPE_BYTES = {
     "BOOL": 1,
 }
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+MAX_CONFIG_BYTES = 4 * 2**20
 
 
 class UnreadableConfig(ValueError):
@@ -198,9 +199,19 @@ def headers_of(files: Iterable[Path]) -> dict[str, TensorHeader]:
 
 
 def facts_from_directory(path: Path) -> ModelFacts:
-    """From a model directory: its config.json, and its weight files' headers when present."""
+    """From a model directory: its config.json, and its weight files' headers when present.
+    Anything malformed is an UnreadableConfig (never another exception: the API plans with
+    this at submission)."""
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UnreadableConfig(f"{path.name}: no config.json")
-    config = json.loads(config_file.read_text())
-    return facts_from_config(config, headers_of(sorted(path.glob("*.safetensors"))) or None)
+    if not config_file.is_file() or config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise UnreadableConfig(f"{path.name}: no config.json of at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(config_file.read_text())
+        if not isinstance(config, dict):
+            raise UnreadableConfig("config.json is not a JSON object")
+        tensors = headers_of(sorted(path.glob("*.safetensors")))
+        return facts_from_config(config, tensors or None)
+    except UnreadableConfig:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+        raise UnreadableConfig(f"{path.name}: {type(exc).__name__}: {exc}") from exc

@@ -81,6 +81,25 @@ def test_a_config_without_sizes_is_refused_naming_the_key(tmp_path: Path) -> Non
         facts_from_directory(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "weights",
+    [
+        b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"w": {"dtype"',  # truncated JSON
+        b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"w": {"x": 1}} ',  # no shape
+        b"\x01\x02",  # shorter than the length field
+    ],
+)
+def test_malformed_weight_headers_are_unreadable_never_a_crash(
+    tmp_path: Path, weights: bytes
+) -> None:
+    """The API plans from these at submission: anything malformed must be UnreadableConfig
+    (the job is then routed unplanned), not an exception that would answer 500."""
+    (tmp_path / "config.json").write_text(json.dumps(config("llama-3.1-8b")))
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    with pytest.raises(UnreadableConfig):
+        facts_from_directory(tmp_path)
+
+
 def test_the_plan_grows_with_what_the_recipe_does() -> None:
     facts = facts_from_config(config("llama-3.1-8b"))
     cpu = Budget(device="cpu", host_bytes=None)

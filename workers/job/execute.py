@@ -40,7 +40,7 @@ def execute(
     with ctx.timed("resolve"):
         resolved = fetch_source(ctx, job.spec.model, scratch)
         memory_plan = plan_job(ctx, job, resolved.path, device)
-        ctx.memory.plan = memory_plan.as_json()
+        ctx.memory.plan = memory_plan.as_json() if memory_plan else None
         source = open_source(resolved, device)
     ctx.fault_point("model_load")
     architecture = source.resolved.provenance.get("architecture")

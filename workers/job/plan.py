@@ -29,12 +29,17 @@ def worker_budget(ctx: JobContext, device: torch.device) -> Budget:
     return Budget(device="gpu", host_bytes=host, device_bytes=gpu)
 
 
-def plan_job(ctx: JobContext, job: ReadSpec, model_dir: Path, device: torch.device) -> MemoryPlan:
-    """The plan, recorded in the job's events; raises `unsupported` when it cannot fit."""
+def plan_job(
+    ctx: JobContext, job: ReadSpec, model_dir: Path, device: torch.device
+) -> MemoryPlan | None:
+    """The plan, recorded in the job's events; raises `unsupported` when it cannot fit. None
+    for a config the plan cannot read (an architecture outside the Llama family's naming):
+    the job runs unplanned, as before plans existed, and says so."""
     try:
         facts = facts_from_directory(model_dir)
     except UnreadableConfig as exc:
-        raise JobFailure(ErrorCode.INVALID_MODEL, f"cannot plan the job's memory: {exc}") from exc
+        ctx.warn(f"no memory plan: {exc}")
+        return None
     workload = workload_of(job.spec, [params for _, params in job.stages])
     plan = plan_memory(facts, workload, worker_budget(ctx, device))
     ctx.event("info", f"memory plan: {plan.mode} on {plan.device}", plan.as_json())

@@ -9,9 +9,13 @@ from workers.methods.estimate import Estimate, estimate_job
 from workers.methods.shared.storage_dtype import compute_dtype
 
 
-def estimate_resources(run: JobRun, memory_plan: MemoryPlan) -> Estimate:
+def estimate_resources(run: JobRun, memory_plan: MemoryPlan | None) -> Estimate:
     ctx, source, job, data = run.ctx, run.source, run.job, run.data
-    gpu = memory_plan.device == "gpu"
+    memory, budget = None, None
+    if memory_plan is not None:
+        gpu = memory_plan.device == "gpu"
+        memory = memory_plan.device_peak_bytes if gpu else memory_plan.host_peak_bytes
+        budget = memory_plan.budget.device_bytes if gpu else memory_plan.budget.host_bytes
     estimate = estimate_job(
         source.model,
         job.stages,
@@ -21,8 +25,8 @@ def estimate_resources(run: JobRun, memory_plan: MemoryPlan) -> Estimate:
         evaluate_original=job.spec.evaluation.compare_original or job.evaluate_only,
         device=source.device,
         dtype=compute_dtype(source.device),
-        memory_bytes=memory_plan.device_peak_bytes if gpu else memory_plan.host_peak_bytes,
-        available_bytes=memory_plan.budget.device_bytes if gpu else memory_plan.budget.host_bytes,
+        memory_bytes=memory,
+        available_bytes=budget,
     )
     ctx.event("info", "estimated resources", estimate.as_json())
     return estimate
