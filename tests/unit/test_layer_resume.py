@@ -87,3 +87,19 @@ def test_a_corrupt_layer_checkpoint_is_not_restored(tmp_path: Path) -> None:
         {},
         "layer checkpoints belong to another stage setup: starting over",
     )
+
+
+class BrokenStore(LocalStore):
+    def put_file(self, key: str, path: Path) -> None:
+        raise OSError("store unreachable")
+
+
+def test_a_failing_store_costs_the_resume_point_not_the_stage(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    store = BrokenStore(tmp_path / "store", Settings())
+    writer = LayerCheckpoints(
+        store, "ck", tmp_path / "a", generation=1, fingerprint="f", warn=warnings.append
+    )
+    for index in range(3):
+        writer.save(index, {"w": torch.zeros(2)})  # never raises
+    assert writer.failed and len(warnings) == 1 and "store unreachable" in warnings[0]

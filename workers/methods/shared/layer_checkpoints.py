@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from botocore.exceptions import BotoCoreError, ClientError
 from safetensors.torch import load_file, save_file
 
 from app.storage import ObjectNotFound, ObjectStore, sha256_file
@@ -42,6 +43,7 @@ class LayerCheckpoints:
         generation: int,
         fingerprint: str,
         check: Callable[[], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -49,6 +51,8 @@ class LayerCheckpoints:
         self.generation = generation
         self.fingerprint = fingerprint
         self.check = check
+        self.warn = warn
+        self.failed = False  # a write failed: the stage goes on without checkpoints
         self.saved: dict[str, dict[str, Any]] = {}
 
     def _pointer(self) -> dict[str, Any] | None:
@@ -58,16 +62,17 @@ class LayerCheckpoints:
             return None
         return pointer
 
-    def restore(self, layers: int) -> tuple[dict[int, dict[str, torch.Tensor]], str | None]:
-        """The verified finished layers, a prefix 0..k-1 of the model's; and why anything
-        was not restored (None when all that was written is restored)."""
+    def restore(self, layers: int) -> tuple[dict[int, Path], str | None]:
+        """The verified finished layers, a prefix 0..k-1 of the model's, as local files (read
+        one at a time by `load`, so restoring 40 layers of a 70B model does not hold them all
+        in memory); and why anything was not restored (None when all that was written is)."""
         pointer = self._pointer()
         if pointer is None:
             return {}, None
         if pointer.get("fingerprint") != self.fingerprint:
             return {}, "layer checkpoints belong to another stage setup: starting over"
         self.scratch.mkdir(parents=True, exist_ok=True)
-        restored: dict[int, dict[str, torch.Tensor]] = {}
+        restored: dict[int, Path] = {}
         why = None
         for index in range(layers):
             entry = pointer["layers"].get(str(index))
@@ -81,16 +86,34 @@ class LayerCheckpoints:
                 break
             if sha256_file(path) != entry["sha256"]:
                 why = f"layer {index}'s checkpoint fails its sha256 check: computing from there"
+                path.unlink()
                 break
-            restored[index] = load_file(str(path))
-            path.unlink()
+            restored[index] = path
         self.saved = {str(i): pointer["layers"][str(i)] for i in restored}
         return restored, why
 
+    @staticmethod
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        """One restored layer's tensors; the local file goes once read."""
+        tensors = load_file(str(path))
+        path.unlink(missing_ok=True)
+        return tensors
+
     def save(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        """One finished layer's tensors, then the pointer naming it (written last)."""
+        """One finished layer's tensors, then the pointer naming it (written last). A store
+        that fails costs only the resume point: the stage goes on, and says so once."""
         if self.check is not None:
             self.check()  # a stale attempt (lease lost) stops here, before any write
+        if self.failed:
+            return
+        try:
+            self._write(index, tensors)
+        except (OSError, BotoCoreError, ClientError) as exc:
+            self.failed = True
+            if self.warn is not None:
+                self.warn(f"layer checkpoint {index} failed, the stage goes on without: {exc}")
+
+    def _write(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
         path = self.scratch / f"layer-{index}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))

@@ -37,7 +37,7 @@ class LayerResume(BaseModel):
 
     _modules: dict[int, dict[str, torch.nn.Module]] = PrivateAttr(default_factory=dict)
     _layer_of: dict[torch.nn.Module, int] = PrivateAttr(default_factory=dict)
-    _restored: dict[int, dict[str, torch.Tensor]] = PrivateAttr(default_factory=dict)
+    _restored: dict[int, Path] = PrivateAttr(default_factory=dict)
     _checkpoints: LayerCheckpoints | None = PrivateAttr(default=None)
     _on_saved: Callable[[int, int], None] | None = PrivateAttr(default=None)
 
@@ -45,10 +45,11 @@ class LayerResume(BaseModel):
         self,
         model: torch.nn.Module,
         checkpoints: LayerCheckpoints | None,
-        restored: dict[int, dict[str, torch.Tensor]],
+        restored: dict[int, Path],
         on_saved: Callable[[int, int], None] | None = None,
     ) -> None:
-        """Map every Linear to its decoder layer; `restored` holds layers 0..k-1."""
+        """Map every Linear to its decoder layer; `restored` holds layers 0..k-1 (their
+        checkpoint files, read when the pipeline reaches each)."""
         for index, layer in enumerate(decoder_layers(model)):
             linears: dict[str, torch.nn.Module] = {
                 name: module
@@ -88,7 +89,7 @@ class LayerResume(BaseModel):
     def _load(self, index: int) -> None:
         from compressed_tensors.offload import update_offload_parameter
 
-        for key, tensor in self._restored[index].items():
+        for key, tensor in LayerCheckpoints.load(self._restored[index]).items():
             name, attr = key.rsplit(".", 1)
             module = self._modules[index][name]
             current = getattr(module, attr)
@@ -112,6 +113,7 @@ def resume_from_checkpoints(
         generation=ctx.generation,
         fingerprint=stage_fingerprint(method, params.model_dump(mode="json"), samples),
         check=ctx.check,
+        warn=ctx.warn,
     )
     restored, why = checkpoints.restore(layers)
     if why:
