@@ -94,6 +94,9 @@ def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
             "method": "gptq",
             "quantized_layers": 14,
             "layers_by_scheme": {"int3 g32 sym": 12, "int8 channel sym": 2},
+            # Each layer was checkpointed; a first attempt restores none.
+            "layer_checkpoints": True,
+            "resumed_layers": 0,
             "calibration_samples": 8,
             "calibration_tokens": 8 * 64,
         }
