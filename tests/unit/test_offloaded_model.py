@@ -73,6 +73,15 @@ def test_a_stage_on_the_offloaded_model_equals_the_in_memory_one_and_spares_the_
             if f"{name}.{part}" in expected:
                 assert torch.equal(getattr(module, part), expected.pop(f"{name}.{part}")), name
     assert not expected, f"not quantized when offloaded: {sorted(expected)}"
+    # The fake-quantized forward reads `weight` twice; from disk, the second read is a fresh
+    # tensor without the quantized values, so a quantized offloaded model is run with the
+    # onloaded tensors kept (compressed-tensors' `disable_offloading`), as the library's
+    # sequential pipeline does for the layer it calibrates.
+    from compressed_tensors.offload import disable_offloading
+
+    ids = torch.randint(0, 400, (1, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), disable_offloading():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
     assert {file: _sha256(file) for file in files} == files
 
 
