@@ -67,24 +67,22 @@ def open_offloaded(
     model.tie_weights()
     tensors = checkpoint_tensors(model_dir)
     offload_dir.mkdir(parents=True, exist_ok=True)
-    missing: list[str] = []
-    for name, param in model.named_parameters(remove_duplicate=True):
-        file = tensors.get(name)
-        if file is None:
-            missing.append(name)
-            continue
-        # The pointer: DiskCache onloads `weight_name` from the file and casts to `dtype`.
-        entry = {
-            "safetensors_file": str(file),
-            "weight_name": name,
-            "dtype": str(dtype).removeprefix("torch."),
-        }
-        DiskCache.create_checkpoint_symlink(param, entry, str(offload_dir))
+    params = list(model.named_parameters(remove_duplicate=True))
+    # Checked before any pointer is made, so a refused checkpoint leaves no link behind.
+    missing = [name for name, _ in params if name not in tensors]
     if missing:
         raise NotOffloadable(
             f"{len(missing)} parameter(s) of {type(model).__name__} have no tensor of that "
             f"name in the checkpoint (first: {missing[0]})"
         )
+    for name, param in params:
+        # The pointer: DiskCache onloads `weight_name` from the file and casts to `dtype`.
+        entry = {
+            "safetensors_file": str(tensors[name]),
+            "weight_name": name,
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+        DiskCache.create_checkpoint_symlink(param, entry, str(offload_dir))
     for module in model.modules():
         if module._parameters or module._buffers:
             offload_module(module, onload_device, "disk", offload_dir=str(offload_dir))
