@@ -2,7 +2,11 @@
 synthetic 1.1B Llama of bench/scale.py, built on the spot, compressed by RTN W4 and GPTQ W4
 jobs through the embedded stack on a CUDA worker (`device: gpu`). Prints each phase's CUDA
 peak (`torch.cuda.max_memory_allocated`) and host RSS peak beside the plan, and the wall time;
-writes the figures to $OUT/scale-gpu.json (or bench/results/ when run here)."""
+writes the figures to $OUT/scale-gpu.json (or bench/results/ when run here).
+
+A dry run of the plumbing on a CPU machine, before spending device time:
+    GPU_CHECK_DEVICE=cpu GPU_CHECK_LAYERS=2 .venv/bin/python -m bench.gpu_check
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ def main() -> None:
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="squash-gpu-") as tmp:
         models = Path(tmp) / "models"
-        parameters, checkpoint = build_model(models / "synthetic-1b")
+        layers = int(os.environ.get("GPU_CHECK_LAYERS") or 0) or None
+        parameters, checkpoint = build_model(models / "synthetic-1b", layers)
         print(f"synthetic model: {parameters:,} parameters, {checkpoint / 1e9:.2f} GB bf16")
         env = {"MODEL_DIRS": json.dumps([str(models)])}
         stack = EmbeddedStack(Path(tmp) / "stack", free_port(), extra_env=env)
@@ -36,7 +41,7 @@ def main() -> None:
             with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
                 for name in ("rtn", "gptq"):
                     began = time.perf_counter()
-                    body = job_body(name) | {"device": "gpu"}
+                    body = job_body(name) | {"device": os.environ.get("GPU_CHECK_DEVICE", "gpu")}
                     _, report = run_reported_job(client, name, body, poll_s=2)
                     memory, plan = report["memory"], report["memory"]["plan"]
                     rows[name] = {
@@ -66,6 +71,8 @@ def main() -> None:
                 f"{f['planned_host_bytes'] / 1e9:.2f} GB | {f['seconds']} |"
             )
     out = Path(os.environ.get("OUT") or RESULTS_DIR) / "scale-gpu.json"
+    if os.environ.get("GPU_CHECK_DEVICE") == "cpu":
+        out = Path(tempfile.gettempdir()) / "scale-gpu-dry-run.json"  # a dry run: not a result
     result = {"parameters": parameters, "bf16_checkpoint_bytes": checkpoint, "recipes": rows}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwall time {time.perf_counter() - started:.0f} s; figures in {out}")

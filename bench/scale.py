@@ -50,9 +50,10 @@ RECIPES = {
 }
 
 
-def build_model(target: Path) -> tuple[int, int]:
-    """Random weights in bfloat16 with a BPE tokenizer trained on the built-in corpus.
-    Returns (parameters, bytes of the saved safetensors)."""
+def build_model(target: Path, layers: int | None = None) -> tuple[int, int]:
+    """Random weights in bfloat16 with a BPE tokenizer trained on the built-in corpus (`layers`
+    shrinks the depth for a dry run of a bench's plumbing). Returns (parameters, bytes of the
+    saved safetensors)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -61,7 +62,10 @@ def build_model(target: Path) -> tuple[int, int]:
     fast = train_tokenizer(4096)
     torch.manual_seed(0)
     config = LlamaConfig(
-        **SHAPE, max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=0
+        **(SHAPE | ({"num_hidden_layers": layers} if layers else {})),
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        eos_token_id=0,
     )
     model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     target.mkdir(parents=True, exist_ok=True)
