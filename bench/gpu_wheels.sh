@@ -15,5 +15,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     pydantic-settings==2.16.3 pydantic_core==2.50.5 python-dotenv==1.2.4 s3transfer==0.19.3 \
     SQLAlchemy==2.1.9 starlette==1.10.0 structlog==26.1.0 typing-inspection==0.4.5 \
     uvicorn==0.54.0 vine==5.1.0 wcwidth==0.9.4 tzlocal==5.4.5 psycopg==3.3.9 \
-    psycopg-binary==3.3.9 greenlet redis==8.1.0
+    psycopg-binary==3.3.9 greenlet redis==8.1.0 trl==1.16.0
 du -sh .whl
