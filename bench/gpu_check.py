@@ -30,6 +30,7 @@ def main() -> None:
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="squash-gpu-") as tmp:
         models = Path(tmp) / "models"
+        device = os.environ.get("GPU_CHECK_DEVICE", "gpu")
         layers = int(os.environ.get("GPU_CHECK_LAYERS") or 0) or None
         parameters, checkpoint = build_model(models / "synthetic-1b", layers)
         print(f"synthetic model: {parameters:,} parameters, {checkpoint / 1e9:.2f} GB bf16")
@@ -41,7 +42,7 @@ def main() -> None:
             with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
                 for name in ("rtn", "gptq"):
                     began = time.perf_counter()
-                    body = job_body(name) | {"device": os.environ.get("GPU_CHECK_DEVICE", "gpu")}
+                    body = job_body(name) | {"device": device}
                     _, report = run_reported_job(client, name, body, poll_s=2)
                     memory, plan = report["memory"], report["memory"]["plan"]
                     rows[name] = {
@@ -71,7 +72,7 @@ def main() -> None:
                 f"{f['planned_host_bytes'] / 1e9:.2f} GB | {f['seconds']} |"
             )
     out = Path(os.environ.get("OUT") or RESULTS_DIR) / "scale-gpu.json"
-    if os.environ.get("GPU_CHECK_DEVICE") == "cpu":
+    if device == "cpu":
         out = Path(tempfile.gettempdir()) / "scale-gpu-dry-run.json"  # a dry run: not a result
     result = {"parameters": parameters, "bf16_checkpoint_bytes": checkpoint, "recipes": rows}
     out.write_text(json.dumps(result, indent=2) + "\n")
