@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # starts (free host memory, free GPU memory).
     worker_host_memory_bytes: int | None = Field(default=None, gt=0)
     worker_device_memory_bytes: int | None = Field(default=None, gt=0)
+    # How this worker holds the model (app/planning/memory_plan.py): "auto" = in memory when
+    # the plan fits, else disk-offloaded; a named mode forces it (tests, benchmarks, a pool of
+    # small workers that should never hold a whole model).
+    worker_execution_mode: Literal["auto", "in_memory", "disk_offloaded"] = "auto"
 
     # Per-tenant limits (app/limits/). Token buckets: `burst` requests at once, refilled at
     # `per_minute` (0 disables); submissions have their own, stricter bucket. Active jobs are

@@ -5,10 +5,9 @@ job that cannot fit its own memory before loading, and the report puts the measu
 every phase beside the planned one.
 
 Figures are bytes above the worker process's RSS once its libraries are imported (the runtime
-is a fixed cost, not the model's). The plan describes what the worker does today, in the one
-execution mode it has (`in_memory`): the model is held whole, in float32, on the job's device.
-Its phases, with P the parameter count and S the checkpoint's size as stored, were checked
-against `bench/scale.py` (a 1.1B Llama, S = 2.2 GB, CPU):
+is a fixed cost, not the model's). In the `in_memory` mode the model is held whole, in float32,
+on the job's device. Its phases, with P the parameter count and S the checkpoint's size as
+stored, were checked against `bench/scale.py` (a 1.1B Llama, S = 2.2 GB, CPU):
 
 - resolve: the file is read and converted to float32 (P x 4 + S);
 - evaluate_original / evaluate_compressed: the model plus one evaluation window's activations
@@ -20,9 +19,14 @@ against `bench/scale.py` (a 1.1B Llama, S = 2.2 GB, CPU):
 - load_check: the artifact loaded back in float32 while its files are read (P x 4 + S).
 On a GPU the stages run in bfloat16 on the device (after a float32 load and evaluation).
 
-Offloaded modes (CPU or disk, one decoder layer on the device at a time) are the next step of
-issue 20; `MODES` lists what the worker can run, and a job that fits none is refused with the
-figures.
+The disk-offloaded mode (`disk_offloaded`, `workers/models/offloaded.py`) holds no whole model
+in any phase: every weight stays in the checkpoint's files (changed ones in the job's offload
+folder) and each module's tensors are read, in the compute dtype, when its forward runs. A
+phase then holds the largest module (the embedding, or one decoder layer), its working set, and
+for the save the compressed tensors of one shard (at most `max_shard_bytes`). It runs only
+recipes whose every stage is `offloadable` (`app/recipes/cost.py`); it is slower (each
+evaluation window reads every weight from disk), so the plan picks it only when the model does
+not fit in memory, or when the worker is told to (WORKER_EXECUTION_MODE).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from app.planning.model_facts import ModelFacts
 from app.recipes.cost import StageCost
 
 GIB = 2**30
+# The methods whose StageCost is offloadable (app/recipes/): named in a refusal.
+OFFLOADABLE_METHODS = ("rtn", "gptq")
 FLOAT32 = 4
 BFLOAT16 = 2
 PHASES = ("resolve", "evaluate_original", "stages", "save", "load_check", "evaluate_compressed")
@@ -53,6 +59,11 @@ class Workload:
     eval_window: int  # tokens per evaluation forward pass
     evaluate_original: bool
     compresses: bool = True
+    max_shard_bytes: int = 5 * 10**9  # the artifact's shard size (the disk mode buffers one)
+
+    @property
+    def offloadable(self) -> bool:
+        return all(cost.offloadable for cost in self.stages)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class MemoryPlan:
     phases: dict[str, PhaseNeed]
     budget: Budget
     model: dict[str, Any] = field(default_factory=dict)
+    unsupported_reason: str | None = None  # the mode cannot run this recipe at all
 
     @property
     def host_peak_bytes(self) -> int:
@@ -89,7 +101,7 @@ class MemoryPlan:
     @property
     def shortfall(self) -> str | None:
         """Why the plan does not fit its budget, with the figures; None when it fits."""
-        problems = []
+        problems = [self.unsupported_reason] if self.unsupported_reason else []
         host, device = self.budget.host_bytes, self.budget.device_bytes
         if host is not None and self.host_peak_bytes * HEADROOM > host:
             problems.append(
@@ -216,17 +228,83 @@ def in_memory(facts: ModelFacts, workload: Workload, device: str) -> dict[str, P
     return phases
 
 
+# Bytes of one file of the decompressed copy the disk mode's load check writes (its own scratch
+# layout: small files keep what is buffered before each write small).
+DECOMPRESSED_FILE_BYTES = 256 * 2**20
+
+
+def disk_offloaded(facts: ModelFacts, workload: Workload, device: str) -> dict[str, PhaseNeed]:
+    """One module in memory at a time (see the module docstring). Calibrated on
+    bench/offloaded_load.py (1.1B Llama, CPU): a 512-token forward peaked at 0.46-0.58 GB, the
+    embedding (0.26 GB in float32) and the logits dominating."""
+    element = FLOAT32 if device == "cpu" else BFLOAT16
+    embedding = facts.vocab_size * facts.hidden_size * element
+    layer = facts.layer_parameters * element
+    largest = max(embedding, layer)
+    working = max((stage_bytes(facts, c, workload, element) for c in workload.stages), default=0)
+    evaluation = evaluation_bytes(facts, workload.eval_window, element)
+    # The compressed tensors of one shard wait in memory until the shard is written; integer
+    # weight quantization stores at most half of the 16-bit size.
+    shard = min(facts.checkpoint_bytes // 2, workload.max_shard_bytes)
+    onloaded = largest + layer  # the module being run, and the previous one being freed
+    needs = {
+        "resolve": onloaded,
+        "evaluate_original": onloaded + evaluation * workload.evaluate_original,
+        "stages": onloaded + 4 * layer + working,
+        "save": 2 * largest + shard,
+        "load_check": 2 * largest + DECOMPRESSED_FILE_BYTES,
+        "evaluate_compressed": onloaded + evaluation,
+    }
+    if device == "cpu":
+        phases = {name: PhaseNeed(need) for name, need in needs.items()}
+    else:
+        # The host reads each tensor from disk and hands it to the GPU: one module's worth.
+        phases = {name: PhaseNeed(2 * largest, need) for name, need in needs.items()}
+        phases["save"] = PhaseNeed(needs["save"], 2 * largest)
+        phases["load_check"] = PhaseNeed(needs["load_check"], 2 * largest)
+    if not workload.compresses:
+        phases = {name: phases[name] for name in ("resolve", "evaluate_original")}
+    return phases
+
+
 # The execution modes the worker runs, fastest first: the plan picks the first that fits.
 MODES: dict[str, Callable[[ModelFacts, Workload, str], dict[str, PhaseNeed]]] = {
     "in_memory": in_memory,
+    "disk_offloaded": disk_offloaded,
 }
+FASTEST_MODE = next(iter(MODES))
 
 
-def plan_memory(facts: ModelFacts, workload: Workload, budget: Budget) -> MemoryPlan:
+def modes_for(workload: Workload, forced: str | None = None) -> list[str]:
+    """The modes a job may run in: all of them, in order, unless a stage cannot run offloaded;
+    only `forced` when the worker is told to use one."""
+    allowed = [m for m in MODES if m == FASTEST_MODE or workload.offloadable]
+    if forced is not None:
+        return [forced] if forced in allowed else []
+    return allowed
+
+
+def plan_memory(
+    facts: ModelFacts, workload: Workload, budget: Budget, *, forced_mode: str | None = None
+) -> MemoryPlan:
     """The first mode that fits the budget; when none does, the last one tried (its
-    `shortfall` says by how much)."""
+    `shortfall` says by how much). A `forced_mode` the recipe cannot run in is planned anyway
+    and refused (`unsupported_reason`)."""
+    modes = modes_for(workload, forced_mode)
+    if not modes:
+        assert forced_mode is not None
+        return MemoryPlan(
+            mode=forced_mode,
+            device=budget.device,
+            phases=MODES[forced_mode](facts, workload, budget.device),
+            budget=budget,
+            model=facts.as_json(),
+            unsupported_reason=f"a stage of this recipe cannot run {forced_mode} "
+            f"(offloadable stages: {', '.join(OFFLOADABLE_METHODS)})",
+        )
     plan = None
-    for mode, phases_of in MODES.items():
+    for mode in modes:
+        phases_of = MODES[mode]
         plan = MemoryPlan(
             mode=mode,
             device=budget.device,

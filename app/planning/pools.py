@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import WorkerPool
-from app.planning.memory_plan import Budget, MemoryPlan
+from app.planning.memory_plan import FASTEST_MODE, Budget, MemoryPlan
 
 
 class NoPoolFits(Exception):
@@ -42,18 +42,19 @@ def budget_of(pool: WorkerPool) -> Budget:
 def route(
     device: str, pools: tuple[WorkerPool, ...], plan_for: Callable[[Budget], MemoryPlan] | None
 ) -> Routing:
-    """The smallest pool of `device` whose budget the plan fits. Without a plan (a source
-    whose config the API cannot read) the largest: its worker plans again before loading and
-    refuses, with the figures, what does not fit."""
+    """The smallest pool of `device` whose budget the plan fits in memory (the fastest mode),
+    else the smallest where it fits offloaded. Without a plan (a source whose config the API
+    cannot read) the largest: its worker plans again before loading and refuses, with the
+    figures, what does not fit."""
     candidates = sorted((p for p in pools if p.device == device), key=_size)
     if not candidates:
         raise NoPoolFits(f"no worker pool runs {device} jobs (WORKER_POOLS)")
     if plan_for is None:
         return Routing(candidates[-1].queue, None)
-    refusals = []
-    for pool in candidates:
-        plan = plan_for(budget_of(pool))
-        if plan.fits:
-            return Routing(pool.queue, plan)
-        refusals.append(f"{pool.queue}: {plan.shortfall}")
+    plans = [(pool, plan_for(budget_of(pool))) for pool in candidates]
+    fitting = [(pool, plan) for pool, plan in plans if plan.fits]
+    if fitting:
+        pool, plan = min(fitting, key=lambda found: found[1].mode != FASTEST_MODE)
+        return Routing(pool.queue, plan)
+    refusals = [f"{pool.queue}: {plan.shortfall}" for pool, plan in plans]
     raise NoPoolFits("no worker pool has the memory this job needs: " + "; ".join(refusals))

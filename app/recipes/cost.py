@@ -18,6 +18,10 @@ class StageCost:
     training_tokens: int = 0
     micro_batch_tokens: int = 0
     max_seconds: float | None = None
+    # Whether the worker can run the stage on a disk-offloaded model (one decoder layer in
+    # memory at a time) and save its artifact shard by shard: weight quantization through
+    # llm-compressor whose artifact is a plain compressed-tensors checkpoint.
+    offloadable: bool = False
 
     @property
     def calibrated(self) -> bool:

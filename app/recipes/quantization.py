@@ -81,6 +81,9 @@ class RtnParams(WeightQuantParams):
     `from_pretrained` and vLLM serves.
     """
 
+    def cost(self) -> StageCost:
+        return StageCost(offloadable=True)
+
 
 class GptqParams(WeightQuantParams):
     """GPTQ: one-shot second-order weight quantization on calibration data.
@@ -101,7 +104,7 @@ class GptqParams(WeightQuantParams):
     block_size: int = Field(default=128, ge=1, le=4096, description="Columns per update block")
 
     def cost(self) -> StageCost:
-        return StageCost(calibration_passes=2.0, hessians=True)
+        return StageCost(calibration_passes=2.0, hessians=True, offloadable=True)
 
 
 class AwqParams(WeightQuantParams):

@@ -84,9 +84,10 @@ def test_jobs_go_to_the_smallest_pool_that_fits(
 def test_a_job_no_pool_can_hold_is_refused_with_the_figures(
     pooled_api: TestClient, auth: dict[str, str]
 ) -> None:
-    response = pooled_api.post(
-        "/v1/jobs", json=tiny_job(**gptq("config-only-llama-3.1-70b", "gpu")), headers=auth
-    )
+    # SparseGPT has no disk-offloaded mode: a 70B model fits no GPU pool in memory.
+    body = gptq("config-only-llama-3.1-70b", "gpu")
+    body["recipe"] = [{"method": "sparsegpt", "params": {"sparsity": 0.5}}]
+    response = pooled_api.post("/v1/jobs", json=tiny_job(**body), headers=auth)
     assert response.status_code == 422, response.text
     problem = response.json()
     assert problem["code"] == "no_pool_fits"
@@ -116,5 +117,5 @@ def test_a_worker_refuses_before_loading_a_job_its_memory_cannot_hold(
     assert "host memory" in done["error"]["message"] and "> 1.0 MiB" in done["error"]["message"]
     events = pooled_api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
     messages = [event["message"] for event in events]
-    assert any(m.startswith("memory plan: in_memory") for m in messages)
+    assert any(m.startswith("memory plan: ") for m in messages)
     assert not any(m.startswith("model loaded") for m in messages)  # refused before loading

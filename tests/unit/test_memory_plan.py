@@ -11,14 +11,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.config import WorkerPool
-from app.planning.memory_plan import Budget, Workload, plan_memory
+from app.planning.memory_plan import OFFLOADABLE_METHODS, Budget, Workload, plan_memory
 from app.planning.model_facts import (
     UnreadableConfig,
     facts_from_config,
     facts_from_directory,
 )
 from app.planning.pools import NoPoolFits, budget_of, route
-from app.recipes import DistillParams, GptqParams, RtnParams
+from app.recipes import METHODS, DistillParams, GptqParams, RtnParams, SparseGptParams
+from app.recipes.cost import StageCost
 
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 GB = 10**9
@@ -125,9 +126,11 @@ def test_routing_picks_the_smallest_pool_that_fits_or_refuses_with_figures() -> 
     facts = {name: facts_from_config(config(name)) for name in ("llama-3.1-8b", "llama-3.1-70b")}
     facts["moe"] = facts_from_config(config("mixtral-8x7b"))
     job = workload(GptqParams(bits=4, group_size=128))
+    # SparseGPT has no disk-offloaded mode (app/recipes/cost.py: not `offloadable`).
+    in_memory_only = workload(SparseGptParams(sparsity=0.5))
 
-    def plans(name: str):  # type: ignore[no-untyped-def]
-        return lambda budget: plan_memory(facts[name], job, budget)
+    def plans(name: str, work: Workload = job):  # type: ignore[no-untyped-def]
+        return lambda budget: plan_memory(facts[name], work, budget)
 
     by_pool = {
         (name, pool.queue): plan_memory(facts[name], job, budget_of(pool))
@@ -135,21 +138,58 @@ def test_routing_picks_the_smallest_pool_that_fits_or_refuses_with_figures() -> 
         for pool in POOLS
         if pool.device == "gpu"
     }
-    # 8B: 32 GB in float32 on the GPU does not fit 24 GB; it does fit 80 GB.
-    assert not by_pool["llama-3.1-8b", "gpu-24g"].fits
+    # 8B: 32 GB in float32 on the GPU does not fit 24 GB in memory (it does offloaded); it
+    # fits 80 GB in memory, and the faster mode wins over the smaller pool.
+    assert by_pool["llama-3.1-8b", "gpu-24g"].mode == "disk_offloaded"
+    assert by_pool["llama-3.1-8b", "gpu-80g"].mode == "in_memory"
     assert by_pool["llama-3.1-8b", "gpu-80g"].fits
     assert route("gpu", POOLS, plans("llama-3.1-8b")).queue == "gpu-80g"
-    # 70B and Mixtral fit no GPU pool in memory: refused, naming each pool's figures.
-    for name in ("llama-3.1-70b", "moe"):
-        assert not any(by_pool[name, q].fits for q in ("gpu-24g", "gpu-80g"))
+    # 70B and Mixtral fit no GPU in memory: GPTQ runs them disk-offloaded, one decoder layer
+    # on the GPU at a time; a Mixtral layer (8 experts, their Hessians) needs the 80 GB pool.
+    for name, queue in (("llama-3.1-70b", "gpu-24g"), ("moe", "gpu-80g")):
+        assert all(by_pool[name, q].mode == "disk_offloaded" for q in ("gpu-24g", "gpu-80g"))
+        routed = route("gpu", POOLS, plans(name))
+        assert routed.queue == queue and routed.plan is not None
+        assert routed.plan.mode == "disk_offloaded"
+        assert routed.plan.device_peak_bytes < facts[name].checkpoint_bytes / 3
+        # A recipe without an offloaded mode: refused, naming each pool's figures.
         with pytest.raises(NoPoolFits, match=r"gpu-24g: .*GPU memory \d+\.\d GiB planned") as no:
-            route("gpu", POOLS, plans(name))
+            route("gpu", POOLS, plans(name, in_memory_only))
         assert "gpu-80g: GPU memory" in str(no.value)
     # The CPU pool: host memory decides; a job that fits goes there for device "cpu".
     assert route("cpu", POOLS, plans("llama-3.1-8b")).queue == "cpu"
+    assert route("cpu", POOLS, plans("llama-3.1-70b")).plan.mode == "disk_offloaded"  # type: ignore[union-attr]
     with pytest.raises(NoPoolFits, match=r"cpu: host memory \d+\.\d GiB planned"):
-        route("cpu", POOLS, plans("llama-3.1-70b"))
+        route("cpu", POOLS, plans("llama-3.1-70b", in_memory_only))
     # Without a readable config: the device's largest pool (its worker plans again).
     assert route("gpu", POOLS, None).queue == "gpu-80g"
     with pytest.raises(NoPoolFits, match="no worker pool runs gpu jobs"):
         route("gpu", POOLS[:1], None)
+
+
+def test_the_disk_offloaded_plan_holds_no_whole_model_and_a_forced_mode_is_checked() -> None:
+    facts = facts_from_config(config("llama-3.1-8b"))
+    cpu = Budget(device="cpu", host_bytes=None)
+    offloaded = plan_memory(facts, workload(GptqParams()), cpu, forced_mode="disk_offloaded")
+    assert offloaded.mode == "disk_offloaded" and offloaded.fits
+    # Every phase below the 16-bit checkpoint (16 GB): one module, one layer's working set
+    # (the largest: 128 calibration samples' activations and one layer's Hessians).
+    assert offloaded.host_peak_bytes < facts.checkpoint_bytes
+    assert offloaded.peak_phase() == "stages"
+    in_memory = plan_memory(facts, workload(GptqParams()), cpu, forced_mode="in_memory")
+    assert in_memory.mode == "in_memory" and in_memory.host_peak_bytes > facts.checkpoint_bytes
+    # Told to offload a recipe that cannot run offloaded: refused, saying why.
+    refused = plan_memory(facts, workload(SparseGptParams()), cpu, forced_mode="disk_offloaded")
+    assert not refused.fits
+    assert "cannot run disk_offloaded" in (refused.shortfall or "")
+    # Every offloadable method is named in that refusal (one list, checked against the costs).
+    assert sorted(OFFLOADABLE_METHODS) == sorted(
+        name for name, method in METHODS.items() if _default_cost(method).offloadable
+    )
+
+
+def _default_cost(method: object) -> StageCost:
+    try:
+        return method.params().cost()  # type: ignore[attr-defined, no-any-return]
+    except ValueError:  # parameters without defaults: not one of ours that offloads
+        return StageCost()

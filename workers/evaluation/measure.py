@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,38 @@ def saved_checkpoint_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
 # Parameters compressed-tensors adds beside a quantized weight: storage overhead (counted in
 # the checkpoint size and bits per weight), not model parameters.
 QUANTIZATION_PARAMETERS = ("_scale", "_zero_point", "_g_idx", "_global_scale")
+FLOATING_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
-def _model_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Unique parameters (tied embeddings once), without quantization scales / zero points."""
-    unique: dict[int, torch.Tensor] = {}
+def is_offloaded(model: torch.nn.Module) -> bool:
+    """Whether compressed-tensors offloads the model's parameters (the disk-offloaded mode)."""
+    from compressed_tensors.offload.cache import OffloadCache
+
+    return any(isinstance(m._parameters, OffloadCache) for m in model.modules())
+
+
+def _model_parameters(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Unique parameters (tied embeddings once), without quantization scales / zero points,
+    one at a time (an offloaded model reads each from disk as it is reached)."""
+    seen: set[int] = set()
+    skipped = _tied_output_parameters(model) if is_offloaded(model) else set()
     for name, param in model.named_parameters(remove_duplicate=True):
-        if not name.endswith(QUANTIZATION_PARAMETERS):
-            unique.setdefault(id(param), param)
-    return list(unique.values())
+        if name.endswith(QUANTIZATION_PARAMETERS) or name in skipped or id(param) in seen:
+            continue
+        seen.add(id(param))
+        yield param
+
+
+def _tied_output_parameters(model: torch.nn.Module) -> set[str]:
+    """The output embedding's parameter names when the config ties it to the input one: an
+    offloaded model keeps two handles on the one tensor, so identity cannot tell."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None or not getattr(text, "tie_word_embeddings", False):
+        return set()
+    name = next(n for n, m in model.named_modules() if m is output)
+    return {f"{name}.{p}" for p, _ in output.named_parameters(recurse=False)}
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -60,6 +84,25 @@ def parameter_count(model: torch.nn.Module) -> int:
 def nonzero_parameter_count(model: torch.nn.Module) -> int:
     """Parameters that are not zero: what pruning removed shows here, not in the count."""
     return sum(int(torch.count_nonzero(p)) for p in _model_parameters(model))
+
+
+def checkpoint_bytes_as(model_dir: Path, dtype: torch.dtype) -> int:
+    """Size of the directory's safetensors checkpoint with its floating tensors in `dtype`,
+    from the files' headers (no weight read): the files' own size when they already store
+    that dtype (the disk-offloaded mode's figure; `saved_checkpoint_bytes` needs the whole
+    model in memory)."""
+    from app.planning.model_facts import read_safetensors_header
+
+    element = torch.empty(0, dtype=dtype).element_size()
+    total = 0
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with file.open("rb") as handle:
+            header = 8 + int.from_bytes(handle.read(8), "little")
+        total += header
+        for tensor in read_safetensors_header(file).values():
+            floating = tensor.dtype in FLOATING_DTYPES
+            total += tensor.elements * element if floating else tensor.nbytes
+    return total
 
 
 @torch.no_grad()

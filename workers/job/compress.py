@@ -33,6 +33,9 @@ from workers.job.run import JobRun
 from workers.job.source import Source
 from workers.methods.recipe import RecipeOutcome, run_stages, save_artifact
 from workers.methods.shared.storage_dtype import compute_dtype
+from workers.models.decompressed import open_artifact_offloaded
+
+OFFLOADED_LOADER = "compressed_tensors decompress, module by module (disk-offloaded)"
 
 
 @dataclass
@@ -57,7 +60,8 @@ def compress(run: JobRun) -> Compressed:
             partial(layer_error.capture, source.model, run.data.layer_error_ids),
         )
     original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
-    source.model.to(compute_dtype(source.device))
+    if not source.offloaded:  # an offloaded model already computes in that dtype
+        source.model.to(compute_dtype(source.device))
     with ctx.timed("stages"):
         outcome = run_recipe(run)
     # Counted on the compressed model before saving: its weights are plain tensors here (a
@@ -74,6 +78,7 @@ def compress(run: JobRun) -> Compressed:
             source.tokenizer,
             out_dir,
             max_shard_bytes=run.job.spec.output.max_shard_bytes,
+            offloaded=source.offloaded,
         )
     save_format, stage_notes = outcome.save_format, outcome.stage_notes
     source.release()  # the in-memory model goes before the artifact loads: one copy at a time
@@ -82,7 +87,9 @@ def compress(run: JobRun) -> Compressed:
 
     ctx.progress("load_check", progress.LOAD_CHECK.start)
     with ctx.timed("load_check"):
-        loaded, load_check, generations = check_loads(source, out_dir, plan)
+        loaded, load_check, generations = check_loads(
+            source, out_dir, plan, run.scratch / "load-check"
+        )
     checkpoint_bytes = weight_bytes(out_dir)
     compressed: dict[str, Any] = {
         **counts,
@@ -160,15 +167,24 @@ def run_recipe(run: JobRun) -> RecipeOutcome:
 
 
 def check_loads(
-    source: Source, out_dir: Path, plan: EvalPlan
+    source: Source, out_dir: Path, plan: EvalPlan, scratch: Path
 ) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
     """Load the artifact as users will and generate from it. Plain transformers loads it,
     unless its layout (sparse bitmask, low-rank) needs the loader the package ships: the
-    report says which."""
+    report says which. Disk-offloaded, every quantized module is decompressed from the files
+    by compressed-tensors (what transformers' load runs) into a dense copy opened offloaded."""
     started = time.perf_counter()
     layout = artifact_format(out_dir)
     try:
-        loaded = load_model(out_dir, source.device)
+        if source.offloaded:
+            loaded = open_artifact_offloaded(
+                out_dir,
+                scratch,
+                onload_device=source.device,
+                dtype=compute_dtype(source.device),
+            )
+        else:
+            loaded = load_model(out_dir, source.device)
         generations = greedy_generations(
             loaded, source.tokenizer, plan.prompts, plan.max_new_tokens
         )
@@ -177,7 +193,9 @@ def check_loads(
     load_check = {
         "ok": True,
         "artifact_format": layout,
-        "loader": "transformers.AutoModelForCausalLM.from_pretrained"
+        "loader": OFFLOADED_LOADER
+        if source.offloaded
+        else "transformers.AutoModelForCausalLM.from_pretrained"
         if layout == PLAIN
         else "squash.load_pretrained",
         "seconds": round(time.perf_counter() - started, 3),

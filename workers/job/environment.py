@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from workers.formats.loader import load_pretrained
+from workers.methods.shared.storage_dtype import compute_dtype
+from workers.models.offloaded import open_offloaded
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
 
@@ -23,6 +25,12 @@ def pick_device(preference: str) -> torch.device:
 def load_model(path: Path, device: torch.device) -> torch.nn.Module:
     """Any model or artifact directory, float32, on `device` (the one loader users get too)."""
     return load_pretrained(path).to(device).eval()
+
+
+def open_model_offloaded(path: Path, offload_dir: Path, device: torch.device) -> torch.nn.Module:
+    """Any plain checkpoint directory disk-offloaded, computing in the stages' dtype (float32
+    on CPU, bfloat16 on GPU): the loader of the `disk_offloaded` mode."""
+    return open_offloaded(path, offload_dir, onload_device=device, dtype=compute_dtype(device))
 
 
 def library_versions() -> dict[str, str]:

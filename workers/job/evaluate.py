@@ -10,6 +10,7 @@ import torch
 from app.reports.schema import REPORT_VERSION
 from workers.evaluation import baseline
 from workers.evaluation.measure import (
+    checkpoint_bytes_as,
     nonzero_parameter_count,
     parameter_count,
     saved_checkpoint_bytes,
@@ -30,8 +31,10 @@ def measure_original(run: JobRun) -> dict[str, Any]:
         "parameters": parameter_count(model),
         "nonzero_parameters": nonzero_parameter_count(model),
         # Measured in the 16-bit storage dtype of every artifact: a float32 save would inflate
-        # every ratio.
-        "checkpoint_bytes_bf16": saved_checkpoint_bytes(model, STORAGE_DTYPE),
+        # every ratio. Offloaded, from the checkpoint's headers: saving needs the whole model.
+        "checkpoint_bytes_bf16": checkpoint_bytes_as(run.source.resolved.path, STORAGE_DTYPE)
+        if run.source.offloaded
+        else saved_checkpoint_bytes(model, STORAGE_DTYPE),
     }
     original["effective_bits_per_parameter"] = round(
         8 * original["checkpoint_bytes_bf16"] / original["parameters"], 4

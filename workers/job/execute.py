@@ -41,10 +41,15 @@ def execute(
         resolved = fetch_source(ctx, job.spec.model, scratch)
         memory_plan = plan_job(ctx, job, resolved.path, device)
         ctx.memory.plan = memory_plan.as_json() if memory_plan else None
-        source = open_source(resolved, device)
+        offloaded = memory_plan is not None and memory_plan.mode == "disk_offloaded"
+        source = open_source(resolved, device, offloaded=offloaded, scratch=scratch)
     ctx.fault_point("model_load")
     architecture = source.resolved.provenance.get("architecture")
-    ctx.event("info", f"model loaded on {source.device}", {"architecture": architecture})
+    ctx.event(
+        "info",
+        f"model {'opened disk-offloaded' if offloaded else 'loaded'} on {source.device}",
+        {"architecture": architecture, "offloaded": offloaded},
+    )
     # Every stage checked against the real model before any heavy work.
     for warning in preflight(source.model, job.stages):
         ctx.warn(warning)

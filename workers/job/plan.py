@@ -41,7 +41,10 @@ def plan_job(
         ctx.warn(f"no memory plan: {exc}")
         return None
     workload = workload_of(job.spec, [params for _, params in job.stages])
-    plan = plan_memory(facts, workload, worker_budget(ctx, device))
+    mode = ctx.settings.worker_execution_mode
+    plan = plan_memory(
+        facts, workload, worker_budget(ctx, device), forced_mode=None if mode == "auto" else mode
+    )
     ctx.event("info", f"memory plan: {plan.mode} on {plan.device}", plan.as_json())
     if plan.shortfall:
         raise JobFailure(

@@ -1,5 +1,6 @@
-"""The job's input model: fetched from its source, loaded on the job's device with its
-tokenizer, and dropped as soon as nothing needs it."""
+"""The job's input model: fetched from its source, opened on the job's device with its
+tokenizer (loaded whole, or disk-offloaded as the memory plan says), and dropped as soon as
+nothing needs it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from app.sources import ModelSource
 from workers.context import JobContext
 from workers.errors import JobFailure
 from workers.formats.loader import trust_remote_code
-from workers.job.environment import load_model
+from workers.job.environment import load_model, open_model_offloaded
+from workers.models.offloaded import NotOffloadable
 from workers.models.sources import ResolvedModel, resolve_model
 
 
@@ -26,6 +28,7 @@ class Source:
     tokenizer: Any
     model: torch.nn.Module
     device: torch.device
+    offloaded: bool = False  # the memory plan's `disk_offloaded` mode: no weight in memory
 
     def release(self) -> None:
         """Drop the in-memory model (the job's largest object) once nothing needs it."""
@@ -37,13 +40,26 @@ def fetch_source(ctx: JobContext, model: ModelSource, scratch: Path) -> Resolved
     return resolve_model(model.model_dump(mode="json"), ctx.settings, scratch)
 
 
-def open_source(resolved: ResolvedModel, device: torch.device) -> Source:
-    """Load the fetched model (and its tokenizer) on the job's device."""
+def open_source(
+    resolved: ResolvedModel, device: torch.device, *, offloaded: bool, scratch: Path
+) -> Source:
+    """Load the fetched model (and its tokenizer) on the job's device, or open it
+    disk-offloaded (each module's weights read from the checkpoint when it runs)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
         str(resolved.path), trust_remote_code=trust_remote_code()
     )
+    if offloaded:
+        try:
+            model = open_model_offloaded(resolved.path, scratch / "offload", device)
+        except NotOffloadable as exc:
+            raise JobFailure(
+                ErrorCode.UNSUPPORTED, f"the model cannot run disk-offloaded: {exc}"
+            ) from exc
+        except Exception as exc:
+            raise JobFailure(ErrorCode.INVALID_MODEL, f"model does not open: {exc}") from exc
+        return Source(resolved, tokenizer, model, device, offloaded=True)
     try:
         loaded = load_model(resolved.path, device)
     except Exception as exc:

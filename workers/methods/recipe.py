@@ -19,8 +19,10 @@ from workers.methods.catalog import get_method
 from workers.methods.shared.masks import capture_masks, reapply_masks
 from workers.methods.shared.storage_dtype import cast_for_storage
 from workers.models.hf import hf_config, pretrained
+from workers.models.streaming_save import save_offloaded
 
 STORAGE_DTYPE = torch.bfloat16
+COMPRESSED = "compressed-tensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the job spec's default (output.max_shard_bytes)
 # Config fields a structured stage changes. llm-compressor's save wrapper rewrites config.json
 # from the *source* model's file (for vLLM compatibility), which would undo them.
@@ -132,19 +134,36 @@ def run_stages(
 
 
 def save_artifact(
-    outcome: RecipeOutcome, tokenizer: Any, out_dir: Path, *, max_shard_bytes: int | None = None
+    outcome: RecipeOutcome,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    max_shard_bytes: int | None = None,
+    offloaded: bool = False,
 ) -> None:
     """Cast to the 16-bit storage dtype (quantized weights kept on their grid) and save, in
     shards of at most `max_shard_bytes` (transformers' own sharding and index; a tensor larger
-    than that is a shard of its own)."""
+    than that is a shard of its own). An offloaded model is compressed and written module by
+    module (`workers/models/streaming_save.py`: the same files)."""
+    shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
+    if offloaded:
+        if outcome.artifact_format != "transformers" or outcome.save_format != COMPRESSED:
+            raise ValueError(
+                f"a disk-offloaded model saves only as a {COMPRESSED} checkpoint, not "
+                f"{outcome.save_format} ({outcome.artifact_format})"
+            )
+        save_offloaded(outcome.model, out_dir, max_shard_bytes=shard_bytes, dtype=STORAGE_DTYPE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out_dir))
+        return
     cast_for_storage(outcome.model, STORAGE_DTYPE)
     if outcome.layout == "low-rank":
         low_rank.save(outcome.model, out_dir)
     else:
         pretrained(outcome.model).save_pretrained(
             str(out_dir),
-            save_compressed=outcome.save_format == "compressed-tensors",
-            max_shard_size=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
+            save_compressed=outcome.save_format == COMPRESSED,
+            max_shard_size=shard_bytes,
         )
         restore_structural_config(outcome.model, out_dir)
         if outcome.sparse_layers:

@@ -1,0 +1,167 @@
+"""Save a disk-offloaded, quantized model shard by shard: the disk-offloaded mode's save, which
+may never hold the whole model (issue 20).
+
+The in-memory save goes through llm-compressor's `save_pretrained` wrapper, which compresses
+every module in place and then hands the whole state dict to transformers; on an offloaded
+model that wrapper converts to accelerate's offloading and back, and failed on ours (a meta
+tensor it cannot copy). Here each module is read once (its tensors onloaded from the offload
+folder), brought onto its grid exactly as `cast_for_storage` does in memory, compressed with
+compressed-tensors' own per-module compressor (`BaseCompressor.compress`, the function the
+wrapper's `compress_module` calls) and added to the current shard; a shard is written with
+safetensors when the next module would take it past `max_shard_bytes`. Memory: one module's
+tensors plus one shard's compressed tensors.
+
+The files are the ones the in-memory save writes (same tensor names, dtypes and integers:
+`tests/unit/test_streaming_save.py`), the shard layout and index follow transformers'
+(`model.safetensors`, or `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`),
+and config.json gets compressed-tensors' `quantization_config`, so plain transformers and vLLM
+load the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.methods.shared.storage_dtype import on_grid_state
+
+INDEX = "model.safetensors.index.json"
+
+
+class ShardWriter:
+    """Tensors in, safetensors shards of at most `max_shard_bytes` out (a tensor larger than
+    that is a shard of its own), named and indexed as transformers names them."""
+
+    def __init__(self, out_dir: Path, max_shard_bytes: int) -> None:
+        self.out_dir, self.max_shard_bytes = out_dir, max_shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.written: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        """One module's tensors: kept in one shard together."""
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.pending and self.pending_bytes + size > self.max_shard_bytes:
+            self.flush()
+        self.pending.update({name: t.contiguous() for name, t in tensors.items()})
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        path = self.out_dir / f".shard-{len(self.written):05d}.safetensors"
+        save_file(self.pending, str(path), metadata={"format": "pt"})
+        self.written.append((path, sorted(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> list[Path]:
+        """Write the last shard, give every shard its final name, write the index when there
+        is more than one; returns the shard files."""
+        self.flush()
+        count = len(self.written)
+        if count == 1:
+            final = self.out_dir / "model.safetensors"
+            self.written[0][0].rename(final)
+            return [final]
+        weight_map: dict[str, str] = {}
+        files = []
+        for number, (path, names) in enumerate(self.written, start=1):
+            final = self.out_dir / f"model-{number:05d}-of-{count:05d}.safetensors"
+            path.rename(final)
+            files.append(final)
+            weight_map.update(dict.fromkeys(names, final.name))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        return files
+
+
+def persistent_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's own parameters and saved buffers (onloaded: one read each)."""
+    state = {name: p.data for name, p in module._parameters.items() if p is not None}
+    skipped = getattr(module, "_non_persistent_buffers_set", set())
+    state.update(
+        {
+            name: b.data
+            for name, b in module._buffers.items()
+            if b is not None and name not in skipped
+        }
+    )
+    return state
+
+
+def tied_output(model: torch.nn.Module) -> str | None:
+    """The output embedding's module name when config.json ties it to the input embedding and
+    it was not quantized (saved once, as the input embedding, as transformers does)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None else None
+    if not getattr(text, "tie_word_embeddings", False):
+        return None
+    output = model.get_output_embeddings()
+    if output is None or getattr(output, "quantization_scheme", None) is not None:
+        return None
+    return next(name for name, module in model.named_modules() if module is output)
+
+
+@torch.no_grad()
+def save_offloaded(
+    model: torch.nn.Module,
+    out_dir: Path,
+    *,
+    max_shard_bytes: int,
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[Path]:
+    """Compress and write `model` (quantized by an llm-compressor stage, offloaded or not) to
+    `out_dir`; returns the weight files."""
+    from compressed_tensors.compressors import BaseCompressor, ModelCompressor
+    from compressed_tensors.quantization import QuantizationStatus
+
+    compressor = ModelCompressor.from_pretrained_model(model)  # sets each scheme's format
+    writer = ShardWriter(out_dir, max_shard_bytes)
+    skip = tied_output(model)
+    for name, module in model.named_modules(remove_duplicate=True):
+        if name == skip:
+            continue
+        state = persistent_state(module)
+        if not state:
+            continue
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is not None and scheme.weights is not None and "weight_scale" in state:
+            state = on_grid_state(state, scheme, dtype)
+            state = BaseCompressor.get_value_from_registry(scheme.format.value).compress(
+                state, scheme
+            )
+        else:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        prefix = f"{name}." if name else ""
+        writer.add({prefix + key: tensor.cpu() for key, tensor in state.items()})
+        del state
+    files = writer.close()
+    if compressor.quantization_config is not None:
+        # What `ModelCompressor.compress_model` records: readers decompress on load.
+        compressor.quantization_config.quantization_status = QuantizationStatus.COMPRESSED
+    write_config(model, out_dir, compressor)
+    return files
+
+
+def write_config(model: torch.nn.Module, out_dir: Path, compressor: Any) -> None:
+    """config.json (in the storage dtype, with the quantization config compressed-tensors
+    reads) and generation_config.json."""
+    config = model.config
+    original = config.dtype
+    config.dtype = torch.bfloat16
+    try:
+        config.save_pretrained(str(out_dir))
+    finally:
+        config.dtype = original
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(str(out_dir))
+    compressor.update_config(str(out_dir))
