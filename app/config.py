@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # the plan fits, else disk-offloaded; a named mode forces it (tests, benchmarks, a pool of
     # small workers that should never hold a whole model).
     worker_execution_mode: Literal["auto", "in_memory", "disk_offloaded"] = "auto"
+    # glibc's mmap threshold, fixed for the job's process (workers/memory.py); 0 = glibc's
+    # default (a threshold that grows, keeping freed tensors in the heap).
+    worker_malloc_mmap_threshold_bytes: int = Field(default=2**20, ge=0, le=2**30)
 
     # Per-tenant limits (app/limits/). Token buckets: `burst` requests at once, refilled at
     # `per_minute` (0 disables); submissions have their own, stricter bucket. Active jobs are

@@ -12,9 +12,11 @@ of each phase, reset between phases, above the RSS at the job's start); for the 
 fresh process that imports torch, transformers and llm-compressor, then loads the model in its
 stored dtype, runs `oneshot` and saves compressed (the flow of llm-compressor's README).
 
-Targets (issue 20): the job's peak over all phases <= 0.5x the bf16 checkpoint and <= 0.5x the
-library flow's peak. Writes bench/results/scale.json; the offload and resume figures are null
-until those parts exist.
+The worker is given a memory budget below the model's bf16 size (WORKER_HOST_MEMORY_BYTES =
+0.9x the checkpoint), so its plan cannot hold the model in memory and picks the disk-offloaded
+mode (`app/planning/memory_plan.py`). Targets (issue 20): the job's peak over all phases <= 0.5x
+the bf16 checkpoint and <= 0.5x the library flow's peak. Writes bench/results/scale.json,
+keeping the offload and resume figures bench/offload_equivalence.py and bench/resume.py wrote.
 """
 
 from __future__ import annotations
@@ -159,12 +161,22 @@ def _library_flow_in_this_process(model_dir: Path, name: str) -> None:
     print(json.dumps(result))
 
 
+BUDGET_VS_BF16 = 0.9
+KEPT_FIELDS = (  # written into scale.json by bench/resume.py and bench/offload_equivalence.py
+    "resume_stage_time_ratio",
+    "resume_tensors_equal",
+    "offload_tensors_equal",
+    "offload_wall_time_ratio",
+)
+
+
 def resume_figures() -> dict[str, Any]:
-    """What bench/resume.py wrote into the same file (its figures and failures)."""
+    """What bench/resume.py and bench/offload_equivalence.py wrote into the same file (their
+    figures, and resume's failures)."""
     if not RESULTS.exists():
-        return {"resume_stage_time_ratio": None, "resume_tensors_equal": None}
+        return dict.fromkeys(KEPT_FIELDS)
     old = json.loads(RESULTS.read_text())
-    figures = {k: old.get(k) for k in ("resume_stage_time_ratio", "resume_tensors_equal")}
+    figures = {k: old.get(k) for k in KEPT_FIELDS}
     if "resume" in old:
         figures["resume"] = old["resume"]
     failures = [f for f in old.get("target_failures", []) if f.startswith("resume")]
@@ -185,8 +197,15 @@ def main() -> None:
         parameters, checkpoint = build_model(models / "synthetic-1b")
         print(f"synthetic model: {parameters:,} parameters, {checkpoint / 1e9:.2f} GB bf16")
         rows: dict[str, Any] = {}
+        budget = int(BUDGET_VS_BF16 * checkpoint)
+        print(f"worker memory budget: {budget / 1e9:.2f} GB ({BUDGET_VS_BF16}x bf16)")
         stack = EmbeddedStack(
-            Path(tmp) / "stack", free_port(), extra_env={"MODEL_DIRS": json.dumps([str(models)])}
+            Path(tmp) / "stack",
+            free_port(),
+            extra_env={
+                "MODEL_DIRS": json.dumps([str(models)]),
+                "WORKER_HOST_MEMORY_BYTES": str(budget),
+            },
         )
         key = stack.start()
         try:
@@ -242,12 +261,10 @@ def main() -> None:
             "bf16_checkpoint_bytes": checkpoint,
             "job_peak_rss_bytes": first["job_peak_rss_bytes"],
             "library_peak_rss_bytes": first["library_peak_rss_bytes"],
+            "worker_host_memory_budget_bytes": budget,
             "targets": {"job_peak_vs_bf16": 0.5, "job_peak_vs_library": 0.5},
             "recipes": rows,
-            # Not built yet (issue 20): the offloaded mode.
-            "offload_tensors_equal": None,
-            "offload_wall_time_ratio": None,
-            # bench/resume.py's figures, kept when this bench runs again.
+            # bench/resume.py's and bench/offload_equivalence.py's figures, kept.
             **resume,
         },
         failures + resume_failures,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +26,35 @@ MOST_DAMAGED = 10
 
 @dataclass
 class Capture:
+    """Each linear layer's input and output; in memory, or in one small file per layer under
+    `store` (a disk-offloaded job: 256 tokens of a 1.1B model's 154 layers are 0.85 GB)."""
+
     tokens: int
+    store: Path | None = None
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def put(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.store is None:
+            self.inputs[name], self.outputs[name] = x, y
+            return
+        from safetensors.torch import save_file
+
+        path = self.store / f"{len(self.files):05d}.safetensors"
+        save_file({"input": x.contiguous(), "output": y.contiguous()}, str(path))
+        self.files[name] = path
+
+    def names(self) -> list[str]:
+        return list(self.files if self.store is not None else self.inputs)
+
+    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.store is None:
+            return self.inputs[name], self.outputs[name]
+        from safetensors.torch import load_file
+
+        pair = load_file(str(self.files[name]))
+        return pair["input"], pair["output"]
 
 
 def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -41,15 +68,21 @@ def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def capture(model: torch.nn.Module, token_ids: list[int]) -> Capture:
-    """Inputs and outputs of every linear layer for one sequence of `token_ids`."""
-    result = Capture(tokens=len(token_ids))
+def capture(model: torch.nn.Module, token_ids: list[int], store: Path | None = None) -> Capture:
+    """Inputs and outputs of every linear layer for one sequence of `token_ids` (kept in files
+    under `store` when given)."""
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+    result = Capture(tokens=len(token_ids), store=store)
     handles = []
     for name, module in linear_layers(model).items():
 
         def hook(_m: torch.nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
-            result.inputs[name] = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
-            result.outputs[name] = out.detach().reshape(-1, out.shape[-1]).float().cpu()
+            result.put(
+                name,
+                args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu(),
+                out.detach().reshape(-1, out.shape[-1]).float().cpu(),
+            )
 
         handles.append(module.register_forward_hook(hook))
     device = next(model.parameters()).device
@@ -90,14 +123,17 @@ def compare(
     """One row per captured (original) layer: its relative output error, or why there is none."""
     device = next(compressed.parameters()).device
     by_original: dict[str, tuple[str, torch.nn.Module]] = {}
+    names = set(captured.names())
     for name, module in compressed.named_modules():
-        if name.endswith("lm_head") or not list(module.parameters(recurse=True)):
+        # `next`, not `list`: an offloaded module reads each parameter it yields from disk.
+        if name.endswith("lm_head") or next(module.parameters(recurse=True), None) is None:
             continue
         source = original_name(name, origin)
-        if source in captured.inputs:
+        if source in names:
             by_original[source] = (name, module)
     rows = []
-    for source, x in captured.inputs.items():
+    for source in captured.names():
+        x, reference = captured.get(source)
         row: dict[str, Any] = {"layer": source}
         if source not in by_original:
             rows.append({**row, "status": "removed"})
@@ -106,7 +142,6 @@ def compare(
         dtype = next(module.parameters()).dtype
         if not dtype.is_floating_point:  # packed integer weights: the module dequantizes itself
             dtype = torch.float32
-        reference = captured.outputs[source]
         try:
             y = module(x.to(device=device, dtype=dtype)).float().cpu()
         except RuntimeError:

@@ -109,6 +109,10 @@ def checkpoint_bytes_as(model_dir: Path, dtype: torch.dtype) -> int:
 def greedy_generations(
     model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int
 ) -> list[str]:
+    """Each prompt's greedy continuation. A disk-offloaded model reads every weight per
+    generated token, so its prompts go in one left-padded batch (one read per token for all)."""
+    if is_offloaded(model) and len(prompts) > 1:
+        return _batched_generations(model, tokenizer, prompts, max_new_tokens)
     outputs = []
     device = next(model.parameters()).device
     lm: Any = model  # `generate` comes from the architecture's class (GenerationMixin)
@@ -120,6 +124,26 @@ def greedy_generations(
         new_tokens = generated[0, inputs["input_ids"].shape[1] :]
         outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))
     return outputs
+
+
+def _batched_generations(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    device = next(model.parameters()).device
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    width = max(len(ids) for ids in encoded)
+    pad = 0  # as the unbatched path's pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    lm: Any = model
+    generated = lm.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated]
 
 
 QUANTIZED_WEIGHT_PARTS = (

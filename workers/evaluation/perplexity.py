@@ -8,10 +8,12 @@ gives each scored token more left context.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from workers.evaluation.layerwise import layerwise_logits
 
 
 @dataclass(frozen=True)
@@ -30,18 +32,31 @@ def perplexity(
     context_length: int,
     stride: int,
     on_window: Callable[[int, int], None] | None = None,
+    layerwise: bool = False,
+    on_layer: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
+    """`layerwise`: all windows through the model one decoder layer at a time (a disk-offloaded
+    model reads each weight once instead of once per window; `layerwise.py`), same figures."""
     if len(token_ids) < 2:
         raise ValueError("need at least two tokens")
     device = next(model.parameters()).device
     ids = torch.tensor(token_ids, dtype=torch.long, device=device).unsqueeze(0)
     total = ids.shape[1]
-    starts = list(range(0, total - 1, stride))
+    spans: list[tuple[int, int]] = []
+    for begin in range(0, total - 1, stride):
+        spans.append((begin, min(begin + context_length, total)))
+        if spans[-1][1] == total:
+            break
+    windows = [ids[:, begin:end] for begin, end in spans]
+    if layerwise:
+        all_logits: Iterator[torch.Tensor] = layerwise_logits(model, windows, on_layer)
+    else:
+        all_logits = (model(window).logits for window in windows)
     nll_sum, scored, scored_until = 0.0, 0, 1  # token 0 has no context: never scored
-    for index, begin in enumerate(starts):
-        end = min(begin + context_length, total)
-        window = ids[:, begin:end]
-        logits = model(window).logits.float()
+    for index, ((begin, end), window, raw) in enumerate(
+        zip(spans, windows, all_logits, strict=True)
+    ):
+        logits = raw.float()
         # logits[t] predicts token t+1 of the window
         log_probs = torch.log_softmax(logits[0, :-1], dim=-1)
         targets = window[0, 1:]
@@ -50,9 +65,7 @@ def perplexity(
         nll_sum += float(token_nll.double().sum())
         scored += int(token_nll.numel())
         scored_until = end
-        if on_window:
-            on_window(index + 1, len(starts))
-        if end == total:
-            break
+        if on_window and not layerwise:  # layer-wise, progress is counted in layers
+            on_window(index + 1, len(spans))
     mean = nll_sum / scored
-    return PerplexityResult(math.exp(mean), mean, scored, index + 1)
+    return PerplexityResult(math.exp(mean), mean, scored, len(spans))

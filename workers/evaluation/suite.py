@@ -19,7 +19,8 @@ from app.jobs.schemas import EvaluationSpec
 from workers.context import JobContext
 from workers.errors import JobCancelled, LeaseLost
 from workers.evaluation import harness
-from workers.evaluation.measure import greedy_generations
+from workers.evaluation.layerwise import supports_layerwise
+from workers.evaluation.measure import greedy_generations, is_offloaded
 from workers.evaluation.perplexity import perplexity
 from workers.evaluation.serving import measure_in_subprocess
 
@@ -123,13 +124,18 @@ def perplexity_metrics(
     model: torch.nn.Module,
     plan: EvalPlan,
     on_window: Callable[[int, int], None] | None = None,
+    on_layer: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """A disk-offloaded model runs all windows one decoder layer at a time (each weight read
+    once, not once per window): the same figures."""
     result = perplexity(
         model,
         plan.eval_ids,
         context_length=plan.context_length,
         stride=plan.stride,
         on_window=on_window,
+        layerwise=is_offloaded(model) and supports_layerwise(model),
+        on_layer=on_layer,
     )
     return {
         "perplexity": result.perplexity,
@@ -181,7 +187,12 @@ def evaluate(
         def tick(done: int, total: int) -> None:
             progress("perplexity", done / total, {"window": done, "windows": total})
 
-        found = attempts.run(f"{label}.perplexity", lambda: perplexity_metrics(model, plan, tick))
+        def layer_tick(done: int, total: int) -> None:
+            progress("perplexity", done / total, {"layer": done, "layers": total})
+
+        found = attempts.run(
+            f"{label}.perplexity", lambda: perplexity_metrics(model, plan, tick, layer_tick)
+        )
         out.update(found or {})
     if generations:
         texts = attempts.run(
@@ -196,7 +207,12 @@ def evaluate(
             progress("tasks", index / total, {"task": name, "done": index, "total": total})
 
         out["tasks"] = run_tasks(ctx, attempts, label, model, tokenizer, plan, on_task)
-    if plan.efficiency is not None:
+    if plan.efficiency is not None and is_offloaded(model):
+        # The probe serves the saved model from memory in a subprocess: what the
+        # disk-offloaded mode exists to avoid.
+        if ctx:
+            ctx.warn(f"{label}: serving efficiency skipped: the job runs disk-offloaded")
+    elif plan.efficiency is not None:
         spec = plan.efficiency
         progress("efficiency", 0.0, {"runs": spec["warmup"] + spec["repetitions"]})
         measured = attempts.run(

@@ -57,7 +57,13 @@ def compress(run: JobRun) -> Compressed:
     if run.job.spec.evaluation.layer_error_tokens and run.data.layer_error_ids:
         captured = attempts.run(
             "layer_error.capture",
-            partial(layer_error.capture, source.model, run.data.layer_error_ids),
+            partial(
+                layer_error.capture,
+                source.model,
+                run.data.layer_error_ids,
+                # Offloaded, the activations wait on disk too (0.85 GB for a 1.1B model).
+                run.scratch / "layer-error" if source.offloaded else None,
+            ),
         )
     original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
     if not source.offloaded:  # an offloaded model already computes in that dtype

@@ -23,7 +23,7 @@ from workers.job.resources import estimate_resources
 from workers.job.run import JobRun
 from workers.job.source import fetch_source, open_source
 from workers.job.spec import read_spec
-from workers.memory import PhaseMemory
+from workers.memory import PhaseMemory, fix_malloc_mmap_threshold
 from workers.methods.recipe import preflight
 
 
@@ -32,6 +32,8 @@ def execute(
 ) -> dict[str, Any]:
     """Run the job; returns the values the runner's final commit writes."""
     job = read_spec(raw_spec)
+    if ctx.settings.worker_malloc_mmap_threshold_bytes:
+        fix_malloc_mmap_threshold(ctx.settings.worker_malloc_mmap_threshold_bytes)
     torch.manual_seed(job.spec.seed)
     device = pick_device(device_pref)
     ctx.memory = PhaseMemory(cuda=device.type == "cuda")
