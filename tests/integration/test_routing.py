@@ -119,3 +119,64 @@ def test_a_worker_refuses_before_loading_a_job_its_memory_cannot_hold(
     messages = [event["message"] for event in events]
     assert any(m.startswith("memory plan: ") for m in messages)
     assert not any(m.startswith("model loaded") for m in messages)  # refused before loading
+
+
+def test_a_worker_told_to_offload_runs_the_job_disk_offloaded_to_the_same_artifact(
+    pooled_api: TestClient,
+    auth: dict[str, str],
+    settings: Settings,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """WORKER_EXECUTION_MODE=disk_offloaded: the job opens the model without loading it, saves
+    module by module and load-checks by streamed decompression; its weight file is the one the
+    in-memory save writes, byte for byte, and its reported perplexity is the artifact's."""
+    import hashlib
+
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.evaluation import perplexity_of
+    from workers.formats.loader import load_pretrained
+    from workers.methods.recipe import parse_stages, run_stages, save_artifact
+
+    job = submit(pooled_api, auth, device="cpu")
+    offloading = settings.model_copy(
+        update={"worker_pools": POOLS, "worker_execution_mode": "disk_offloaded"}
+    )
+    worker = WorkerProcess(offloading, tmp_path / "offloading-worker.log", queues="cpu-4g")
+    try:
+        done = wait_for_state(pooled_api, auth, job["id"], worker=worker)
+    finally:
+        worker.kill()
+    assert done["state"] == "succeeded", done["error"]
+    report = pooled_api.get(f"/v1/jobs/{job['id']}/report", headers=auth).json()
+    assert report["memory"]["plan"]["mode"] == "disk_offloaded"
+    assert "disk-offloaded" in report["load_check"]["loader"]
+    events = pooled_api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["items"]
+    messages = [event["message"] for event in events]
+    assert any(m.startswith("model opened disk-offloaded") for m in messages)
+    assert any("serving efficiency skipped" in m for m in messages)
+
+    listing = pooled_api.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth).json()["items"]
+    downloaded = tmp_path / "artifact"
+    downloaded.mkdir()
+    for item in listing:
+        if item["path"].startswith("model/"):
+            content = httpx.get(item["url"]).raise_for_status().content
+            (downloaded / item["path"].removeprefix("model/")).write_bytes(content)
+    # The same recipe in memory, in this process.
+    body = tiny_job()
+    outcome = run_stages(
+        load_pretrained(tiny_model_dir).eval(), None, parse_stages(body["recipe"]), []
+    )
+    save_artifact(outcome, None, tmp_path / "in-memory")
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+    assert digest(downloaded) == digest(tmp_path / "in-memory")
+    model = AutoModelForCausalLM.from_pretrained(downloaded, dtype=torch.float32)
+    measured = perplexity_of(model, downloaded, report["evaluation"])
+    assert measured == pytest.approx(report["compressed"]["perplexity"], rel=1e-6)
