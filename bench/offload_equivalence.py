@@ -166,7 +166,8 @@ def main() -> None:
             failures.append(f"{name}: the perplexities differ")
         if row["wall_time_ratio"] > MAX_WALL_RATIO:
             failures.append(
-                f"{name}: offloaded wall time {row['wall_time_ratio']}x (target <= {MAX_WALL_RATIO}x)"
+                f"{name}: offloaded wall time {row['wall_time_ratio']}x "
+                f"(target <= {MAX_WALL_RATIO}x)"
             )
     worst = max(rows.values(), key=lambda r: r["wall_time_ratio"])
     summary = {

@@ -15,6 +15,7 @@ evaluated window by window.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -42,7 +43,8 @@ def layerwise_logits(
     from compressed_tensors.offload import disable_offloading
     from transformers.masking_utils import create_causal_mask
 
-    base = model.model
+    base: Any = model.model  # the architecture's decoder stack (supports_layerwise checked it)
+    head: Any = model.lm_head
     with disable_offloading():
         hidden = [base.embed_tokens(window) for window in windows]
     positions = [torch.arange(h.shape[1], device=h.device).unsqueeze(0) for h in hidden]
@@ -79,7 +81,7 @@ def layerwise_logits(
             on_layer(index + 1, len(layers))
     with disable_offloading():
         for h in hidden:
-            yield model.lm_head(base.norm(h))
+            yield head(base.norm(h))
 
 
 def _tensor(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from workers.models.hf import pretrained
+from workers.models.hf import pretrained, tied_output_name
 
 
 def weight_bytes(path: Path) -> int:
@@ -66,14 +66,11 @@ def _model_parameters(model: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 
 def _tied_output_parameters(model: torch.nn.Module) -> set[str]:
-    """The output embedding's parameter names when the config ties it to the input one: an
-    offloaded model keeps two handles on the one tensor, so identity cannot tell."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None else None
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None or not getattr(text, "tie_word_embeddings", False):
+    """The tied output embedding's parameter names (counted once, as the input embedding)."""
+    name = tied_output_name(model)
+    if name is None:
         return set()
-    name = next(n for n, m in model.named_modules() if m is output)
+    output = model.get_submodule(name)
     return {f"{name}.{p}" for p, _ in output.named_parameters(recurse=False)}
 
 

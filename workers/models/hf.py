@@ -38,3 +38,15 @@ def linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
     if not isinstance(module, torch.nn.Linear):
         raise JobFailure(ErrorCode.UNSUPPORTED, f"{name} is {type(module).__name__}, not Linear")
     return module
+
+
+def tied_output_name(model: torch.nn.Module) -> str | None:
+    """The output embedding's module name when the config ties it to the input embedding. An
+    offloaded model holds two handles on the one tied tensor, so identity cannot tell."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None else None
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    if output is None or not getattr(text, "tie_word_embeddings", False):
+        return None
+    return next(name for name, module in model.named_modules() if module is output)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from workers.methods.shared.storage_dtype import on_grid_state
+from workers.models.hf import hf_config, tied_output_name
 
 INDEX = "model.safetensors.index.json"
 
@@ -86,7 +87,7 @@ class ShardWriter:
 def persistent_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The module's own parameters and saved buffers (onloaded: one read each)."""
     state = {name: p.data for name, p in module._parameters.items() if p is not None}
-    skipped = getattr(module, "_non_persistent_buffers_set", set())
+    skipped: set[str] = getattr(module, "_non_persistent_buffers_set", set())
     state.update(
         {
             name: b.data
@@ -98,16 +99,12 @@ def persistent_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def tied_output(model: torch.nn.Module) -> str | None:
-    """The output embedding's module name when config.json ties it to the input embedding and
-    it was not quantized (saved once, as the input embedding, as transformers does)."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None else None
-    if not getattr(text, "tie_word_embeddings", False):
+    """The tied output embedding's module name unless it was quantized (then it is a tensor of
+    its own): saved once, as the input embedding, as transformers does."""
+    name = tied_output_name(model)
+    if name is None or getattr(model.get_submodule(name), "quantization_scheme", None):
         return None
-    output = model.get_output_embeddings()
-    if output is None or getattr(output, "quantization_scheme", None) is not None:
-        return None
-    return next(name for name, module in model.named_modules() if module is output)
+    return name
 
 
 @torch.no_grad()
@@ -154,14 +151,14 @@ def save_offloaded(
 def write_config(model: torch.nn.Module, out_dir: Path, compressor: Any) -> None:
     """config.json (in the storage dtype, with the quantization config compressed-tensors
     reads) and generation_config.json."""
-    config = model.config
+    config = hf_config(model)
     original = config.dtype
     config.dtype = torch.bfloat16
     try:
         config.save_pretrained(str(out_dir))
     finally:
         config.dtype = original
-    generation = getattr(model, "generation_config", None)
+    generation: Any = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(str(out_dir))
     compressor.update_config(str(out_dir))
