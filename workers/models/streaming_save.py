@@ -123,14 +123,18 @@ def save_offloaded(
     compressor = ModelCompressor.from_pretrained_model(model)  # sets each scheme's format
     writer = ShardWriter(out_dir, max_shard_bytes)
     skip = tied_output(model)
-    for name, module in model.named_modules(remove_duplicate=True):
-        if name == skip:
-            continue
+    # The modules left in 16 bits first (the embeddings: the largest tensors), while the shard
+    # is still empty; then the quantized ones, whose packed tensors wait in the shard. On the
+    # 1.1B model, model order peaked at 1.12 GB: the output head read last, in float32, beside
+    # 0.6 GB of packed layers. (safetensors orders a file's tensors itself: same bytes.)
+    modules = [(n, m) for n, m in model.named_modules(remove_duplicate=True) if n != skip]
+    modules.sort(key=lambda item: _is_quantized(item[1]))
+    for name, module in modules:
         state = persistent_state(module)
         if not state:
             continue
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is not None and scheme.weights is not None and "weight_scale" in state:
+        if _is_quantized(module) and "weight_scale" in state:
+            scheme = module.quantization_scheme
             state = on_grid_state(state, scheme, dtype)
             state = BaseCompressor.get_value_from_registry(scheme.format.value).compress(
                 state, scheme
@@ -146,6 +150,11 @@ def save_offloaded(
         compressor.quantization_config.quantization_status = QuantizationStatus.COMPRESSED
     write_config(model, out_dir, compressor)
     return files
+
+
+def _is_quantized(module: torch.nn.Module) -> bool:
+    scheme = getattr(module, "quantization_scheme", None)
+    return scheme is not None and scheme.weights is not None
 
 
 def write_config(model: torch.nn.Module, out_dir: Path, compressor: Any) -> None:
