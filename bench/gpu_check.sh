@@ -4,7 +4,8 @@
 #   1. here, once:  bash bench/gpu_wheels.sh        (downloads them into .whl/, ~34 MB, ignored by git)
 #   2. device run:  command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 540
 # It builds its random 1.1B model on the spot (no network there) and runs bench/gpu_check.py:
-# RTN and GPTQ jobs on a CUDA worker, CUDA peak per phase beside the plan, wall time (~8 min).
+# RTN and GPTQ jobs on a CUDA worker in memory, RTN once more disk-offloaded; CUDA peak per
+# phase beside the plan, wall time (~8 min).
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
