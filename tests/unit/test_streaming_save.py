@@ -113,3 +113,30 @@ def test_an_offloaded_model_refuses_a_layout_it_cannot_stream(
     with pytest.raises(ValueError, match="only as a compressed-tensors checkpoint"):
         save_artifact(outcome, None, tmp_path / "out", offloaded=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shard_writer_writes_save_files_bytes_from_a_spill(tmp_path: Path) -> None:
+    """Every dtype a checkpoint holds, a 0-d and an empty tensor: the shard is byte for byte
+    what safetensors' `save_file` writes, though no tensor waited in memory for it."""
+    from safetensors.torch import save_file
+
+    from workers.models.streaming_save import ShardWriter
+
+    tensors = {
+        "layer.weight_packed": torch.randint(0, 2**30, (8, 4), dtype=torch.int32),
+        "layer.weight_scale": torch.randn(8, 2, dtype=torch.bfloat16),
+        "layer.weight_shape": torch.tensor([8, 32]),
+        "norm.weight": torch.randn(5),
+        "mask": torch.zeros(3, dtype=torch.bool),
+        "zero_point": torch.randint(-8, 8, (4,), dtype=torch.int8),
+        "scalar": torch.tensor(2.5, dtype=torch.float16),
+        "empty": torch.zeros(0),
+    }
+    writer = ShardWriter(tmp_path / "out", max_shard_bytes=10**9)
+    writer.add(dict(list(tensors.items())[:4]))
+    writer.add(dict(list(tensors.items())[4:]))
+    assert writer.close() == [tmp_path / "out" / "model.safetensors"]
+    save_file(tensors, str(tmp_path / "reference.safetensors"), metadata={"format": "pt"})
+    written = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert written == (tmp_path / "reference.safetensors").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors"]

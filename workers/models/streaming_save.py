@@ -21,6 +21,7 @@ load the artifact.
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +35,71 @@ INDEX = "model.safetensors.index.json"
 
 class ShardWriter:
     """Tensors in, safetensors shards of at most `max_shard_bytes` out (a tensor larger than
-    that is a shard of its own), named and indexed as transformers names them."""
+    that is a shard of its own), named and indexed as transformers names them.
+
+    Nothing waits in memory: each tensor's bytes go to a spill file as they come, and a shard is
+    written when it is full (its header, then the tensors copied from the spill in the order
+    safetensors' own `save_file` writes them, so a shard holds the bytes `save_file` would have
+    written). Holding a shard's tensors until then kept 0.76 GB of a 1.1B model's packed
+    weights in memory during the save."""
 
     def __init__(self, out_dir: Path, max_shard_bytes: int) -> None:
         self.out_dir, self.max_shard_bytes = out_dir, max_shard_bytes
-        self.pending: dict[str, torch.Tensor] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.spill_path = out_dir / ".spill"
+        self.spill = self.spill_path.open("wb")
+        self.pending: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, at, n
         self.pending_bytes = 0
         self.written: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
-        out_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         """One module's tensors: kept in one shard together."""
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.pending and self.pending_bytes + size > self.max_shard_bytes:
             self.flush()
-        self.pending.update({name: t.contiguous() for name, t in tensors.items()})
+        for name, tensor in tensors.items():
+            flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            at = self.spill.tell()
+            self.spill.write(flat.numpy().data)  # the tensor's own bytes, no copy
+            dtype = SAFETENSORS_DTYPES[tensor.dtype]
+            self.pending.append((name, dtype, list(tensor.shape), at, flat.numel()))
         self.pending_bytes += size
         self.total_bytes += size
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.pending:
             return
+        self.spill.flush()
+        order = dtype_order(frozenset(dtype for _, dtype, _, _, _ in self.pending))
+        entries = sorted(self.pending, key=lambda e: (order[e[1]], e[0]))
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape, _, size in entries:
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
         path = self.out_dir / f".shard-{len(self.written):05d}.safetensors"
-        save_file(self.pending, str(path), metadata={"format": "pt"})
-        self.written.append((path, sorted(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
+        with path.open("wb") as shard, self.spill_path.open("rb") as spill:
+            shard.write(len(encoded).to_bytes(8, "little") + encoded)
+            for _, _, _, at, size in entries:
+                spill.seek(at)
+                while size:
+                    chunk = spill.read(min(size, COPY_CHUNK))
+                    shard.write(chunk)
+                    size -= len(chunk)
+        self.written.append((path, sorted(name for name, *_ in self.pending)))
+        self.pending, self.pending_bytes = [], 0
+        self.spill.seek(0)
+        self.spill.truncate()
 
     def close(self) -> list[Path]:
         """Write the last shard, give every shard its final name, write the index when there
         is more than one; returns the shard files."""
         self.flush()
+        self.spill.close()
+        self.spill_path.unlink()
         count = len(self.written)
         if count == 1:
             final = self.out_dir / "model.safetensors"
@@ -82,6 +115,30 @@ class ShardWriter:
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
         (self.out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return files
+
+
+COPY_CHUNK = 16 * 2**20
+
+
+def _safetensors_dtypes() -> dict[torch.dtype, str]:
+    from safetensors.torch import _TYPES
+
+    return {dtype: name for name, dtype in _TYPES.items() if isinstance(dtype, torch.dtype)}
+
+
+SAFETENSORS_DTYPES = _safetensors_dtypes()
+
+
+@cache
+def dtype_order(dtypes: frozenset[str]) -> dict[str, int]:
+    """The order in which safetensors lays out tensors of these dtypes (it sorts by dtype,
+    then name), asked of safetensors itself on one-element tensors rather than restated."""
+    from safetensors.torch import _TYPES, save
+
+    probe = {dtype: torch.zeros(1, dtype=_TYPES[dtype]) for dtype in sorted(dtypes)}
+    raw = save(probe, metadata={"format": "pt"})
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    return {name: rank for rank, name in enumerate(k for k in header if k != "__metadata__")}
 
 
 def persistent_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
