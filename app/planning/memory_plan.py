@@ -22,8 +22,8 @@ On a GPU the stages run in bfloat16 on the device (after a float32 load and eval
 The disk-offloaded mode (`disk_offloaded`, `workers/models/offloaded.py`) holds no whole model
 in any phase: every weight stays in the checkpoint's files (changed ones in the job's offload
 folder) and each module's tensors are read, in the compute dtype, when its forward runs. A
-phase then holds the largest module (the embedding, or one decoder layer), its working set, and
-for the save the compressed tensors of one shard (at most `max_shard_bytes`). It runs only
+phase then holds the largest module (the embedding, or one decoder layer) and its working set;
+the save writes each compressed tensor to disk as it comes (no shard waits in memory). It runs only
 recipes whose every stage is `offloadable` (`app/recipes/cost.py`); it is slower (each
 evaluation window reads every weight from disk), so the plan picks it only when the model does
 not fit in memory, or when the worker is told to (WORKER_EXECUTION_MODE).
@@ -59,7 +59,6 @@ class Workload:
     eval_window: int  # tokens per evaluation forward pass
     evaluate_original: bool
     compresses: bool = True
-    max_shard_bytes: int = 5 * 10**9  # the artifact's shard size (the disk mode buffers one)
 
     @property
     def offloadable(self) -> bool:
@@ -228,11 +227,6 @@ def in_memory(facts: ModelFacts, workload: Workload, device: str) -> dict[str, P
     return phases
 
 
-# Bytes of one file of the decompressed copy the disk mode's load check writes (its own scratch
-# layout: small files keep what is buffered before each write small).
-DECOMPRESSED_FILE_BYTES = 256 * 2**20
-
-
 def disk_offloaded(facts: ModelFacts, workload: Workload, device: str) -> dict[str, PhaseNeed]:
     """One module in memory at a time (see the module docstring). Calibrated on
     bench/offloaded_load.py (1.1B Llama, CPU): a 512-token forward peaked at 0.46-0.58 GB, the
@@ -243,16 +237,17 @@ def disk_offloaded(facts: ModelFacts, workload: Workload, device: str) -> dict[s
     largest = max(embedding, layer)
     working = max((stage_bytes(facts, c, workload, element) for c in workload.stages), default=0)
     evaluation = evaluation_bytes(facts, workload.eval_window, element)
-    # The compressed tensors of one shard wait in memory until the shard is written; integer
-    # weight quantization stores at most half of the 16-bit size.
-    shard = min(facts.checkpoint_bytes // 2, workload.max_shard_bytes)
     onloaded = largest + layer  # the module being run, and the previous one being freed
     needs = {
         "resolve": onloaded,
         "evaluate_original": onloaded + evaluation * workload.evaluate_original,
-        "stages": onloaded + 4 * layer + working,
-        "save": 2 * largest + shard,
-        "load_check": 2 * largest + DECOMPRESSED_FILE_BYTES,
+        # A calibrated stage also holds the layer it solves in float32 copies (weights, their
+        # quantized values, the error being propagated).
+        "stages": onloaded + working + (2 * layer if working else layer),
+        # One module read, brought onto its grid and compressed; its tensors go to disk.
+        "save": 2 * largest,
+        # One module decompressed at a time, and the generations' batch.
+        "load_check": 2 * largest + evaluation_bytes(facts, 64, element),
         "evaluate_compressed": onloaded + evaluation,
     }
     if device == "cpu":

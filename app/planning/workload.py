@@ -18,5 +18,4 @@ def workload_of(spec: JobSpec, stages: list[MethodParams]) -> Workload:
         eval_window=evaluation.context_length if evaluation.perplexity else 0,
         evaluate_original=spec.kind == "evaluate" or evaluation.compare_original,
         compresses=spec.kind == "compress",
-        max_shard_bytes=spec.output.max_shard_bytes,
     )

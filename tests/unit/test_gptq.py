@@ -101,11 +101,14 @@ class RecordingContext:
 
     def __init__(self, store: Path) -> None:
         self.calls: list[tuple[str, float, dict]] = []
+        self.checkpointed: list[int] = []  # layers already checkpointed at each progress call
+        self.store = store
         self.settings = Settings(object_store_url=f"file://{store}", work_dir=store / "work")
         self.job_id, self.generation = uuid.uuid4(), 1
 
     def progress(self, stage: str, percent: float, detail: dict | None = None) -> None:
         self.calls.append((stage, percent, detail or {}))
+        self.checkpointed.append(len(list(self.store.rglob("layer-*.safetensors"))))
 
     def check(self) -> None: ...
     def warn(self, message: str) -> None: ...
@@ -113,15 +116,25 @@ class RecordingContext:
     def fault_point(self, point: str) -> None: ...
 
 
+@pytest.mark.parametrize("offloaded", [False, True], ids=["in-memory", "disk-offloaded"])
 def test_a_layer_wise_stage_reports_each_decoder_layer_with_an_eta(
-    tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path
+    tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path, offloaded: bool
 ) -> None:
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    from workers.models.offloaded import open_offloaded
+
+    model = (
+        open_offloaded(tiny_model_dir, tmp_path / "offload", onload_device=torch.device("cpu"))
+        if offloaded
+        else AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    )
     ctx = RecordingContext(tmp_path)
     stage = StageInput(model, None, calibration[:4], ctx, progress_span=(35.0, 60.0))  # type: ignore[arg-type]
     Gptq().apply(stage, GptqParams(bits=4, group_size=32))
     layers = model.config.num_hidden_layers
     assert [detail["layer"] for _, _, detail in ctx.calls] == list(range(1, layers + 1))
+    # Each report when the pipeline reaches the layer (the ones before it done), not while it
+    # traces the model (on meta tensors, every layer in a row: disk-offloaded, all at once).
+    assert ctx.checkpointed == list(range(layers))
     assert all(detail["layers"] == layers for _, _, detail in ctx.calls)
     assert "eta_seconds" in ctx.calls[-1][2] and ctx.calls[-1][2]["eta_seconds"] >= 0
     percents = [percent for _, percent, _ in ctx.calls]

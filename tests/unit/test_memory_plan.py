@@ -144,9 +144,9 @@ def test_routing_picks_the_smallest_pool_that_fits_or_refuses_with_figures() -> 
     assert by_pool["llama-3.1-8b", "gpu-80g"].mode == "in_memory"
     assert by_pool["llama-3.1-8b", "gpu-80g"].fits
     assert route("gpu", POOLS, plans("llama-3.1-8b")).queue == "gpu-80g"
-    # 70B and Mixtral fit no GPU in memory: GPTQ runs them disk-offloaded, one decoder layer
-    # on the GPU at a time; a Mixtral layer (8 experts, their Hessians) needs the 80 GB pool.
-    for name, queue in (("llama-3.1-70b", "gpu-24g"), ("moe", "gpu-80g")):
+    # 70B and Mixtral fit no GPU in memory: GPTQ runs them disk-offloaded on the 24 GB pool,
+    # one decoder layer on the GPU at a time (a Mixtral layer: 8 experts and their Hessians).
+    for name, queue in (("llama-3.1-70b", "gpu-24g"), ("moe", "gpu-24g")):
         assert all(by_pool[name, q].mode == "disk_offloaded" for q in ("gpu-24g", "gpu-80g"))
         routed = route("gpu", POOLS, plans(name))
         assert routed.queue == queue and routed.plan is not None

@@ -6,7 +6,7 @@ artifact's own files and decompressed by compressed-tensors' per-module decompre
 `ModelCompressor.decompress_model`, which transformers calls when it loads the artifact,
 applies module by module), with the scale in float32 so the weight is exactly `q * scale`
 (what the in-memory load holds: `tests/unit/test_streaming_save.py`). The dense weights go to a
-scratch copy in small files, which `open_offloaded` then opens without reading. Memory: one
+scratch copy, which `open_offloaded` then opens without reading. Memory: one
 module, and one small file's tensors. A tensor that is missing, or a module that does not
 decompress, fails the load check as transformers' load would.
 """
@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
-from app.planning.memory_plan import DECOMPRESSED_FILE_BYTES
 from workers.formats.loader import trust_remote_code
 from workers.models.offloaded import checkpoint_tensors, open_offloaded
 from workers.models.streaming_save import ShardWriter
 
 QUANTIZATION_CONFIG = "quantization_config"
+# Size of one file of the dense scratch copy (its own layout: many small files, one per few
+# decoder layers).
+DECOMPRESSED_FILE_BYTES = 256 * 2**20
 
 
 def module_schemes(artifact_dir: Path) -> dict[str, object]:

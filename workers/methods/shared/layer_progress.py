@@ -2,7 +2,10 @@
 `progress_detail`, for the stages llm-compressor runs through its sequential pipeline (GPTQ,
 AWQ, SparseGPT, Wanda, SmoothQuant). The pipeline calls decoder layer i for every calibration
 sample before layer i + 1, so a forward pre-hook on each layer sees the pipeline move on; the
-report is monotonic (a pipeline that runs whole forward passes only moves it forward once)."""
+report is monotonic (a pipeline that runs whole forward passes only moves it forward once).
+Calls made while the pipeline traces the model are not runs: on a disk-offloaded model the
+trace calls every layer on meta tensors first, and progress then stayed at "layer 1 of 22"
+(the later reports fell inside the write throttle) for the whole stage."""
 
 from __future__ import annotations
 
@@ -42,7 +45,9 @@ class LayerProgress:
                 handle.remove()
 
     def _hook(self, index: int) -> Any:
-        def hook(_module: torch.nn.Module, _args: Any) -> None:
+        def hook(_module: torch.nn.Module, args: Any) -> None:
+            if any(_not_run(arg) for arg in args):
+                return  # the pipeline tracing the model, not running it
             if index > self.current:
                 self.current = index
                 self.report(index)
@@ -61,3 +66,11 @@ class LayerProgress:
         low, high = self.stage.progress_span
         # Through the job's check point: a cancel stops the stage between two layers.
         ctx.progress(f"stage:{self.method}", low + (high - low) * index / self.layers, detail)
+
+
+def _not_run(arg: Any) -> bool:
+    """A call made while the pipeline traces the model: fx proxies, or meta tensors (the
+    shape pass in which a disk-offloaded model's trace calls every layer first)."""
+    return isinstance(arg, torch.fx.Proxy) or (
+        isinstance(arg, torch.Tensor) and arg.device.type == "meta"
+    )
