@@ -47,10 +47,12 @@ FLOATING_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
 def is_offloaded(model: torch.nn.Module) -> bool:
-    """Whether compressed-tensors offloads the model's parameters (the disk-offloaded mode)."""
-    from compressed_tensors.offload.cache import OffloadCache
+    """Whether the model's weights live on disk (the disk-offloaded mode). Not any
+    compressed-tensors cache: a model transformers loads, or llm-compressor dispatches, keeps
+    its tensors in memory behind CPU / device caches (the job's in-memory load check does)."""
+    from compressed_tensors.offload.cache import DiskCache
 
-    return any(isinstance(m._parameters, OffloadCache) for m in model.modules())
+    return any(isinstance(m._parameters, DiskCache) for m in model.modules())
 
 
 def _model_parameters(model: torch.nn.Module) -> Iterator[torch.Tensor]:
