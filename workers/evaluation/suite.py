@@ -207,27 +207,44 @@ def evaluate(
             progress("tasks", index / total, {"task": name, "done": index, "total": total})
 
         out["tasks"] = run_tasks(ctx, attempts, label, model, tokenizer, plan, on_task)
-    if plan.efficiency is not None and is_offloaded(model):
-        # The probe serves the saved model from memory in a subprocess: what the
-        # disk-offloaded mode exists to avoid.
-        if ctx:
-            ctx.warn(f"{label}: serving efficiency skipped: the job runs disk-offloaded")
-    elif plan.efficiency is not None:
-        spec = plan.efficiency
-        progress("efficiency", 0.0, {"runs": spec["warmup"] + spec["repetitions"]})
-        measured = attempts.run(
-            f"{label}.efficiency",
-            lambda: measure_in_subprocess(
-                model_dir,
-                device,
-                spec,
-                timeout_s=SERVING_TIMEOUT_S,
-                check=ctx.check if ctx else None,
-            ),
+    if plan.efficiency is not None:
+        progress(
+            "efficiency", 0.0, {"runs": plan.efficiency["warmup"] + plan.efficiency["repetitions"]}
         )
+        measured = serving_efficiency(ctx, attempts, label, model, model_dir, plan, device)
         if measured is not None:
             out["efficiency"] = measured
     return out
+
+
+def serving_efficiency(
+    ctx: JobContext | None,
+    attempts: Attempts,
+    label: str,
+    model: torch.nn.Module,
+    model_dir: Path,
+    plan: EvalPlan,
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """The saved model served in a fresh process; skipped for a disk-offloaded job (the probe
+    holds the model in memory: what that mode exists to avoid)."""
+    if is_offloaded(model):
+        if ctx:
+            ctx.warn(f"{label}: serving efficiency skipped: the job runs disk-offloaded")
+        return None
+    spec = plan.efficiency
+    assert spec is not None
+    found: dict[str, Any] | None = attempts.run(
+        f"{label}.efficiency",
+        lambda: measure_in_subprocess(
+            model_dir,
+            device,
+            spec,
+            timeout_s=SERVING_TIMEOUT_S,
+            check=ctx.check if ctx else None,
+        ),
+    )
+    return found
 
 
 def run_tasks(

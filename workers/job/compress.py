@@ -52,19 +52,7 @@ class Compressed:
 
 def compress(run: JobRun) -> Compressed:
     ctx, source, attempts, plan = run.ctx, run.source, run.evaluations, run.plan
-    # The original's linear layers on calibration text, for the per-layer error after loading.
-    captured = None
-    if run.job.spec.evaluation.layer_error_tokens and run.data.layer_error_ids:
-        captured = attempts.run(
-            "layer_error.capture",
-            partial(
-                layer_error.capture,
-                source.model,
-                run.data.layer_error_ids,
-                # Offloaded, the activations wait on disk too (0.85 GB for a 1.1B model).
-                run.scratch / "layer-error" if source.offloaded else None,
-            ),
-        )
+    captured = capture_layers(run)
     original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
     if not source.offloaded:  # an offloaded model already computes in that dtype
         source.model.to(compute_dtype(source.device))
@@ -133,6 +121,23 @@ def compress(run: JobRun) -> Compressed:
                 )
     del loaded
     return Compressed(stage_notes, save_format, out_dir, compressed, load_check, errors)
+
+
+def capture_layers(run: JobRun) -> layer_error.Capture | None:
+    """The original's linear layers on calibration text, for the per-layer error after
+    loading; offloaded, the activations wait on disk too (0.85 GB for a 1.1B model)."""
+    if not (run.job.spec.evaluation.layer_error_tokens and run.data.layer_error_ids):
+        return None
+    source = run.source
+    return run.evaluations.run(
+        "layer_error.capture",
+        partial(
+            layer_error.capture,
+            source.model,
+            run.data.layer_error_ids,
+            run.scratch / "layer-error" if source.offloaded else None,
+        ),
+    )
 
 
 def run_recipe(run: JobRun) -> RecipeOutcome:
