@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from workers.formats.loader import trust_remote_code
+from workers.methods.shared.storage_dtype import is_weight_quantized
 from workers.models.offloaded import checkpoint_tensors, open_offloaded
 from workers.models.streaming_save import ShardWriter
 
@@ -49,8 +50,8 @@ def module_schemes(artifact_dir: Path) -> dict[str, object]:
     fallback = quantization.format
     schemes: dict[str, object] = {}
     for name, module in model.named_modules():
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is not None and scheme.weights is not None:
+        if is_weight_quantized(module):
+            scheme = module.quantization_scheme
             scheme.format = scheme.format or fallback
             schemes[name] = scheme
     return schemes

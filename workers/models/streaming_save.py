@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from workers.methods.shared.storage_dtype import on_grid_state
+from workers.methods.shared.storage_dtype import is_weight_quantized, on_grid_state
 from workers.models.hf import hf_config, tied_output_name
 
 INDEX = "model.safetensors.index.json"
@@ -185,12 +185,12 @@ def save_offloaded(
     # 1.1B model, model order peaked at 1.12 GB: the output head read last, in float32, beside
     # 0.6 GB of packed layers. (safetensors orders a file's tensors itself: same bytes.)
     modules = [(n, m) for n, m in model.named_modules(remove_duplicate=True) if n != skip]
-    modules.sort(key=lambda item: _is_quantized(item[1]))
+    modules.sort(key=lambda item: is_weight_quantized(item[1]))
     for name, module in modules:
         state = persistent_state(module)
         if not state:
             continue
-        if _is_quantized(module) and "weight_scale" in state:
+        if is_weight_quantized(module) and "weight_scale" in state:
             scheme = module.quantization_scheme
             state = on_grid_state(state, scheme, dtype)
             state = BaseCompressor.get_value_from_registry(scheme.format.value).compress(
@@ -207,11 +207,6 @@ def save_offloaded(
         compressor.quantization_config.quantization_status = QuantizationStatus.COMPRESSED
     write_config(model, out_dir, compressor)
     return files
-
-
-def _is_quantized(module: torch.nn.Module) -> bool:
-    scheme = getattr(module, "quantization_scheme", None)
-    return scheme is not None and scheme.weights is not None
 
 
 def write_config(model: torch.nn.Module, out_dir: Path, compressor: Any) -> None:

@@ -24,6 +24,12 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def is_weight_quantized(module: torch.nn.Module) -> bool:
+    """Whether a stage attached a compressed-tensors scheme that quantizes the weight."""
+    scheme = getattr(module, "quantization_scheme", None)
+    return scheme is not None and scheme.weights is not None
+
+
 @torch.no_grad()
 def cast_for_storage(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
     """In place, one layer at a time: each quantized weight is replaced by its exact float32
@@ -31,10 +37,10 @@ def cast_for_storage(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16
     peak: 9.9 GB for a 1.1B model in float32), then every other floating tensor is cast."""
     on_grid: set[int] = set()
     for module in model.modules():
-        scheme = getattr(module, "quantization_scheme", None)
         scale = getattr(module, "weight_scale", None)
-        if scheme is None or scheme.weights is None or scale is None:
+        if not is_weight_quantized(module) or scale is None:
             continue
+        scheme = module.quantization_scheme
         own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
         state = on_grid_state({name: t.data for name, t in own}, scheme, dtype)
         scale.data = state["weight_scale"]
