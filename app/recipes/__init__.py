@@ -31,6 +31,7 @@ from app.recipes.pruning import (
 )
 from app.recipes.quantization import (
     MAX_OVERRIDES,
+    AutoRoundParams,
     AwqParams,
     Fp8Params,
     GptqParams,
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_OVERRIDES",
     "MAX_STAGES",
     "METHODS",
+    "AutoRoundParams",
     "AwqParams",
     "DerivedStudent",
     "DistillParams",

@@ -19,7 +19,7 @@ Kind = Literal["structured", "low_rank", "distillation", "sparsity", "quantizati
 CAN_FOLLOW: dict[str, frozenset[str]] = {
     "structured": frozenset(),
     "low_rank": frozenset({"structured"}),
-    "distillation": frozenset({"structured", "low_rank", "sparsity"}),
+    "distillation": frozenset({"structured", "low_rank", "sparsity", "quantization"}),
     "sparsity": frozenset({"structured", "distillation"}),
     "quantization": frozenset({"structured", "distillation", "sparsity"}),
 }
@@ -40,9 +40,6 @@ WHY_NOT: dict[tuple[str, str], str] = {
     "layers are saved in Squash's own format, which has no quantized variant yet",
     ("low_rank", "sparsity"): "sparsity after a low-rank factorization is not supported",
     ("distillation", "distillation"): "use one distill stage (raise max_steps)",
-    ("quantization", "distillation"): "distillation trains float weights, which would leave "
-    "the quantization grid (quantization-aware training is not supported): distill first, "
-    "then quantize",
     ("distillation", "structured"): "structured pruning must come before distillation (the "
     "distillation recovers what it cost)",
     ("distillation", "low_rank"): "a low-rank factorization must come before distillation (the "
@@ -52,6 +49,11 @@ WHY_NOT: dict[tuple[str, str], str] = {
     ("low_rank", "low_rank"): "use one low-rank stage",
     ("low_rank", "structured"): "structured pruning must come before a low-rank factorization",
 }
+
+
+# Quantization stages a distill stage may follow: weight-only integer grids, which the student
+# trains on with fake quantization. Activation quantization (w8a8, fp8) is not trained.
+QUANTIZATION_AWARE_METHODS = frozenset({"rtn", "gptq", "autoround", "awq", "ternary"})
 
 
 def why_cannot_follow(earlier: str, later: str) -> str | None:

@@ -97,6 +97,14 @@ class DistillParams(MethodParams):
 
     Example stages: `[{"method": "structured", "params": {"layers": 6}},
     {"method": "distill", "params": {"max_steps": 48, "max_seconds": 600}}]`.
+
+    After a weight-only integer quantization stage (rtn, gptq, autoround, awq, ternary) the
+    distillation is quantization-aware: the student's forward uses its weights fake-quantized on
+    the stage's grid, gradients pass the rounding straight through to the float weights behind
+    them (and to the scales with `learn_scales`), and the saved artifact is the same
+    compressed-tensors checkpoint holding the trained integers. This is how ternary and 2/3-bit
+    models recover. Example: `[{"method": "gptq", "params": {"bits": 3, "group_size": 64}},
+    {"method": "distill", "params": {"max_seconds": 1800, "learning_rate": 1e-4}}]`.
     """
 
     student: StudentSpec = Field(default_factory=PreviousStudent)
@@ -138,6 +146,11 @@ class DistillParams(MethodParams):
         default="auto", description="auto: bf16 autocast on GPU, float32 on CPU"
     )
     lora: LoraSpec | None = None
+    learn_scales: bool = Field(
+        default=False,
+        description="After a quantization stage (quantization-aware distillation): also "
+        "train each group's scale, not only the weights behind the integers",
+    )
     checkpoint_every: int = Field(default=50, ge=1, le=1_000_000)
     eval_tokens: int = Field(
         default=4096,

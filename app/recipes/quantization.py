@@ -11,6 +11,11 @@ from app.recipes.cost import StageCost
 
 IntBits = Literal[2, 3, 4, 8]
 MAX_OVERRIDES = 32
+# How each group's scale (and zero point) is chosen: `minmax` covers the group's range;
+# `mse` shrinks it to the clipping that minimizes the rounding error; `imatrix` weighs that
+# error by each input channel's mean squared activation on the calibration data (llama.cpp's
+# importance matrix), so RTN with it reads calibration samples.
+ScaleSearch = Literal["minmax", "mse", "imatrix"]
 
 
 class LayerOverride(MethodParams):
@@ -66,6 +71,12 @@ class WeightQuantParams(LayerTargets):
         max_length=MAX_OVERRIDES,
         description="Mixed precision: per-layer bits/group size, e.g. keep down_proj at 8 bits",
     )
+    scale_search: ScaleSearch = Field(
+        default="minmax",
+        description="How scales are chosen: `minmax` (the group's range), `mse` (the clipping "
+        "with the least rounding error), `imatrix` (that error weighted by each input "
+        "channel's activation energy on the calibration data). Same stored format.",
+    )
 
     @model_validator(mode="after")
     def _group_is_power_of_two(self) -> WeightQuantParams:
@@ -82,6 +93,8 @@ class RtnParams(WeightQuantParams):
     """
 
     def cost(self) -> StageCost:
+        if self.scale_search == "imatrix":  # one calibration pass for the activation energy
+            return StageCost(calibration_passes=2.0)
         return StageCost(offloadable=True)
 
 
@@ -105,6 +118,34 @@ class GptqParams(WeightQuantParams):
 
     def cost(self) -> StageCost:
         return StageCost(calibration_passes=2.0, hessians=True, offloadable=True)
+
+
+class AutoRoundParams(WeightQuantParams):
+    """AutoRound: signed-gradient descent on each weight's rounding offset and each group's
+    clipping range, one decoder layer at a time, to minimize the layer's output error on the
+    calibration data (Intel's auto-round through llm-compressor's AutoRoundModifier).
+
+    Example stage: `{"method": "autoround", "params": {"bits": 3, "group_size": 64}}`. Best at
+    3 and 2 bits, where round-to-nearest and GPTQ lose most; same storage as RTN/GPTQ. Each
+    decoder layer runs `iters` forward and backward passes over `batch_size` samples: slower than
+    GPTQ (minutes per billion parameters on a GPU, far more on CPU).
+    """
+
+    bits: IntBits = Field(default=4, description="Bits per weight")
+    group_size: int | None = Field(default=128, ge=8, le=4096, description="Weights per scale")
+    iters: int = Field(default=200, ge=1, le=2000, description="Tuning steps per decoder layer")
+    batch_size: int = Field(default=8, ge=1, le=256, description="Samples per tuning step")
+    lr: float | None = Field(
+        default=None, gt=0, le=1, description="Step size; null = auto-round's 1 / iters"
+    )
+    scale_search: Literal["minmax"] = Field(
+        default="minmax", description="AutoRound learns each group's clipping itself"
+    )
+
+    def cost(self) -> StageCost:
+        # Each step is one forward and backward (~3 forwards) of a layer over batch_size
+        # samples; counted against the 64 samples of a default calibration set.
+        return StageCost(calibration_passes=2.0 + 3.0 * self.iters * self.batch_size / 64)
 
 
 class AwqParams(WeightQuantParams):

@@ -29,8 +29,11 @@ from app.recipes import (
 from squash import artifact_format, load_pretrained
 from workers.evaluation.measure import parameter_count, weight_bytes
 from workers.formats import low_rank, sparse_bitmask
+from workers.methods.base import StageInput
 from workers.methods.pruning.common import nm_holds, pruned_linears
+from workers.methods.quantization.gptq import Gptq
 from workers.methods.recipe import run_stages, save_artifact
+from workers.methods.shared.masks import capture_masks, reapply_masks
 from workers.models.datasets import builtin_text, split_tokens
 
 LINEARS = 14  # 7 per decoder layer x 2
@@ -361,18 +364,46 @@ def test_composed_recipe_keeps_the_mask_through_quantization_and_is_smallest(
 DOWN = "model.layers.0.mlp.down_proj"
 
 
-def test_gptq_after_pruning_reports_the_refilled_weights(
+def test_gptq_after_pruning_keeps_the_zeros_and_compensates_them(
+    tiny_model_dir: Path, calibration: list[list[int]]
+) -> None:
+    """The joint solve (mask-aware GPTQ) leaves no pruned weight to re-zero, and its model is
+    closer to the pruned float model than the library's GPTQ with the zeros put back after."""
+    gptq = GptqParams(bits=4, group_size=32)
+    pruned = load_tiny(tiny_model_dir)
+    run_stages(pruned, None, [("sparsegpt", SparseGptParams())], calibration)
+    names = pruned_linears(pruned, SparseGptParams())
+
+    joint = load_tiny(tiny_model_dir)
+    notes = run_stages(
+        joint, None, [("sparsegpt", SparseGptParams()), ("gptq", gptq)], calibration
+    ).stage_notes
+    assert notes[1]["mask_aware_layers"] == LINEARS
+    assert notes[1]["mask_refilled_weights"] == 0
+
+    rezeroed = load_tiny(tiny_model_dir)
+    run_stages(rezeroed, None, [("sparsegpt", SparseGptParams())], calibration)
+    masks = capture_masks(rezeroed, names)
+    Gptq().apply(StageInput(rezeroed, None, calibration), gptq)  # no masks: the library's solve
+    assert reapply_masks(rezeroed, masks) > 0  # it filled pruned weights in
+
+    kept = linear_weights(joint)
+    for name, mask in masks.items():
+        assert bool((kept[name][~mask] == 0).all()), name  # every pruned weight still zero
+    probe = torch.tensor(calibration[:4])
+    with torch.no_grad():
+        target = pruned(probe).logits.log_softmax(-1)
+
+        def divergence(model: torch.nn.Module) -> float:
+            logits = model(probe).logits.log_softmax(-1)
+            return float(torch.nn.functional.kl_div(logits, target, log_target=True))
+
+        assert divergence(joint) < 0.9 * divergence(rezeroed)
+
+
+def test_rtn_after_pruning_keeps_the_zeros(
     tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path
 ) -> None:
-    _, _, notes = compress(
-        tiny_model_dir,
-        [("magnitude", MagnitudeParams()), ("gptq", GptqParams(bits=4, group_size=32))],
-        calibration,
-        tmp_path,
-        torch.tensor([[1]]),
-    )
-    # GPTQ's error feedback writes into pruned weights; the recipe zeroes them again.
-    assert notes[1]["mask_refilled_weights"] > 0
     _, _, notes = compress(
         tiny_model_dir,
         [("magnitude", MagnitudeParams()), ("rtn", RtnParams(bits=4, group_size=32))],

@@ -16,6 +16,7 @@ from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from app.recipes import (
     METHODS,
+    AutoRoundParams,
     AwqParams,
     Fp8Params,
     GptqParams,
@@ -62,6 +63,42 @@ CASES = {
         (4.4, 4.6),
     ),
     "gptq-int3-g32": Case("gptq", GptqParams(bits=3, group_size=32), 8, 32, "packed:3", (3.4, 3.6)),
+    # Scale search changes how scales are chosen, never the stored format.
+    "rtn-int4-g32-mse": Case(
+        "rtn", RtnParams(bits=4, group_size=32, scale_search="mse"), 16, 32, "packed:4", (4.4, 4.6)
+    ),
+    "rtn-int4-g32-imatrix": Case(
+        "rtn",
+        RtnParams(bits=4, group_size=32, scale_search="imatrix"),
+        16,
+        32,
+        "packed:4",
+        (4.4, 4.6),
+    ),
+    "gptq-int4-g32-imatrix": Case(
+        "gptq",
+        GptqParams(bits=4, group_size=32, scale_search="imatrix"),
+        16,
+        32,
+        "packed:4",
+        (4.4, 4.6),
+    ),
+    "autoround-int4-g32": Case(
+        "autoround",
+        AutoRoundParams(bits=4, group_size=32, iters=20, batch_size=4),
+        16,
+        32,
+        "packed:4",
+        (4.4, 4.6),
+    ),
+    "autoround-int2-g32": Case(
+        "autoround",
+        AutoRoundParams(bits=2, group_size=32, iters=20, batch_size=4),
+        4,
+        32,
+        "packed:2",
+        (2.4, 2.6),
+    ),
     "awq-int4-g32": Case("awq", AwqParams(bits=4, group_size=32), 16, 32, "packed:4", (4.5, 5.0)),
     "w8a8": Case("w8a8", W8A8Params(), 256, None, "int8", (8.2, 8.6)),
     "fp8-dynamic": Case("fp8", Fp8Params(), 256, None, "fp8", (8.2, 8.6)),

@@ -17,6 +17,7 @@ def test_valid_recipe_fills_defaults() -> None:
             "targets": ["Linear"],
             "ignore": ["lm_head"],
             "overrides": [],
+            "scale_search": "minmax",
         },
     }
 
@@ -175,6 +176,13 @@ def test_distill_stands_between_architecture_changes_and_grids() -> None:
         [StageIn(method="low_rank", params={"param_ratio": 0.7}), StageIn(method="distill")]
     )
     validate_recipe([StageIn(method="magnitude"), StageIn(method="distill")])
+    # After weight-only integer quantization a distill stage is quantization-aware.
+    validate_recipe(
+        [
+            StageIn(method="ternary", params={"group_size": 64}),
+            StageIn(method="distill", params={"learn_scales": True}),
+        ]
+    )
     with pytest.raises(InvalidInput) as caught:
         validate_recipe(
             [
@@ -184,8 +192,26 @@ def test_distill_stands_between_architecture_changes_and_grids() -> None:
             ]
         )
     by_field = {e["field"]: e["message"] for e in caught.value.errors}
-    assert "quantization-aware training is not supported" in by_field["recipe[1].method"]
+    assert "recipe[1].method" not in by_field
     assert "'structured' cannot follow" in by_field["recipe[2].method"]
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [
+                StageIn(method="w8a8"),
+                StageIn(method="distill", params={"lora": {"r": 4}}),
+                StageIn(method="gptq"),
+            ]
+        )
+    errors = {e["field"]: e for e in caught.value.errors}
+    assert "not 'w8a8'" in errors["recipe[1].method"]["message"]
+    assert "ternary" in errors["recipe[1].method"]["choices"]
+    assert "merging the adapters" in errors["recipe[1].params.lora"]["message"]
+    assert "quantized once per recipe" in errors["recipe[2].method"]["message"]
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe(
+            [StageIn(method="magnitude"), StageIn(method="distill", params={"learn_scales": True})]
+        )
+    assert [e["field"] for e in caught.value.errors] == ["recipe[1].params.learn_scales"]
 
 
 def test_distill_students_must_fit_their_place_and_the_model() -> None:

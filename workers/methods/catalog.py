@@ -14,6 +14,7 @@ from workers.methods.pruning.magnitude import Magnitude
 from workers.methods.pruning.sparsegpt import SparseGpt
 from workers.methods.pruning.structured import Structured
 from workers.methods.pruning.wanda import Wanda
+from workers.methods.quantization.autoround import AutoRound
 from workers.methods.quantization.awq import Awq
 from workers.methods.quantization.fp8 import Fp8
 from workers.methods.quantization.gptq import Gptq
@@ -24,6 +25,7 @@ from workers.methods.quantization.w8a8 import W8A8
 IMPLEMENTATIONS: tuple[type[CompressionMethod[Any]], ...] = (
     RoundToNearest,
     Gptq,
+    AutoRound,
     Awq,
     W8A8,
     Fp8,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from workers.methods.distillation.models import (
     merge_lora,
 )
 from workers.methods.distillation.trainer import StepReport, TrainingOutcome, TrainingRun, train
+from workers.methods.shared.quantization_aware import fake_quantized_training
 from workers.methods.shared.storage_dtype import compute_dtype
 from workers.methods.shared.structured_pruning import check_architecture
 from workers.models.datasets import load_corpus, split_tokens
@@ -67,21 +69,23 @@ class Distill(CompressionMethod[DistillParams]):
             student = add_lora(student, params.lora)
         checkpoints = checkpoint_store(stage, params, student)
         on_step = progress_reporter(stage, params, self.name)
-        outcome = train(
-            TrainingRun(
-                student=student,
-                teacher=teacher,
-                params=params,
-                sequences=sequences,
-                seed=stage.seed,
-                masks=stage.masks,
-                checkpoints=checkpoints,
-                check=stage.ctx.check if stage.ctx else None,
-                on_step=on_step,
-                on_warning=stage.ctx.warn if stage.ctx else None,
-                eos_token_id=getattr(stage.tokenizer, "eos_token_id", None),
+        on_grid = fake_quantized_training if notes.get("quantization_aware") else _unchanged
+        with on_grid(student):
+            outcome = train(
+                TrainingRun(
+                    student=student,
+                    teacher=teacher,
+                    params=params,
+                    sequences=sequences,
+                    seed=stage.seed,
+                    masks=stage.masks,
+                    checkpoints=checkpoints,
+                    check=stage.ctx.check if stage.ctx else None,
+                    on_step=on_step,
+                    on_warning=stage.ctx.warn if stage.ctx else None,
+                    eos_token_id=getattr(stage.tokenizer, "eos_token_id", None),
+                )
             )
-        )
         report_resume(stage, outcome)
         student = merge_lora(student).eval()
         if len(eval_ids) >= 2:
@@ -97,6 +101,11 @@ class Distill(CompressionMethod[DistillParams]):
         del teacher
         notes.update(training_notes(params, outcome, len(eval_ids), figures))
         return StageResult(model=student.to(incoming_dtype), notes=notes)
+
+
+@contextmanager
+def _unchanged(_student: torch.nn.Module) -> Iterator[None]:
+    yield
 
 
 def checkpoint_store(

@@ -15,6 +15,7 @@ from app.recipes import DerivedStudent, DistillParams, LoraSpec, ModelStudent, P
 from workers.errors import JobFailure
 from workers.formats.loader import load_pretrained, trust_remote_code
 from workers.methods.base import StageInput
+from workers.methods.shared.quantization_aware import quantized_linears, set_trainable
 from workers.methods.shared.structured_pruning import check_architecture, measure_importance, prune
 from workers.models.hf import hf_config
 from workers.models.sources import resolve_model
@@ -63,7 +64,11 @@ def build_student(
     """The model that trains, in float32 (the optimizer's master weights), every weight
     trainable (a derived student is a copy of the frozen teacher), and notes on it."""
     student, notes = _pick_student(stage, params, teacher, device)
-    return student.float().requires_grad_(True), notes
+    student = student.float()
+    if quantized_linears(student):  # after a quantization stage: train on its grid
+        notes.update(set_trainable(student, params.learn_scales))
+        return student, notes
+    return student.requires_grad_(True), notes
 
 
 def _pick_student(

@@ -122,7 +122,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
 
     # Frozen base weights (LoRA) keep their zeros by themselves; merging the adapters may
     # refill them, which the recipe runner re-zeroes and reports.
-    masks = run.masks if run.masks and all(p.requires_grad for p in student.parameters()) else {}
+    masks = run.masks if run.masks and params.lora is None else {}
     student.train()
     stopped_by = "max_steps"
     try:

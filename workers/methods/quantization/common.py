@@ -16,10 +16,21 @@ from workers.models.hf import linear
 # vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
 # multiples of 128; other shapes fall back to slower kernels (or none).
 VLLM_DIM_MULTIPLE = 128
+# The stage's scale_search -> llm-compressor's weight observer (None = its min/max default).
+# Memoryless: a weight is observed once, so a moving average would only slow it down.
+OBSERVERS: dict[str, str | None] = {
+    "minmax": None,
+    "mse": "memoryless_mse",
+    "imatrix": "imatrix_mse",
+}
 
 
 def int_weights(
-    bits: int, group_size: int | None, symmetric: bool, actorder: str | None = None
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    actorder: str | None = None,
+    scale_search: str = "minmax",
 ) -> Any:
     from compressed_tensors.quantization import QuantizationArgs
 
@@ -30,6 +41,7 @@ def int_weights(
         strategy="group" if group_size else "channel",
         group_size=group_size,
         actorder=actorder,
+        observer=OBSERVERS[scale_search],
     )
 
 
@@ -66,10 +78,11 @@ def config_groups(
     from compressed_tensors.quantization import QuantizationScheme
 
     actorder = getattr(params, "actorder", None)
+    search = params.scale_search
     groups: dict[str, Any] = {
         "group_0": QuantizationScheme(
             targets=list(params.targets),
-            weights=int_weights(params.bits, params.group_size, params.symmetric, actorder),
+            weights=int_weights(params.bits, params.group_size, params.symmetric, actorder, search),
         )
     }
     default = (params.bits, params.group_size, params.symmetric)
@@ -79,7 +92,7 @@ def config_groups(
             by_setting.setdefault(setting, []).append(name)
     for index, (setting, names) in enumerate(sorted(by_setting.items(), key=str), start=1):
         groups[f"group_{index}"] = QuantizationScheme(
-            targets=names, weights=int_weights(*setting, actorder)
+            targets=names, weights=int_weights(*setting, actorder, search)
         )
     return groups
 
@@ -94,7 +107,11 @@ def weight_quant_plan(
     for bits, group, symmetric in settings.values():
         key = f"int{bits} {f'g{group}' if group else 'channel'} {'sym' if symmetric else 'asym'}"
         counts[key] = counts.get(key, 0) + 1
-    notes = {"quantized_layers": len(settings), "layers_by_scheme": counts}
+    notes = {
+        "quantized_layers": len(settings),
+        "layers_by_scheme": counts,
+        "scale_search": params.scale_search,
+    }
     return config_groups(params, settings), notes
 
 

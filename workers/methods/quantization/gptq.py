@@ -8,6 +8,10 @@ llm-compressor's GPTQModifier does the work (its sequential pipeline runs one de
 time, so calibration memory stays at one layer's activations), with layer checkpoints so a
 retried job resumes at its first unfinished layer (`workers/methods/shared/layer_resume.py`);
 the output format is the same compressed-tensors `pack-quantized` checkpoint as RTN.
+
+After a sparsity stage the solve is mask-aware (`masked_gptq.py`): pruned weights stay exactly
+zero and the error of keeping them there is compensated on the surviving weights, instead of
+the library's solve filling them in and the recipe zeroing them again uncompensated.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class Gptq(CompressionMethod[GptqParams]):
             dampening_frac=params.dampening_frac,
             block_size=params.block_size,
         )
+        if stage.masks:
+            modifier.keep_masks(stage.model, stage.masks)
+            notes["mask_aware_layers"] = len(stage.masks)
         notes.update(resume_from_checkpoints(stage, self.name, modifier, params, samples))
         oneshot_calibrated(stage, self.name, modifier, samples)
         return StageResult(

@@ -2,7 +2,8 @@
 
 Example stage: `{"method": "rtn", "params": {"bits": 4, "group_size": 64, "symmetric": true}}`
 
-Uses llm-compressor's QuantizationModifier (data-free: min/max observers on the weights) and
+Uses llm-compressor's QuantizationModifier (data-free with the min/max or MSE observer; the
+imatrix observer reads the calibration samples for each input channel's activation energy) and
 saves through compressed-tensors, whose `pack-quantized` checkpoints load in transformers and
 vLLM. Writing our own packing would give a format nothing else reads.
 """
@@ -14,6 +15,7 @@ import torch
 from app.recipes import RtnParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
+from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
 from workers.models.hf import pretrained
 
 
@@ -30,5 +32,10 @@ class RoundToNearest(CompressionMethod[RtnParams]):
 
         groups, notes = weight_quant_plan(stage.model, params)
         modifier = QuantizationModifier(config_groups=groups, ignore=list(params.ignore))
-        oneshot(model=pretrained(stage.model), recipe=modifier)
+        if self.needs_calibration(params):
+            samples = require_calibration(self.name, stage)
+            oneshot_calibrated(stage, self.name, modifier, samples)
+            notes["calibration_samples"] = len(samples)
+        else:
+            oneshot(model=pretrained(stage.model), recipe=modifier)
         return StageResult(model=stage.model, save_format="compressed-tensors", notes=notes)

@@ -18,6 +18,7 @@ from app.recipes import TernaryParams, WeightQuantParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import int_weights, preflight_weight_quant
 from workers.methods.shared.layers import require_layers
+from workers.methods.shared.quantization_aware import INTEGER_RANGE_ATTR
 from workers.models.hf import pretrained
 
 EPSILON = 1e-8
@@ -71,6 +72,8 @@ class Ternary(CompressionMethod[TernaryParams]):
             )
             expanded = scale.repeat_interleave(params.group_size or ternary.shape[1], dim=1)
             module.weight.data = (ternary * expanded).to(module.weight.dtype)
+            # Training on this grid (quantization-aware distillation) must keep {-1, 0, 1}.
+            setattr(module, INTEGER_RANGE_ATTR, (-1, 1))
             zeros += int((ternary == 0).sum())
             total += ternary.numel()
         return StageResult(
