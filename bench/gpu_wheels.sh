@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheels the device machine lacks (its image has torch, transformers, safetensors, numpy,
 # pandas, pyarrow, httpx, click…; ../.library/device/KINDS.md lists them), pinned to this
-# checkout's versions, for Python 3.12 on x86-64. Run here, before bench/gpu_check.sh.
+# checkout's versions, for Python 3.12 on x86-64. Run here, before bench/gpu_check.sh or
+# bench/gpu_quality_check.sh (auto-round: issue 22's AutoRound stage).
 set -euo pipefail
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
@@ -15,5 +16,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     pydantic-settings==2.16.3 pydantic_core==2.50.5 python-dotenv==1.2.4 s3transfer==0.19.3 \
     SQLAlchemy==2.1.9 starlette==1.10.0 structlog==26.1.0 typing-inspection==0.4.5 \
     uvicorn==0.54.0 vine==5.1.0 wcwidth==0.9.4 tzlocal==5.4.5 psycopg==3.3.9 \
-    psycopg-binary==3.3.9 greenlet redis==8.1.0 trl==1.16.0
+    psycopg-binary==3.3.9 greenlet redis==8.1.0 trl==1.16.0 auto-round==0.15.1 py-cpuinfo
 du -sh .whl

@@ -170,6 +170,15 @@ def stage_bytes(facts: ModelFacts, cost: StageCost, workload: Workload, element:
         total += evaluation_bytes(facts, workload.calibration_length, element) - (
             workload.calibration_length * facts.vocab_size * FLOAT32 * 3
         )
+    if cost.block_training_samples:
+        # AutoRound also keeps every sample's float output of the layer (its target), and
+        # one step's activations for backward, in float32 with the layer's float32 weights,
+        # their gradients and the rounding offsets.
+        tokens = workload.calibration_samples * workload.calibration_length
+        step = cost.block_training_samples * workload.calibration_length
+        per_token = 3 * facts.intermediate_size + 6 * facts.hidden_size
+        total += tokens * facts.hidden_size * element + step * per_token * FLOAT32 * 2
+        total += facts.layer_parameters * FLOAT32 * 3
     if cost.trains:
         # Student weights, gradients and two AdamW moments in float32, and one micro-batch's
         # activations kept for backward plus both models' logits.

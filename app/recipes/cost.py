@@ -18,6 +18,9 @@ class StageCost:
     training_tokens: int = 0
     micro_batch_tokens: int = 0
     max_seconds: float | None = None
+    # Stages that tune one decoder layer at a time by gradient descent (AutoRound): samples
+    # per step, whose activations are kept for the backward pass.
+    block_training_samples: int = 0
     # Whether the worker can run the stage on a disk-offloaded model (one decoder layer in
     # memory at a time) and save its artifact shard by shard: weight quantization through
     # llm-compressor whose artifact is a plain compressed-tensors checkpoint.

@@ -145,7 +145,10 @@ class AutoRoundParams(WeightQuantParams):
     def cost(self) -> StageCost:
         # Each step is one forward and backward (~3 forwards) of a layer over batch_size
         # samples; counted against the 64 samples of a default calibration set.
-        return StageCost(calibration_passes=2.0 + 3.0 * self.iters * self.batch_size / 64)
+        return StageCost(
+            calibration_passes=2.0 + 3.0 * self.iters * self.batch_size / 64,
+            block_training_samples=self.batch_size,
+        )
 
 
 class AwqParams(WeightQuantParams):
