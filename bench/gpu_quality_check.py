@@ -65,7 +65,9 @@ CASES: dict[str, tuple[list[tuple[str, MethodParams]], int]] = {
 def build(target: Path, device: torch.device) -> tuple[Path, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _tokenizer()
+    from tests.support.tiny_model import train_tokenizer
+
+    tokenizer = train_tokenizer(2048)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=tokenizer.vocab_size,
@@ -81,27 +83,6 @@ def build(target: Path, device: torch.device) -> tuple[Path, Any]:
     LlamaForCausalLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target, tokenizer
-
-
-def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from workers.models.datasets import builtin_text
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2048,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator([builtin_text("pydoc-topics")], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
 
 
 def check(

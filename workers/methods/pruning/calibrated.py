@@ -12,7 +12,11 @@ import torch
 from app.recipes import SparsityParams
 from workers.methods.base import StageInput, StageResult
 from workers.methods.pruning.common import pruned_linears, sparsity_notes
-from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.calibration import (
+    calibration_notes,
+    oneshot_calibrated,
+    require_calibration,
+)
 from workers.methods.shared.layer_resume import LayerResume, resume_from_checkpoints
 from workers.methods.shared.layers import decoder_layers
 
@@ -55,8 +59,7 @@ def prune_calibrated(
         sparse_storage=params.storage == "sparse",
         notes={
             **sparsity_notes(stage.model, names, params),
-            "calibration_samples": len(samples),
-            "calibration_tokens": sum(len(s) for s in samples),
+            **calibration_notes(samples),
             **resumed,
         },
     )

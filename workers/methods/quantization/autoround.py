@@ -18,7 +18,11 @@ import torch
 from app.recipes import AutoRoundParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
-from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.calibration import (
+    calibration_notes,
+    oneshot_calibrated,
+    require_calibration,
+)
 
 
 class AutoRound(CompressionMethod[AutoRoundParams]):
@@ -48,7 +52,6 @@ class AutoRound(CompressionMethod[AutoRoundParams]):
             notes={
                 **notes,
                 "iters": params.iters,
-                "calibration_samples": len(samples),
-                "calibration_tokens": sum(len(s) for s in samples),
+                **calibration_notes(samples),
             },
         )

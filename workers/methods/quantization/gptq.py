@@ -21,7 +21,11 @@ import torch
 from app.recipes import GptqParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
-from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.calibration import (
+    calibration_notes,
+    oneshot_calibrated,
+    require_calibration,
+)
 from workers.methods.shared.layer_resume import resume_from_checkpoints
 
 
@@ -53,7 +57,6 @@ class Gptq(CompressionMethod[GptqParams]):
             save_format="compressed-tensors",
             notes={
                 **notes,
-                "calibration_samples": len(samples),
-                "calibration_tokens": sum(len(s) for s in samples),
+                **calibration_notes(samples),
             },
         )

@@ -15,7 +15,11 @@ import torch
 from app.recipes import RtnParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import preflight_weight_quant, weight_quant_plan
-from workers.methods.shared.calibration import oneshot_calibrated, require_calibration
+from workers.methods.shared.calibration import (
+    calibration_notes,
+    oneshot_calibrated,
+    require_calibration,
+)
 from workers.models.hf import pretrained
 
 
@@ -35,7 +39,7 @@ class RoundToNearest(CompressionMethod[RtnParams]):
         if self.needs_calibration(params):
             samples = require_calibration(self.name, stage)
             oneshot_calibrated(stage, self.name, modifier, samples)
-            notes["calibration_samples"] = len(samples)
+            notes.update(calibration_notes(samples))
         else:
             oneshot(model=pretrained(stage.model), recipe=modifier)
         return StageResult(model=stage.model, save_format="compressed-tensors", notes=notes)

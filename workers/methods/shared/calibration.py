@@ -20,6 +20,11 @@ def require_calibration(method: str, stage: StageInput) -> list[list[int]]:
     return stage.calibration_ids
 
 
+def calibration_notes(samples: list[list[int]]) -> dict[str, int]:
+    """What a calibrated stage read, for its notes."""
+    return {"calibration_samples": len(samples), "calibration_tokens": sum(map(len, samples))}
+
+
 def calibration_dataset(samples: list[list[int]]) -> Any:
     """Pre-tokenized samples as the `datasets.Dataset` oneshot expects (no tokenizer pass)."""
     from datasets import Dataset
