@@ -103,8 +103,10 @@ ROWS: dict[str, Recipe] = {
         ("gptq", GptqParams(bits=3, group_size=G, scale_search="mse")),
         distill(20, 5e-5, learn_scales=True),
     ],
-    "ternary g64 + qad 30 min": [
-        ("ternary", TernaryParams(group_size=G)),
+    "ternary g64": [("ternary", TernaryParams(group_size=G))],
+    "ternary g64 gptq": [("ternary", TernaryParams(group_size=G, solver="gptq"))],
+    "ternary g64 gptq + qad 30 min": [
+        ("ternary", TernaryParams(group_size=G, solver="gptq")),
         distill(30, 2e-4, learn_scales=True),
     ],
 }

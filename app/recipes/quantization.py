@@ -219,7 +219,9 @@ class TernaryParams(LayerTargets):
     Each weight becomes -1, 0 or +1 times a scale `s = mean(|W|)` of its output channel (or
     group): `W_t = clip(round(W / s), -1, 1)`. Stored as 2-bit compressed-tensors `pack-quantized`
     (loads with plain transformers). Without training it loses much quality (measured in the
-    README); recovering it is what distillation is for.
+    README); recovering it is what distillation is for (a `distill` stage after it trains on the
+    ternary grid). `solver: "gptq"` rounds with GPTQ's error compensation on calibration data
+    instead of independently (same scales, same format): a far better start for that training.
     """
 
     group_size: int | None = Field(
@@ -228,6 +230,19 @@ class TernaryParams(LayerTargets):
         le=4096,
         description="Weights per scale along the input dimension; null = per output channel",
     )
+    solver: Literal["round", "gptq"] = Field(
+        default="round",
+        description="`round`: each weight to its nearest of -s, 0, s; `gptq`: one column at a "
+        "time, the rounding error compensated on the columns not yet rounded (calibrated)",
+    )
+    dampening_frac: float = Field(
+        default=0.01, gt=0, lt=1, description="gptq: fraction of the mean Hessian diagonal added"
+    )
+
+    def cost(self) -> StageCost:
+        if self.solver == "gptq":
+            return StageCost(calibration_passes=2.0, hessians=True)
+        return StageCost()
 
     @model_validator(mode="after")
     def _group_is_power_of_two(self) -> TernaryParams:

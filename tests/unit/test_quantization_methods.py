@@ -106,6 +106,9 @@ CASES = {
         "fp8", Fp8Params(activations="static", kv_cache=True), 256, None, "fp8", (8.0, 8.1)
     ),
     "ternary-g32": Case("ternary", TernaryParams(group_size=32), 3, 32, "packed:2", (2.4, 2.6)),
+    "ternary-g32-gptq": Case(
+        "ternary", TernaryParams(group_size=32, solver="gptq"), 3, 32, "packed:2", (2.4, 2.6)
+    ),
 }
 
 
@@ -264,3 +267,31 @@ def test_awq_reports_which_mappings_applied(
     applied = {k: v for k, v in mappings.items() if "o_proj" not in k}
     assert len(applied) == 3
     assert all(v == {"applied": 2, "skipped": 0} for v in applied.values())
+
+
+def test_ternary_gptq_keeps_absmean_scales_and_reproduces_outputs_better(
+    tiny_model_dir: Path, calibration: list[list[int]], tmp_path: Path
+) -> None:
+    """The GPTQ solver uses the same grid (absmean scales of the incoming weights, integers
+    in {-1, 0, 1}) and compensates each column's rounding, so the model's output on the
+    calibration text stays closer to the original's than independent rounding does."""
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    reference = dict(targeted_linears(original, ["Linear"], ["lm_head"]))[DOWN].weight.detach()
+    probe = torch.tensor(calibration[:4])
+    with torch.no_grad():
+        target = original(probe).logits.log_softmax(-1)
+    divergence = {}
+    for solver in ("round", "gptq"):
+        params = TernaryParams(group_size=32, solver=solver)  # type: ignore[arg-type]
+        logits, weights = compress(
+            tiny_model_dir, "ternary", params, calibration, tmp_path / solver, probe
+        )
+        assert logits is not None
+        divergence[solver] = float(
+            torch.nn.functional.kl_div(logits.log_softmax(-1), target, log_target=True)
+        )
+        groups = weights[DOWN].float().reshape(-1, 32)
+        scale = reference.reshape(-1, 32).abs().mean(dim=1, keepdim=True)
+        ratio = groups / scale.to(torch.bfloat16).float()
+        assert torch.equal(ratio, ratio.round()) and ratio.abs().max() <= 1, solver
+    assert divergence["gptq"] < 0.8 * divergence["round"], divergence

@@ -28,11 +28,13 @@ def quantize_weight_masked(
     quant_args: object,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    integer_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ over a batch of same-shape weights [batch, rows, columns] with keep-masks of the
     same shape (True = the weight survives). Returns (quantized weights with every masked-out
     weight exactly zero, per-item losses, per-item RTN-fallback flags), as the library's
-    `quantize_weight` does."""
+    `quantize_weight` does. `integer_range` narrows a symmetric grid's integers (ternary:
+    (-1, 1) on 2-bit storage)."""
     from compressed_tensors.quantization import (
         ActivationOrdering,
         QuantizationStrategy,
@@ -82,12 +84,16 @@ def quantize_weight_masked(
         )
         for i in range(i2 - i1):
             w = W1[:, :, i]
-            q = fake_quantize(
-                w.transpose(0, 1),
-                eff[:, :, i].transpose(0, 1),
-                None if zp is None else zp[:, :, i].transpose(0, 1),
-                per_column,
-            ).transpose(0, 1)
+            if integer_range is None:
+                q = fake_quantize(
+                    w.transpose(0, 1),
+                    eff[:, :, i].transpose(0, 1),
+                    None if zp is None else zp[:, :, i].transpose(0, 1),
+                    per_column,
+                ).transpose(0, 1)
+            else:
+                step = eff[:, :, i].to(w.dtype)
+                q = torch.clamp(torch.round(w / step), *integer_range) * step
             q = q * keep[:, :, i1 + i]  # the one change: a pruned weight is exactly zero
             error = (w - q) / Hinv1[:, i, i][:, None]
             Q1[:, :, i] = q

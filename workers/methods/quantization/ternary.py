@@ -7,16 +7,26 @@ weight is a symmetric 2-bit integer (range [-2, 1]) that only uses {-1, 0, 1}, s
 compressed-tensors' `pack-quantized` format stores it at 2 bits per weight plus one scale per
 channel or group, and plain transformers loads it. We let llm-compressor attach a 2-bit scheme
 (data-free, like RTN), then replace its min/max scale with the absmean scale and set every
-weight to `clip(round(W / s), -1, 1) * s`.
+weight to `clip(round(W / s), -1, 1) * s`. With `solver: "gptq"` the same scales and grid are
+solved by GPTQ on calibration data (`masked_gptq.py` with the integers narrowed to {-1, 0, 1}):
+each column's rounding error is compensated on the columns not yet rounded.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from app.recipes import TernaryParams, WeightQuantParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import int_weights, preflight_weight_quant
+from workers.methods.shared.calibration import (
+    calibration_notes,
+    oneshot_calibrated,
+    require_calibration,
+)
+from workers.methods.shared.layer_resume import resume_from_checkpoints
 from workers.methods.shared.layers import require_layers
 from workers.methods.shared.quantization_aware import INTEGER_RANGE_ATTR
 from workers.models.hf import pretrained
@@ -49,13 +59,46 @@ class Ternary(CompressionMethod[TernaryParams]):
 
     def apply(self, stage: StageInput, params: TernaryParams) -> StageResult:
         from compressed_tensors.quantization import QuantizationScheme
-        from llmcompressor import oneshot
-        from llmcompressor.modifiers.quantization import QuantizationModifier
 
         names = require_layers(self.name, stage.model, params)
         scheme = QuantizationScheme(
             targets=list(params.targets), weights=int_weights(2, params.group_size, True)
         )
+        if params.solver == "gptq":
+            notes = self._solve_gptq(stage, params, scheme)
+        else:
+            notes = self._round(stage, params, scheme, names)
+        modules = dict(stage.model.named_modules())
+        zeros = total = 0
+        for name in names:
+            module = modules[name]
+            # Training on this grid (quantization-aware distillation) must keep {-1, 0, 1}.
+            setattr(module, INTEGER_RANGE_ATTR, (-1, 1))
+            scale = module.weight_scale.float().repeat_interleave(
+                params.group_size or module.weight.shape[1], dim=1
+            )
+            zeros += int(((module.weight.float() / scale).round() == 0).sum())
+            total += module.weight.numel()
+        return StageResult(
+            model=stage.model,
+            save_format="compressed-tensors",
+            notes={
+                "quantized_layers": len(names),
+                "solver": params.solver,
+                "scale": "absmean per group" if params.group_size else "absmean per channel",
+                "zero_fraction": round(zeros / total, 4),
+                **notes,
+            },
+        )
+
+    @staticmethod
+    def _round(
+        stage: StageInput, params: TernaryParams, scheme: Any, names: list[str]
+    ) -> dict[str, Any]:
+        """Each weight to the nearest of -s, 0, s (BitNet b1.58's absmean ternarization)."""
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
         oneshot(
             model=pretrained(stage.model),
             recipe=QuantizationModifier(
@@ -63,7 +106,6 @@ class Ternary(CompressionMethod[TernaryParams]):
             ),
         )
         modules = dict(stage.model.named_modules())
-        zeros = total = 0
         for name in names:
             module = modules[name]
             ternary, scale = absmean_ternarize(module.weight, params.group_size)
@@ -72,16 +114,25 @@ class Ternary(CompressionMethod[TernaryParams]):
             )
             expanded = scale.repeat_interleave(params.group_size or ternary.shape[1], dim=1)
             module.weight.data = (ternary * expanded).to(module.weight.dtype)
-            # Training on this grid (quantization-aware distillation) must keep {-1, 0, 1}.
-            setattr(module, INTEGER_RANGE_ATTR, (-1, 1))
-            zeros += int((ternary == 0).sum())
-            total += ternary.numel()
-        return StageResult(
-            model=stage.model,
-            save_format="compressed-tensors",
-            notes={
-                "quantized_layers": len(names),
-                "scale": "absmean per group" if params.group_size else "absmean per channel",
-                "zero_fraction": round(zeros / total, 4),
-            },
+        return {}
+
+    def _solve_gptq(self, stage: StageInput, params: TernaryParams, scheme: Any) -> dict[str, Any]:
+        """GPTQ on the ternary grid: the absmean scales of the weights as they come, integers in
+        {-1, 0, 1}, each column's rounding error compensated on the later columns (mask-aware
+        after a sparsity stage), layer checkpoints and resume as for `gptq`."""
+        from workers.methods.quantization.gptq_resume import ResumableGPTQModifier
+
+        samples = require_calibration(self.name, stage)
+        modifier = ResumableGPTQModifier(
+            config_groups={"group_0": scheme},
+            ignore=list(params.ignore),
+            dampening_frac=params.dampening_frac,
         )
+        modifier.narrow_grid(
+            (-1, 1), lambda module: absmean_ternarize(module.weight, params.group_size)[1]
+        )
+        if stage.masks:
+            modifier.keep_masks(stage.model, stage.masks)
+        notes = resume_from_checkpoints(stage, self.name, modifier, params, samples)
+        oneshot_calibrated(stage, self.name, modifier, samples)
+        return {**notes, **calibration_notes(samples)}
