@@ -98,16 +98,20 @@ ROWS: dict[str, Recipe] = {
     # AutoRound (signed-gradient rounding and clipping), fewer steps than its default 200.
     "autoround w3 g64": [("autoround", AutoRoundParams(bits=3, group_size=G, iters=50))],
     # Recovery by distillation from the original, on the compressed model's own grid.
-    "sparsegpt 50% + distill 15 min": [SPARSEGPT_50, distill(15, 5e-5)],
+    "sparsegpt 50% + distill 10 min": [SPARSEGPT_50, distill(10, 5e-5)],
+    "gptq w4 g64 mse + qad 10 min": [
+        ("gptq", GptqParams(bits=4, group_size=G, scale_search="mse")),
+        distill(10, 2e-5, learn_scales=True),
+    ],
     "gptq w3 g64 mse + qad 20 min": [
         ("gptq", GptqParams(bits=3, group_size=G, scale_search="mse")),
         distill(20, 5e-5, learn_scales=True),
     ],
     "ternary g64": [("ternary", TernaryParams(group_size=G))],
     "ternary g64 gptq": [("ternary", TernaryParams(group_size=G, solver="gptq"))],
-    "ternary g64 gptq + qad 30 min": [
+    "ternary g64 gptq + qad 20 min": [
         ("ternary", TernaryParams(group_size=G, solver="gptq")),
-        distill(30, 2e-4, learn_scales=True),
+        distill(20, 2e-4, learn_scales=True),
     ],
 }
 
@@ -251,6 +255,33 @@ def check_targets(rows: dict[str, dict[str, Any]], original: dict[str, float]) -
     return failures
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README's table, from the results file."""
+    original = result["original"]
+    lines = [
+        "| recipe | bits/weight | sparsity | perplexity | change | second corpus | change | "
+        "wall s | distillation budget |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| original | 16 | 0 | {original['perplexity']} | — | "
+        f"{original['second_corpus_perplexity']} | — | — | — |",
+    ]
+    for r in result["rows"]:
+        trained = [n for n in r["stage_notes"] if n.get("method") == "distill"]
+        budget = (
+            f"{trained[0]['steps']} steps, {trained[0]['trained_tokens']:,} tokens, "
+            f"{trained[0]['train_seconds']:.0f} s"
+            if trained
+            else "—"
+        )
+        lines.append(
+            f"| {r['variant']} | {r['bits_per_quantized_weight']:.2f} | {r['sparsity']} | "
+            f"{r['perplexity']:,} | {r['change_pct']:+,.1f} % | "
+            f"{r['second_corpus_perplexity']:,} | {r['second_corpus_change_pct']:+,.1f} % | "
+            f"{r['wall_seconds']} | {budget} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=16384, help="evaluation tokens per corpus")
@@ -259,7 +290,11 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="comma-separated: run the rows whose name contains one"
     )
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(RESULTS.read_text())))
+        return
     torch.manual_seed(0)
     from transformers import AutoTokenizer
 

@@ -49,6 +49,7 @@ def test_submit_returns_202_location_and_the_job(api: TestClient, tenant_a: dict
                 "targets": ["Linear"],
                 "ignore": ["lm_head"],
                 "overrides": [],
+                "scale_search": "minmax",
             },
         }
     ]
@@ -337,9 +338,9 @@ SMOLLM2 = {"kind": "builtin", "name": "smollm2-135m-instruct"}
         ),
         (
             None,
-            [{"method": "rtn", "params": {"bits": 2, "group_size": 32}}, {"method": "distill"}],
+            [{"method": "fp8"}, {"method": "distill"}],
             "recipe[1].method",
-            "distill first, then quantize",
+            "trains weight-only integer grids, not 'fp8'",
         ),
         (None, [{"method": "distill"}], "recipe[0].params.student", "first stage"),
         (
