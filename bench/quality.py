@@ -99,8 +99,8 @@ ROWS: dict[str, Recipe] = {
     "autoround w3 g64": [("autoround", AutoRoundParams(bits=3, group_size=G, iters=50))],
     # Recovery by distillation from the original, on the compressed model's own grid.
     "sparsegpt 50% + distill 10 min": [SPARSEGPT_50, distill(10, 5e-5)],
-    "gptq w4 g64 mse + qad 10 min": [
-        ("gptq", GptqParams(bits=4, group_size=G, scale_search="mse")),
+    "gptq w4 g64 imatrix + qad 10 min": [
+        ("gptq", GptqParams(bits=4, group_size=G, scale_search="imatrix")),
         distill(10, 2e-5, learn_scales=True),
     ],
     "gptq w3 g64 mse + qad 20 min": [
