@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from app.errors import InvalidInput
 from app.recipes.common import MethodParams
-from app.recipes.composition import QUANTIZATION_AWARE_METHODS, Kind, why_cannot_follow
+from app.recipes.composition import Kind, quantization_aware_errors, why_cannot_follow
 from app.recipes.distillation import DerivedStudent, DistillParams, PreviousStudent
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
@@ -210,7 +210,12 @@ def validate_recipe(
         validated.append((index, Stage(stage.method, params)))
     errors.extend(_order_errors(stages, field))
     errors.extend(_student_errors(validated, field))
-    errors.extend(_quantization_aware_errors(validated, field))
+    errors.extend(
+        quantization_aware_errors(
+            [(i, stage.method, METHODS[stage.method].kind, stage.params) for i, stage in validated],
+            field,
+        )
+    )
     if shape is not None:
         errors.extend(_shape_errors(validated, shape, field))
     if errors:
@@ -263,48 +268,6 @@ def _student_errors(stages: list[tuple[int, Stage]], field: str) -> list[dict[st
                     "field": where,
                     "message": f"a {stage.params.student.kind!r} student starts a new model, "
                     "which would discard the earlier stages: make the distill stage the first",
-                }
-            )
-    return errors
-
-
-def _quantization_aware_errors(stages: list[tuple[int, Stage]], field: str) -> list[dict[str, Any]]:
-    """A distill stage after a quantization stage trains on its grid: only weight-only integer
-    grids, full weights (LoRA adapters would be merged off the grid); `learn_scales` needs one."""
-    errors: list[dict[str, Any]] = []
-    quantized: str | None = None
-    for index, stage in stages:
-        if METHODS[stage.method].kind == "quantization":
-            quantized = stage.method
-        if not isinstance(stage.params, DistillParams):
-            continue
-        where = f"{field}[{index}]"
-        if quantized is None:
-            if stage.params.learn_scales:
-                errors.append(
-                    {
-                        "field": f"{where}.params.learn_scales",
-                        "message": "learn_scales trains the scales of an earlier quantization "
-                        "stage, and there is none",
-                    }
-                )
-            continue
-        if quantized not in QUANTIZATION_AWARE_METHODS:
-            errors.append(
-                {
-                    "field": f"{where}.method",
-                    "message": f"quantization-aware distillation trains weight-only integer "
-                    f"grids, not {quantized!r} (activation quantization); supported: "
-                    f"{sorted(QUANTIZATION_AWARE_METHODS)}",
-                    "choices": sorted(QUANTIZATION_AWARE_METHODS),
-                }
-            )
-        if stage.params.lora is not None:
-            errors.append(
-                {
-                    "field": f"{where}.params.lora",
-                    "message": "LoRA after a quantization stage is not supported: merging the "
-                    "adapters would move the weights off the grid (train the full weights)",
                 }
             )
     return errors

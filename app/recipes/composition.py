@@ -11,7 +11,10 @@ second quantization re-rounds rounded weights.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+
+from app.recipes.common import MethodParams
+from app.recipes.distillation import DistillParams
 
 Kind = Literal["structured", "low_rank", "distillation", "sparsity", "quantization"]
 
@@ -61,3 +64,48 @@ def why_cannot_follow(earlier: str, later: str) -> str | None:
     if earlier in CAN_FOLLOW[later]:
         return None
     return WHY_NOT.get((earlier, later), f"a {later} stage cannot follow a {earlier} stage")
+
+
+def quantization_aware_errors(
+    stages: list[tuple[int, str, str, MethodParams]], field: str
+) -> list[dict[str, Any]]:
+    """For (index, method, kind, params) of the validated stages: a distill stage after a
+    quantization stage trains on its grid, so only weight-only integer grids and full weights
+    (LoRA adapters would be merged off the grid); `learn_scales` needs such a stage."""
+    errors: list[dict[str, Any]] = []
+    quantized: str | None = None
+    for index, method, kind, params in stages:
+        if kind == "quantization":
+            quantized = method
+        if not isinstance(params, DistillParams):
+            continue
+        where = f"{field}[{index}]"
+        if quantized is None:
+            if params.learn_scales:
+                errors.append(
+                    {
+                        "field": f"{where}.params.learn_scales",
+                        "message": "learn_scales trains the scales of an earlier quantization "
+                        "stage, and there is none",
+                    }
+                )
+            continue
+        if quantized not in QUANTIZATION_AWARE_METHODS:
+            errors.append(
+                {
+                    "field": f"{where}.method",
+                    "message": f"quantization-aware distillation trains weight-only integer "
+                    f"grids, not {quantized!r} (activation quantization); supported: "
+                    f"{sorted(QUANTIZATION_AWARE_METHODS)}",
+                    "choices": sorted(QUANTIZATION_AWARE_METHODS),
+                }
+            )
+        if params.lora is not None:
+            errors.append(
+                {
+                    "field": f"{where}.params.lora",
+                    "message": "LoRA after a quantization stage is not supported: merging the "
+                    "adapters would move the weights off the grid (train the full weights)",
+                }
+            )
+    return errors

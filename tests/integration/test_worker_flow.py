@@ -94,6 +94,7 @@ def test_gptq_job_calibrates_on_the_jobs_calibration_spec(
             "method": "gptq",
             "quantized_layers": 14,
             "layers_by_scheme": {"int3 g32 sym": 12, "int8 channel sym": 2},
+            "scale_search": "minmax",
             # Each layer was checkpointed; a first attempt restores none.
             "layer_checkpoints": True,
             "resumed_layers": 0,

@@ -13,6 +13,7 @@ itself uses). The zeros survive by construction, compensated.
 from __future__ import annotations
 
 from copy import copy
+from typing import Any
 
 import torch
 
@@ -35,11 +36,7 @@ def quantize_weight_masked(
     weight exactly zero, per-item losses, per-item RTN-fallback flags), as the library's
     `quantize_weight` does. `integer_range` narrows a symmetric grid's integers (ternary:
     (-1, 1) on 2-bit storage)."""
-    from compressed_tensors.quantization import (
-        ActivationOrdering,
-        QuantizationStrategy,
-        fake_quantize,
-    )
+    from compressed_tensors.quantization import QuantizationStrategy
     from llmcompressor.modifiers.gptq.helpers import (
         GPTQ_PRECISION,
         apply_activation_ordering,
@@ -49,7 +46,6 @@ def quantize_weight_masked(
 
     args: object = quant_args
     batch_size, num_rows, num_columns = weights.shape
-    strategy = args.strategy  # type: ignore[attr-defined]
     final_dtype, device = weights.dtype, weights.device
     W = weights.to(dtype=GPTQ_PRECISION)
     H = hessians.to(device=device, dtype=GPTQ_PRECISION)
@@ -61,12 +57,7 @@ def quantize_weight_masked(
     W, H, perm = apply_activation_ordering(W, H, args.actorder)  # type: ignore[attr-defined]
     if perm is not None:
         keep = torch.gather(keep, -1, perm.unsqueeze(-2).expand(-1, num_rows, -1))
-    g_idx = None
-    if strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
-        g_idx = torch.arange(num_columns, device=device, dtype=torch.int)
-        g_idx = g_idx // args.group_size  # type: ignore[attr-defined]
-        if perm is not None and args.actorder == ActivationOrdering.WEIGHT:  # type: ignore[attr-defined]
-            g_idx = torch.gather(g_idx.unsqueeze(0).expand(batch_size, -1), 1, perm)
+    g_idx = group_index(args, num_columns, batch_size, perm, device)
 
     losses = torch.zeros(batch_size, num_rows, device=device)
     used_rtn_fallback = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -84,16 +75,9 @@ def quantize_weight_masked(
         )
         for i in range(i2 - i1):
             w = W1[:, :, i]
-            if integer_range is None:
-                q = fake_quantize(
-                    w.transpose(0, 1),
-                    eff[:, :, i].transpose(0, 1),
-                    None if zp is None else zp[:, :, i].transpose(0, 1),
-                    per_column,
-                ).transpose(0, 1)
-            else:
-                step = eff[:, :, i].to(w.dtype)
-                q = torch.clamp(torch.round(w / step), *integer_range) * step
+            q = round_column(
+                w, eff[:, :, i], None if zp is None else zp[:, :, i], per_column, integer_range
+            )
             q = q * keep[:, :, i1 + i]  # the one change: a pruned weight is exactly zero
             error = (w - q) / Hinv1[:, i, i][:, None]
             Q1[:, :, i] = q
@@ -107,3 +91,39 @@ def quantize_weight_masked(
         invperm = torch.argsort(perm, dim=-1)
         W = torch.gather(W, -1, invperm.unsqueeze(-2).expand(-1, num_rows, -1))
     return W.to(final_dtype), losses.sum(dim=1), used_rtn_fallback
+
+
+def group_index(
+    args: Any, columns: int, batch: int, perm: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """Each column's scale group, in the solve's column order (the library's mapping)."""
+    from compressed_tensors.quantization import ActivationOrdering, QuantizationStrategy
+
+    if args.strategy not in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
+        return None
+    g_idx = torch.arange(columns, device=device, dtype=torch.int) // args.group_size
+    if perm is not None and args.actorder == ActivationOrdering.WEIGHT:
+        g_idx = torch.gather(g_idx.unsqueeze(0).expand(batch, -1), 1, perm)
+    return g_idx
+
+
+def round_column(
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    per_column: Any,
+    integer_range: tuple[int, int] | None,
+) -> torch.Tensor:
+    """One column [batch, rows] onto its grid: compressed-tensors' quantize-dequantize, or
+    symmetric rounding clamped to `integer_range`."""
+    from compressed_tensors.quantization import fake_quantize
+
+    if integer_range is None:
+        return fake_quantize(
+            w.transpose(0, 1),
+            scale.transpose(0, 1),
+            None if zero_point is None else zero_point.transpose(0, 1),
+            per_column,
+        ).transpose(0, 1)
+    step = scale.to(w.dtype)
+    return torch.clamp(torch.round(w / step), *integer_range) * step
