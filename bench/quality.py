@@ -318,10 +318,11 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {
         r["variant"]: r for r in previous.get("rows", []) if previous.get("original") == original
     }
+    ran: dict[str, dict[str, Any]] = {}
     for name, recipe in ROWS.items():
         if not any(part in name for part in args.only.split(",")):
             continue
-        rows[name] = run_row(name, recipe, source, tokenizer, data)
+        rows[name] = ran[name] = run_row(name, recipe, source, tokenizer, data)
         add_changes(rows[name], original)
         r = rows[name]
         print(
@@ -331,6 +332,10 @@ def main() -> None:
             f"{r['wall_seconds']:6.1f} s",
             flush=True,
         )
+    # Rows another run wrote meanwhile (runs of disjoint rows may overlap) are kept.
+    latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if latest.get("original") == original:
+        rows = {**rows, **{r["variant"]: r for r in latest.get("rows", [])}, **ran}
     result = {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized)",
         "eval_tokens": len(data.in_domain),
