@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,12 @@ class Distill(CompressionMethod[DistillParams]):
             student = add_lora(student, params.lora)
         checkpoints = checkpoint_store(stage, params, student)
         on_step = progress_reporter(stage, params, self.name)
-        on_grid = fake_quantized_training if notes.get("quantization_aware") else _unchanged
-        with on_grid(student):
+        on_grid = (
+            fake_quantized_training(student)
+            if notes.get("quantization_aware")
+            else contextlib.nullcontext()
+        )
+        with on_grid:
             outcome = train(
                 TrainingRun(
                     student=student,
@@ -101,11 +105,6 @@ class Distill(CompressionMethod[DistillParams]):
         del teacher
         notes.update(training_notes(params, outcome, len(eval_ids), figures))
         return StageResult(model=student.to(incoming_dtype), notes=notes)
-
-
-@contextmanager
-def _unchanged(_student: torch.nn.Module) -> Iterator[None]:
-    yield
 
 
 def checkpoint_store(

@@ -29,6 +29,7 @@ from workers.methods.shared.storage_dtype import is_weight_quantized
 # Set by a quantization stage whose integers use less than their storage's range (ternary:
 # {-1, 0, 1} stored as 2-bit integers, whose range is [-2, 1]).
 INTEGER_RANGE_ATTR = "squash_integer_range"
+MIN_SCALE = 1e-8
 FROZEN_SUFFIXES = ("weight_scale", "weight_zero_point", "weight_global_scale", "weight_g_idx")
 
 
@@ -52,17 +53,15 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
 
 
-def grid(
-    module: Any, scale: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grid(module: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(integers [rows, groups, group] incl. the zero point, scales and zero points as
     [rows, groups, 1]) of the module's weight; differentiable in the weight and the scale."""
     weight = module.weight
-    scale = module.weight_scale if scale is None else scale
     args = module.quantization_scheme.weights
     rows, columns = weight.shape
     group = args.group_size if args.group_size else columns
-    scale = scale.reshape(rows, -1, 1).to(weight.dtype)
+    # A learned scale stays positive (an optimizer step could otherwise cross zero).
+    scale = module.weight_scale.reshape(rows, -1, 1).to(weight.dtype).clamp_min(MIN_SCALE)
     zero_point = getattr(module, "weight_zero_point", None)
     offset = (
         zero_point.reshape(rows, -1, 1).to(weight.dtype)
@@ -112,7 +111,8 @@ def project_onto_grid(model: torch.nn.Module, storage: torch.dtype = torch.bfloa
     scale rounded afterwards could move a weight near a boundary to the next integer)."""
     for module in quantized_linears(model).values():
         integers, _, offset = grid(module)
-        rounded = module.weight_scale.data.to(storage).to(module.weight_scale.dtype)
+        rounded = module.weight_scale.data.clamp_min(MIN_SCALE).to(storage)
+        rounded = rounded.to(module.weight_scale.dtype)
         module.weight_scale.data = rounded
         scale = rounded.reshape(integers.shape[0], -1, 1).to(module.weight.dtype)
         module.weight.data = ((integers - offset) * scale).reshape(module.weight.shape)
