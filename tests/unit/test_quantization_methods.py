@@ -85,7 +85,7 @@ CASES = {
     ),
     "autoround-int4-g32": Case(
         "autoround",
-        AutoRoundParams(bits=4, group_size=32, iters=20, batch_size=4),
+        AutoRoundParams(bits=4, group_size=32, iters=5, batch_size=4),
         16,
         32,
         "packed:4",
@@ -93,7 +93,7 @@ CASES = {
     ),
     "autoround-int2-g32": Case(
         "autoround",
-        AutoRoundParams(bits=2, group_size=32, iters=20, batch_size=4),
+        AutoRoundParams(bits=2, group_size=32, iters=5, batch_size=4),
         4,
         32,
         "packed:2",
