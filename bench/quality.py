@@ -229,12 +229,15 @@ def check_targets(rows: dict[str, dict[str, Any]], original: dict[str, float]) -
                 f"{label}, best recipe: {row['variant']} {row['change_pct']:+.2f} %, "
                 f"target within +{target:.0f} %"
             )
-    joint = rows.get("sparsegpt 50% + gptq w4 g64 joint")
+    joint = best(rows, lambda r: r["variant"].startswith("sparsegpt 50% + gptq w4 g64"))
     alone = rows.get("baseline sparsegpt 50%")
     if joint and alone:
         ratio = joint["perplexity"] / alone["perplexity"]
         if ratio > 1.15:
-            failures.append(f"joint sparse + W4: {ratio:.3f}x SparseGPT 50 % alone, target 1.15x")
+            failures.append(
+                f"joint sparse + W4: {joint['variant']} {ratio:.3f}x SparseGPT 50 % alone, "
+                "target 1.15x"
+            )
     recovered = best(
         rows,
         lambda r: (
