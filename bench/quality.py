@@ -180,14 +180,15 @@ def run_row(
             else {}
         )
         loaded = load_pretrained(out, **options).eval()
+        zeros = round(decoder_sparsity(loaded), 4)
         row = {
             "variant": name,
             "recipe": [{"method": m, "params": p.model_dump(mode="json")} for m, p in recipe],
             "bits_per_quantized_weight": storage["bits_per_weight"] or 16,
             # A pruning stage's measured sparsity; 0 without one (rounding alone also makes
             # zeros: zero_fraction).
-            "sparsity": round(decoder_sparsity(loaded), 4) if pruned(recipe) else 0,
-            "zero_fraction": round(decoder_sparsity(loaded), 4),
+            "sparsity": zeros if pruned(recipe) else 0,
+            "zero_fraction": zeros,
             "perplexity": round(ppl(loaded, data.in_domain), 3),
             "second_corpus_perplexity": round(ppl(loaded, data.second), 3),
             "wall_seconds": round(seconds, 1),

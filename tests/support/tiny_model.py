@@ -82,3 +82,19 @@ def train_tiny_teacher(source: Path, target: Path, *, steps: int = 200, seed: in
     model.eval().save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def teacher_text(model_dir: Path, eval_tokens: int) -> dict[str, Any]:
+    """The distillation tests' text: the model's tokenizer, 8 calibration samples of 64 tokens
+    and `eval_tokens` held-out tokens of the built-in corpus (disjoint shares)."""
+    from transformers import AutoTokenizer
+
+    from workers.models.datasets import builtin_text, split_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    calibration, held_out = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
+    return {
+        "tokenizer": tokenizer,
+        "calibration": [calibration[i : i + 64] for i in range(0, 64 * 8, 64)],
+        "eval": held_out[:eval_tokens],
+    }

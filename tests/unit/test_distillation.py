@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer
 
 from app.config import Settings
 from app.recipes import DistillParams, MagnitudeParams
 from app.storage import LocalStore
 from squash import load_pretrained
+from tests.support.tiny_model import teacher_text
 from workers.evaluation.perplexity import perplexity
 from workers.methods.base import StageInput
 from workers.methods.distillation.checkpoint import WEIGHTS, CheckpointStore
@@ -33,13 +33,7 @@ FAST = {"seq_length": 64, "batch_size": 8, "learning_rate": 2e-3, "eval_tokens":
 
 @pytest.fixture(scope="module")
 def text(tiny_teacher_dir: Path) -> dict[str, Any]:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
-    calibration, held_out = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
-    return {
-        "tokenizer": tokenizer,
-        "calibration": [calibration[i : i + 64] for i in range(0, 64 * 8, 64)],
-        "eval": held_out[:4096],
-    }
+    return teacher_text(tiny_teacher_dir, 4096)
 
 
 def distill(teacher_dir: Path, text: dict[str, Any], stages: list[tuple[str, Any]]) -> dict:

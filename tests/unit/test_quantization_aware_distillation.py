@@ -11,29 +11,22 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from app.recipes import DistillParams, GptqParams, MagnitudeParams, RtnParams, TernaryParams
 from squash import load_pretrained
+from tests.support.tiny_model import teacher_text
 from workers.methods.recipe import run_stages, save_artifact
 from workers.methods.shared.layers import targeted_linears
 from workers.methods.shared.quantization_aware import fake_quantized_weight, round_ste
 from workers.methods.shared.storage_dtype import cast_for_storage
-from workers.models.datasets import builtin_text, split_tokens
 
 TRAIN = {"seq_length": 64, "batch_size": 8, "learning_rate": 2e-3, "eval_tokens": 2048}
 
 
 @pytest.fixture(scope="module")
 def text(tiny_teacher_dir: Path) -> dict[str, Any]:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
-    calibration, held_out = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
-    return {
-        "tokenizer": tokenizer,
-        "calibration": [calibration[i : i + 64] for i in range(0, 64 * 8, 64)],
-        "eval": held_out[:2048],
-    }
+    return teacher_text(tiny_teacher_dir, 2048)
 
 
 def run(
