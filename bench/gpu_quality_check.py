@@ -1,7 +1,8 @@
 """The GPU path of issue 22's methods, for a session lent a CUDA machine (run through
 bench/gpu_quality_check.sh): a random 8-layer Llama built on the spot (no network there), and on
 it, on the GPU in bfloat16 through the worker's own stage and save code: AutoRound W4 and W2,
-mask-aware GPTQ after SparseGPT, GPTQ with the imatrix observer, and quantization-aware
+mask-aware GPTQ after SparseGPT, GPTQ with the imatrix observer, Hadamard rotations before
+GPTQ (the rotation fused on the GPU in float64), and quantization-aware
 distillation after GPTQ W3 and after ternary. Each artifact is saved, loaded back with plain
 transformers (or squash's loader for sparse storage) and checked: at most 2^bits values per
 group, the pruned zeros kept, the reloaded logits close to the in-memory ones. Prints a table
@@ -27,6 +28,7 @@ from app.recipes import (
     DistillParams,
     GptqParams,
     MethodParams,
+    RotateParams,
     SparseGptParams,
     TernaryParams,
 )
@@ -45,6 +47,10 @@ CASES: dict[str, tuple[list[tuple[str, MethodParams]], int]] = {
         16,
     ),
     "gptq w4 imatrix": ([("gptq", GptqParams(bits=4, group_size=G, scale_search="imatrix"))], 16),
+    "rotate + gptq w3": (
+        [("rotate", RotateParams()), ("gptq", GptqParams(bits=3, group_size=G))],
+        8,
+    ),
     "gptq w3 + qad": (
         [
             ("gptq", GptqParams(bits=3, group_size=G)),

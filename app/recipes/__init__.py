@@ -42,6 +42,7 @@ from app.recipes.quantization import (
     W8A8Params,
     WeightQuantParams,
 )
+from app.recipes.rotation import RotateParams
 from app.recipes.shapes import BUILTIN_SHAPES, ModelShape
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "ModelShape",
     "ModelStudent",
     "PreviousStudent",
+    "RotateParams",
     "RtnParams",
     "SparseGptParams",
     "SparsityParams",

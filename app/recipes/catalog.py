@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from app.errors import InvalidInput
 from app.recipes.common import MethodParams
-from app.recipes.composition import Kind, quantization_aware_errors, why_cannot_follow
+from app.recipes.composition import (
+    Kind,
+    quantization_aware_errors,
+    rotation_errors,
+    why_cannot_follow,
+)
 from app.recipes.distillation import DerivedStudent, DistillParams, PreviousStudent
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
@@ -35,6 +40,7 @@ from app.recipes.quantization import (
     TernaryParams,
     W8A8Params,
 )
+from app.recipes.rotation import RotateParams
 from app.recipes.shapes import ModelShape
 
 MAX_STAGES = 16
@@ -105,6 +111,14 @@ METHODS: dict[str, MethodSpec] = {
             "quantization",
             "Ternary (1.58-bit) absmean weights, stored packed at 2 bits.",
             TernaryParams,
+        ),
+        _spec(
+            "rotate",
+            "quantization",
+            "rotation",
+            "Hadamard rotations fused into the weights (SpinQuant R1/R2) before quantization: "
+            "same function, flatter weights.",
+            RotateParams,
         ),
         _spec(
             "magnitude",
@@ -216,6 +230,9 @@ def validate_recipe(
             field,
         )
     )
+    errors.extend(
+        rotation_errors([(i, METHODS[stage.method].kind) for i, stage in validated], field)
+    )
     if shape is not None:
         errors.extend(_shape_errors(validated, shape, field))
     if errors:
@@ -281,6 +298,9 @@ def _shape_errors(
     for index, stage in stages:
         where = f"{field}[{index}].params"
         params = stage.params
+        if isinstance(params, RotateParams):
+            for name, message in params.size_errors(shape.hidden_size, shape.head_dim).items():
+                errors.append({"field": f"{where}.{name}", "message": message})
         if isinstance(params, StructuredParams):
             group = shape.num_attention_heads // shape.num_key_value_heads
             if params.query_heads_per_group >= group:

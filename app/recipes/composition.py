@@ -3,7 +3,9 @@
 Order of work in a recipe: change the architecture first (structured pruning, low-rank), then
 train the result back towards the original (distillation), then zero weights (sparsity; a
 distillation after it keeps the zeros), then put the remaining weights on a grid
-(quantization). Going back is
+(quantization). A rotation (which changes no function, only the basis the weights are stored
+in) comes before all of that but structured pruning, and needs a quantization stage after it.
+Going back is
 refused because the later stage would undo the earlier one: pruning after quantization moves
 weights off the quantization grid, a structured change after sparsity reshapes the masks, a
 second quantization re-rounds rounded weights.
@@ -16,15 +18,16 @@ from typing import Any, Literal
 from app.recipes.common import MethodParams
 from app.recipes.distillation import DistillParams
 
-Kind = Literal["structured", "low_rank", "distillation", "sparsity", "quantization"]
+Kind = Literal["structured", "rotation", "low_rank", "distillation", "sparsity", "quantization"]
 
 # kind -> the kinds that may come before it in the same recipe.
 CAN_FOLLOW: dict[str, frozenset[str]] = {
     "structured": frozenset(),
-    "low_rank": frozenset({"structured"}),
-    "distillation": frozenset({"structured", "low_rank", "sparsity", "quantization"}),
-    "sparsity": frozenset({"structured", "distillation"}),
-    "quantization": frozenset({"structured", "distillation", "sparsity"}),
+    "rotation": frozenset({"structured"}),
+    "low_rank": frozenset({"structured", "rotation"}),
+    "distillation": frozenset({"structured", "rotation", "low_rank", "sparsity", "quantization"}),
+    "sparsity": frozenset({"structured", "rotation", "distillation"}),
+    "quantization": frozenset({"structured", "rotation", "distillation", "sparsity"}),
 }
 
 WHY_NOT: dict[tuple[str, str], str] = {
@@ -51,7 +54,14 @@ WHY_NOT: dict[tuple[str, str], str] = {
     ("sparsity", "low_rank"): "factorizing sparse weights would fill in the zeros",
     ("low_rank", "low_rank"): "use one low-rank stage",
     ("low_rank", "structured"): "structured pruning must come before a low-rank factorization",
+    ("rotation", "rotation"): "use one rotate stage (list the rotations in it)",
+    ("rotation", "structured"): "structured pruning must come before a rotation",
 }
+for _kind in ("low_rank", "distillation", "sparsity", "quantization"):
+    WHY_NOT[(_kind, "rotation")] = (
+        "a rotation comes first: it changes the basis every later stage works in, and "
+        "quantization grids and masks do not survive it"
+    )
 
 
 # Quantization stages a distill stage may follow: weight-only integer grids, which the student
@@ -109,3 +119,19 @@ def quantization_aware_errors(
                 }
             )
     return errors
+
+
+def rotation_errors(kinds: list[tuple[int, str]], field: str) -> list[dict[str, Any]]:
+    """For (index, kind) of the stages: a rotation only prepares weights for a quantization
+    grid, so a recipe whose rotation no quantization stage follows is a mistake (the checkpoint
+    would only grow, by the untied LM head)."""
+    rotations = [index for index, kind in kinds if kind == "rotation"]
+    if not rotations or any(kind == "quantization" for _, kind in kinds):
+        return []
+    return [
+        {
+            "field": f"{field}[{rotations[0]}].method",
+            "message": "a rotate stage prepares the weights for quantization: add a "
+            "quantization stage after it (e.g. gptq)",
+        }
+    ]

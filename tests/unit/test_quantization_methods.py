@@ -112,11 +112,15 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def calibration(tiny_model_dir: Path) -> list[list[int]]:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+def calibration_samples(model_dir: Path) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
     return [pool[i : i + 64] for i in range(0, 64 * 8, 64)]
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_model_dir: Path) -> list[list[int]]:
+    return calibration_samples(tiny_model_dir)
 
 
 def compress(
@@ -126,11 +130,13 @@ def compress(
     samples: list[list[int]],
     out: Path,
     probe: torch.Tensor | None = None,
+    stages: list[tuple[str, MethodParams]] | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Quantize and save. Returns the in-memory model's logits on `probe` and its quantized
-    weights, taken after the storage cast and before saving (saving compresses in place)."""
+    """Quantize (the one stage, or `stages`) and save. Returns the in-memory model's logits on
+    `probe` and its quantized weights, taken after the storage cast and before saving (saving
+    compresses in place)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    outcome = run_stages(model, None, [(method, params)], samples)
+    outcome = run_stages(model, None, stages or [(method, params)], samples)
     cast_for_storage(outcome.model)
     weights = {
         n: m.weight.detach().clone() for n, m in targeted_linears(model, ["Linear"], ["lm_head"])
@@ -205,7 +211,8 @@ def test_method_artifact_loads_lies_on_its_grid_and_matches_in_memory_logits(
 
 
 def test_every_quantization_method_has_a_case() -> None:
-    methods = {name for name, spec in METHODS.items() if spec.family == "quantization"}
+    # (`rotate` prepares weights for these and has its own tests: test_rotations.py.)
+    methods = {name for name, spec in METHODS.items() if spec.kind == "quantization"}
     assert methods == {case.method for case in CASES.values()}
 
 

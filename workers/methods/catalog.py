@@ -18,11 +18,13 @@ from workers.methods.quantization.autoround import AutoRound
 from workers.methods.quantization.awq import Awq
 from workers.methods.quantization.fp8 import Fp8
 from workers.methods.quantization.gptq import Gptq
+from workers.methods.quantization.rotate import Rotate
 from workers.methods.quantization.rtn import RoundToNearest
 from workers.methods.quantization.ternary import Ternary
 from workers.methods.quantization.w8a8 import W8A8
 
 IMPLEMENTATIONS: tuple[type[CompressionMethod[Any]], ...] = (
+    Rotate,
     RoundToNearest,
     Gptq,
     AutoRound,
