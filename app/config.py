@@ -22,6 +22,9 @@ class WorkerPool(BaseModel):
     host_memory_bytes: int | None = Field(default=None, gt=0)
 
 
+# Secret keys anyone can read (this file, docker-compose.yml): links signed with one are forgeable.
+KNOWN_DEFAULT_SECRETS = frozenset({"dev-insecure-change-me", "change-me-in-production"})
+
 DEFAULT_POOLS = (WorkerPool(queue="gpu", device="gpu"), WorkerPool(queue="cpu", device="cpu"))
 
 
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(default=5, ge=1, le=20)
     # Base URL clients use to reach this API; local-store download links point here.
     public_base_url: str = "http://127.0.0.1:8000"
+    # Signs the local store's download links (S3 links are presigned by S3). An API server with
+    # a local store refuses to start on a published default (KNOWN_DEFAULT_SECRETS); the
+    # embedded stack generates one per data dir.
     secret_key: str = Field(default="dev-insecure-change-me", min_length=8)
 
     # Job lifecycle. Worst case for a dead worker's job to be picked up again:

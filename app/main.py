@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app import api_document, health
 from app.artifacts import router as artifacts_router
 from app.auth.service import TenantCache
-from app.config import Settings, get_settings
+from app.config import KNOWN_DEFAULT_SECRETS, Settings, get_settings
 from app.db import SessionRunner, make_status_pool, pool_sizes, set_connection_budget
 from app.errors import ERRORS_413, ERRORS_429, ERRORS_503, install_error_handlers
 from app.jobs import router as jobs_router
@@ -27,6 +27,7 @@ from app.webhooks.dispatcher import dispatcher_thread
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    refuse_default_secret(settings)
     set_connection_budget(settings.db_connections_per_process, pre_ping=False)
 
     @asynccontextmanager
@@ -71,6 +72,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router.router)
     api_document.install(app)
     return app
+
+
+def refuse_default_secret(settings: Settings) -> None:
+    """This API signs the local store's download links itself: with a published key anyone
+    who can reach it could forge a link to any artifact."""
+    if settings.object_store_url.startswith("file://") and (
+        settings.secret_key in KNOWN_DEFAULT_SECRETS
+    ):
+        raise RuntimeError(
+            "SECRET_KEY is a published default and this server signs download links with it "
+            "(OBJECT_STORE_URL is a local store): set SECRET_KEY to a random value, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (the embedded "
+            "stack, `squash embedded`, makes one itself)"
+        )
 
 
 def app_factory() -> FastAPI:

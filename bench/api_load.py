@@ -219,6 +219,7 @@ def main() -> None:
     with private_stack_settings(
         "bench",
         object_store_url="file:///tmp/bench-store",
+        secret_key="bench-signing-key",
         webhook_dispatch_enabled=False,
         **({"db_connections_per_process": args.db_connections} if args.db_connections else {}),
     ) as settings:

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.quality                     # every row (~40 min on 2 CPU cores)
     .venv/bin/python -m bench.quality --only joint,w3     # rows whose name contains one
+    .venv/bin/python -m bench.quality --only "=ternary g64"   # that row exactly
 
 Each row runs a recipe through the worker's own stage and save code (as `bench.quantization_
 quality` does), loads the artifact back from its files and measures perplexity on two corpora:
@@ -40,6 +41,7 @@ from app.recipes import (
     DistillParams,
     GptqParams,
     MethodParams,
+    RotateParams,
     SparseGptParams,
     TernaryParams,
 )
@@ -65,7 +67,9 @@ Recipe = list[tuple[str, MethodParams]]
 SPARSEGPT_50 = ("sparsegpt", SparseGptParams(sparsity=0.5))
 
 
-def distill(minutes: float, learning_rate: float, learn_scales: bool = False) -> tuple[str, Any]:
+def distill(
+    minutes: float, learning_rate: float, learn_scales: bool = False, batch_size: int = 2
+) -> tuple[str, Any]:
     """A distill stage bounded by wall time (forward KL to the original, on the calibration
     share of the built-in corpus); its figures come from this bench, not the stage's own."""
     return (
@@ -74,7 +78,7 @@ def distill(minutes: float, learning_rate: float, learn_scales: bool = False) ->
             max_steps=100_000,
             max_seconds=60 * minutes,
             seq_length=256,
-            batch_size=2,
+            batch_size=batch_size,
             learning_rate=learning_rate,
             learn_scales=learn_scales,
             eval_tokens=0,
@@ -98,6 +102,17 @@ ROWS: dict[str, Recipe] = {
         SPARSEGPT_50,
         ("gptq", GptqParams(bits=4, group_size=G, scale_search="mse")),
     ],
+    # Hadamard rotations fused into the weights (SpinQuant R1 + R2) before GPTQ; alone they
+    # must leave the perplexity unchanged (the model computes the same function).
+    "rotate only (no quantization)": [("rotate", RotateParams())],
+    "rotate + gptq w4 g64 imatrix": [
+        ("rotate", RotateParams()),
+        ("gptq", GptqParams(bits=4, group_size=G, scale_search="imatrix")),
+    ],
+    "rotate + gptq w3 g64 imatrix": [
+        ("rotate", RotateParams()),
+        ("gptq", GptqParams(bits=3, group_size=G, scale_search="imatrix")),
+    ],
     # AutoRound (signed-gradient rounding and clipping), fewer steps than its default 200.
     "autoround w3 g64": [("autoround", AutoRoundParams(bits=3, group_size=G, iters=50))],
     # Recovery by distillation from the original, on the compressed model's own grid.
@@ -115,6 +130,16 @@ ROWS: dict[str, Recipe] = {
         distill(15, 2e-4, learn_scales=True),
     ],
     "ternary g64 gptq": [("ternary", TernaryParams(group_size=G, solver="gptq"))],
+    "rotate + ternary g64 gptq + qad 25 min": [
+        ("rotate", RotateParams()),
+        ("ternary", TernaryParams(group_size=G, solver="gptq")),
+        distill(25, 2e-4, learn_scales=True, batch_size=4),
+    ],
+    "rotate + ternary g64": [("rotate", RotateParams()), ("ternary", TernaryParams(group_size=G))],
+    "rotate + ternary g64 gptq": [
+        ("rotate", RotateParams()),
+        ("ternary", TernaryParams(group_size=G, solver="gptq")),
+    ],
     "ternary g64": [("ternary", TernaryParams(group_size=G))],
 }
 
@@ -195,6 +220,13 @@ def run_row(
             "stage_notes": notes,
         }
     return row
+
+
+def selected(name: str, only: str) -> bool:
+    """`--only`: comma-separated parts, each contained in the row's name, or `=name` exactly."""
+    return any(
+        name == part[1:] if part.startswith("=") else part in name for part in only.split(",")
+    )
 
 
 def pruned(recipe: Recipe) -> bool:
@@ -298,7 +330,9 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--calibration-length", type=int, default=512)
     parser.add_argument(
-        "--only", default="", help="comma-separated: run the rows whose name contains one"
+        "--only",
+        default="",
+        help="comma-separated: run the rows whose name contains one (=name: exactly that row)",
     )
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
     args = parser.parse_args()
@@ -330,7 +364,7 @@ def main() -> None:
     }
     ran: dict[str, dict[str, Any]] = {}
     for name, recipe in ROWS.items():
-        if not any(part in name for part in args.only.split(",")):
+        if not selected(name, args.only):
             continue
         rows[name] = ran[name] = run_row(name, recipe, source, tokenizer, data)
         add_changes(rows[name], original)

@@ -45,6 +45,7 @@ def main() -> None:
     with private_stack_settings(
         "bench",
         object_store_url="file:///tmp/bench-store",
+        secret_key="bench-signing-key",
         reaper_enabled=False,
         # 64 clients of one tenant poll flat out: a refill nobody outruns keeps the limiter in
         # the measured path (the default burst, so Redis is asked every 10 requests) without

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import structlog
+from celery.signals import worker_ready
 from kombu import Queue
 
 from app.config import get_settings
@@ -31,3 +33,17 @@ celery_app.conf.update(
     task_queues=[Queue(name) for name in pool_queues(settings)],
     imports=["workers.tasks"],
 )
+
+
+@worker_ready.connect
+def sweep_scratch_on_start(**_: object) -> None:
+    """A worker that starts after a crash frees what the killed attempts left on this machine
+    (workers/scratch.py), without waiting for its first job."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers.scratch import sweep_scratch
+
+    try:
+        sweep_scratch(settings)
+    except (OSError, SQLAlchemyError):  # database not up yet: the first claimed job sweeps
+        structlog.get_logger().warning("scratch.sweep_failed", exc_info=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import traceback
 import uuid
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,6 +20,7 @@ from app.jobs.state import ErrorCode, JobState
 from workers import faults
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
+from workers.scratch import scratch_dir, sweep_scratch
 
 log = structlog.get_logger()
 
@@ -38,7 +38,8 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     log.info("job.claimed", job_id=str(job_id), generation=generation, worker=worker_id)
     ctx = JobContext(job_id, generation, settings)
     ctx.fault_hold = faults.hold_point_for(settings, labels, job.attempts)
-    scratch = Path(settings.work_dir) / "jobs" / f"{job_id}-{generation}"
+    scratch = scratch_dir(settings, job_id, generation)
+    _sweep(settings)
     ctx.start()
     try:
         from workers.job.execute import execute
@@ -63,6 +64,16 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     finally:
         ctx.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sweep(settings: Settings) -> None:
+    """What dead attempts left on this machine; never fails the job that is starting."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        sweep_scratch(settings)
+    except (OSError, SQLAlchemyError):
+        log.warning("scratch.sweep_failed", exc_info=True)
 
 
 def _finish(

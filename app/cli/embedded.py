@@ -4,6 +4,7 @@ as child processes of one command. Production is the same code with other URLs."
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -16,6 +17,22 @@ from app.db import session_scope
 from app.queue import pool_queues
 
 
+def embedded_secret(data_dir: Path) -> str:
+    """The key that signs the local store's download links: generated on first start and kept
+    in data_dir/secret-key (created 0600, never readable by others), so links survive a restart
+    and nobody can forge one from a published default."""
+    path = data_dir / "secret-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def embedded_env(data_dir: Path, port: int) -> dict[str, str]:
     data_dir = data_dir.resolve()
     return {
@@ -25,6 +42,7 @@ def embedded_env(data_dir: Path, port: int) -> dict[str, str]:
         "OBJECT_STORE_URL": f"file://{data_dir / 'objects'}",
         "WORK_DIR": str(data_dir / "work"),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "SECRET_KEY": embedded_secret(data_dir),
         "DEFAULT_DEVICE": "cpu",
     }
 

@@ -317,6 +317,18 @@ def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
     )
 
 
+def leased_generations(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Of these jobs, those a worker holds a lease on, with the lease's generation."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.lease_generation).where(
+            Job.id.in_(list(job_ids)), Job.state.in_([s.value for s in LEASED])
+        )
+    )
+    return {job_id: generation for job_id, generation in rows}
+
+
 def expired_leases(session: Session, *, now: datetime, limit: int = 100) -> list[Job]:
     return list(
         session.scalars(

@@ -36,6 +36,7 @@ def served_api(tmp_path: Path) -> Iterator[tuple[str, str, Settings]]:
     with private_stack_settings(
         "contract",
         object_store_url=f"file://{tmp_path / 'objects'}",
+        secret_key="test-signing-key",
         work_dir=tmp_path / "work",
         default_device="gpu",
         webhook_dispatch_enabled=False,

@@ -41,6 +41,12 @@ def published_state(stack: Stack, job_id: str) -> dict[str, Any]:
     }
 
 
+def scratch_bytes(stack: Stack) -> int:
+    """What attempts left in the workers' scratch folders (workers/scratch.py)."""
+    root = Path(stack.settings.work_dir) / "jobs"
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
 def hold(stack: Stack, point: str) -> tuple[str, WorkerProcess]:
     """Submit a job that stops at `point`; returns it and the worker holding it."""
     job_id = stack.submit(fast_job(hold=point))["id"]
@@ -75,6 +81,8 @@ def test_sigkill_in_every_phase_loses_nothing_and_publishes_once(
         for _ in range(REPEATS):
             for point in POINTS:
                 reclaimed, finished, done, published = crash_once(deployment, point)
+                # The killed attempt's scratch folder went when the retry was claimed.
+                assert scratch_bytes(deployment) == 0, point
                 reclaim[point].append(reclaimed)
                 finish[point].append(finished)
                 lost += done["state"] != "succeeded"
@@ -88,6 +96,7 @@ def test_sigkill_in_every_phase_loses_nothing_and_publishes_once(
                     "report.json",
                 }
     figures = {
+        "scratch_bytes_left": scratch_bytes(deployment),
         "repeats_per_phase": REPEATS,
         "lease_ttl_s": settings.lease_ttl_s,
         "reaper_interval_s": settings.reaper_interval_s,

@@ -68,6 +68,7 @@ def test_api_process_stays_inside_its_connection_budget(tmp_path: Path) -> None:
         max_active_jobs_per_tenant=0,
         webhook_dispatch_enabled=False,
         object_store_url=f"file://{tmp_path / 'objects'}",
+        secret_key="test-signing-key",
     ) as settings:
         with session_scope(settings.database_url) as session:
             key = auth_service.create_key(session, tenant_name="budget").secret

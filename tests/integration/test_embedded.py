@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from app.cli.client import SquashClient
 from app.cli.embedded import EmbeddedStack
+from app.config import Settings
+from app.storage import LocalStore
 from tests.support.evaluation import perplexity_of
 from tests.support.jobs import tiny_job
 from tests.support.services import free_port
@@ -27,6 +30,8 @@ def test_embedded_stack_runs_a_job_end_to_end(
     key = stack.start()
     try:
         assert (tmp_path / "data" / "api-key").read_text().strip() == key
+        secret = (tmp_path / "data" / "secret-key").read_text().strip()
+        assert secret != Settings().secret_key
         client = SquashClient(stack.url, key)
         job = client.wait(client.submit(tiny_job())["id"], timeout_s=240, poll_s=0.5)
         assert job["state"] == "succeeded", (
@@ -36,9 +41,13 @@ def test_embedded_stack_runs_a_job_end_to_end(
         listing = client.artifacts(job["id"])
         model_dir = tmp_path / "downloaded"
         model_dir.mkdir()
+        # A link signed with the published default key (what anyone could compute) is refused.
+        forger = LocalStore(tmp_path / "data" / "objects", Settings(public_base_url=stack.url))
         for item in listing["items"]:
             # Signed links served by the API itself; tampering with the signature is refused.
             assert httpx.get(item["url"].replace("signature=", "signature=0")).status_code == 401
+            key = unquote(item["url"].split("/v1/files/", 1)[1].split("?", 1)[0])
+            assert httpx.get(forger.presigned_url(key, 600, "x")).status_code == 401
             if item["path"].startswith("model/"):
                 content = httpx.get(item["url"]).raise_for_status().content
                 (model_dir / item["path"].removeprefix("model/")).write_bytes(content)
