@@ -27,7 +27,6 @@ from app.webhooks.dispatcher import dispatcher_thread
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    refuse_default_secret(settings)
     set_connection_budget(settings.db_connections_per_process, pre_ping=False)
 
     @asynccontextmanager
@@ -91,6 +90,7 @@ def refuse_default_secret(settings: Settings) -> None:
 def app_factory() -> FastAPI:
     """Entry point for `uvicorn --factory app.main:app_factory`."""
     settings = get_settings()
+    refuse_default_secret(settings)
     configure_logging(settings.log_level, settings.log_json)
     app = create_app(settings)
     # The server process's modules and app live as long as it does: keep them out of the

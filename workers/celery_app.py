@@ -25,10 +25,11 @@ celery_app.conf.update(
     # process-global state and CUDA memory fragments.
     worker_prefetch_multiplier=1,
     worker_max_tasks_per_child=1,
-    # After a broker connection loss Redis may redeliver the running task's message to another
-    # worker; cancel ours rather than run twice (the lease would fence it anyway, this saves
-    # the GPU time). The reaper re-sends the job once its lease expires.
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # A broker outage leaves running jobs running: their lease, heartbeats, progress and cancel
+    # flag live in Postgres, not in the broker, and the lease fences any second delivery of the
+    # message (its claim is a no-op). Cancelling them instead made every Redis blip kill every
+    # running job and spend one of its attempts (hours of GPU time each).
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
     task_queues=[Queue(name) for name in pool_queues(settings)],
     imports=["workers.tasks"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -30,6 +31,13 @@ class JobContext:
         self.generation = generation
         self.settings = settings
         self.cancel_requested = threading.Event()
+        # Set when the job's own thread reached a check point after the cancel: it is winding
+        # down (a last checkpoint, the cancelled commit) and the heartbeat leaves it be.
+        self.cancel_acknowledged = threading.Event()
+        # What the heartbeat thread calls when the job reached no check point within
+        # cancel_grace_s of the cancel (set by workers/runner.py: it ends the process).
+        self.on_unacknowledged_cancel: Callable[[], None] | None = None
+        self._cancel_seen_at: float | None = None
         self.lease_lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -54,6 +62,23 @@ class JobContext:
                 self.beat_once()
             except Exception:
                 log.warning("job.heartbeat_failed", job_id=str(self.job_id), exc_info=True)
+            self._enforce_cancel()
+
+    def _enforce_cancel(self) -> None:
+        """A cancel the job's thread has not acted on within cancel_grace_s: it is inside one
+        long call, so the heartbeat ends the attempt itself."""
+        if (
+            not self.cancel_requested.is_set()
+            or self.cancel_acknowledged.is_set()
+            or self.on_unacknowledged_cancel is None
+        ):
+            return
+        now = time.monotonic()
+        if self._cancel_seen_at is None:
+            self._cancel_seen_at = now
+        elif now - self._cancel_seen_at >= self.settings.cancel_grace_s:
+            stop, self.on_unacknowledged_cancel = self.on_unacknowledged_cancel, None
+            stop()  # returns only if the attempt already ended (its own commit won)
 
     def beat_once(self) -> None:
         with session_scope(self.settings.database_url) as session:
@@ -76,6 +101,7 @@ class JobContext:
         if self.lease_lost.is_set():
             raise LeaseLost(str(self.job_id))
         if self.cancel_requested.is_set():
+            self.cancel_acknowledged.set()
             raise JobCancelled(str(self.job_id))
 
     def progress(self, stage: str, percent: float, detail: dict[str, Any] | None = None) -> None:

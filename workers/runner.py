@@ -3,7 +3,9 @@ evaluate compressed → upload → manifest last → `succeeded` (all fenced by 
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import traceback
 import uuid
 from typing import Any
@@ -34,10 +36,15 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
         labels = {label.key: label.value for label in job.labels} if job else {}
     if generation is None or job is None:
         log.info("job.not_claimed", job_id=str(job_id), state=job.state if job else None)
+        if job is not None and job.state in (JobState.CANCELLED, JobState.FAILED):
+            # Nothing of it is published: whatever a dead attempt left goes (the API's cancel
+            # tried already; this covers a store that was down then).
+            drop_attempts(settings, job_id, older_than=None)
         return
     log.info("job.claimed", job_id=str(job_id), generation=generation, worker=worker_id)
     ctx = JobContext(job_id, generation, settings)
     ctx.fault_hold = faults.hold_point_for(settings, labels, job.attempts)
+    ctx.on_unacknowledged_cancel = lambda: _stop_inside_a_call(settings, ctx)
     scratch = scratch_dir(settings, job_id, generation)
     _sweep(settings)
     ctx.start()
@@ -64,6 +71,31 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     finally:
         ctx.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop_inside_a_call(settings: Settings, ctx: JobContext) -> None:
+    """Called by the heartbeat thread when a cancelled job reached no check point within
+    CANCEL_GRACE_S: its thread is inside one long library call that cannot be interrupted, so
+    the job ends here and the process exits. The commit is fenced like the job's own (if the
+    attempt finished meanwhile, nothing happens). Celery sees its child gone and gives the
+    message back (reject_on_worker_lost); the worker that takes it finds the job cancelled and
+    deletes whatever this attempt uploaded after the deletion below; the next claim on this
+    machine sweeps the scratch folder (workers/scratch.py)."""
+    with session_scope(settings.database_url) as session:
+        moved = repository.transition(
+            session,
+            ctx.job_id,
+            JobState.CANCELLED,
+            sources=[JobState.CANCEL_REQUESTED],
+            generation=ctx.generation,
+            message="cancelled by user (stopped inside a long call)",
+        )
+    if not moved:
+        return
+    log.warning("job.cancel_forced", job_id=str(ctx.job_id), generation=ctx.generation)
+    drop_attempt(settings, ctx.job_id, ctx.generation)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _sweep(settings: Settings) -> None:

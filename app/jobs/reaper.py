@@ -5,7 +5,11 @@ compare-and-set on the job's lease generation, so only one reaper (or worker) wi
   re-sent, or ends `failed` once its attempts are spent; a `cancel_requested` one ends `cancelled`.
 - A job running longer than MAX_JOB_RUNTIME_S ends `failed` (timeout); its worker sees the lost
   lease at its next heartbeat and stops.
-- A queued job whose message never reached (or vanished from) the broker is re-sent.
+- A queued job whose message never reached the broker is sent; one whose message vanished from
+  it (looked up there: app/broker_inventory.py) is re-sent. A message that is still waiting,
+  however long, is left alone, so a backlog is never multiplied.
+- Sending stops at a round's first broker failure: the lease checks of the next round are not
+  held up by a broker that is down (the rest is sent when it is back).
 """
 
 from __future__ import annotations
@@ -17,17 +21,27 @@ import structlog
 
 from app.artifacts.retention import drop_attempts, drop_checkpoints
 from app.background import PeriodicThread
+from app.broker_inventory import jobs_with_messages
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
 from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
+from app.queue import pool_queues
 
 log = structlog.get_logger()
 
 
 def reap_once(settings: Settings) -> dict[str, int]:
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "resent": 0}
+    counts = {
+        "requeued": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "timed_out": 0,
+        "resent": 0,
+        "still_waiting": 0,
+        "send_failed": 0,
+    }
     now = utcnow()
     to_send: list[tuple[uuid.UUID, str, int]] = []
     # Ended here: their unpublished attempts (and, unless cancelled, checkpoints) go once the
@@ -77,23 +91,50 @@ def reap_once(settings: Settings) -> dict[str, int]:
 
         resend_before = now - timedelta(seconds=settings.requeue_after_s)
         never_sent_before = now - timedelta(seconds=settings.reaper_interval_s)
-        for job in repository.unsent_queued_jobs(
+        stale = repository.unsent_queued_jobs(
             session, never_sent_before=never_sent_before, enqueued_before=resend_before
-        ):
-            if (job.id, job.queue, job.priority) not in to_send:
-                to_send.append((job.id, job.queue, job.priority))
-                counts["resent"] += 1
+        )
+        waiting = _waiting(settings) if any(j.enqueued_at for j in stale) else set()
+        for job in stale:
+            if (job.id, job.queue, job.priority) in to_send:
+                continue
+            if job.enqueued_at is not None and waiting is False:
+                continue  # the broker is down: nothing can be sent, look again next round
+            if job.enqueued_at is not None and isinstance(waiting, set) and job.id in waiting:
+                # Still in the broker: checked again in REQUEUE_AFTER_S, and the next-oldest
+                # jobs get their turn meanwhile.
+                repository.mark_enqueued(session, job.id)
+                counts["still_waiting"] += 1
+                continue
+            to_send.append((job.id, job.queue, job.priority))
+            counts["resent"] += 1
     for job_id in ended:
         drop_attempts(settings, job_id, older_than=None)
         if job_id not in cancelled:
             drop_checkpoints(settings, job_id)
-    # Send only after the moves above committed (a worker must find the job `queued`).
-    for job_id, queue, priority in to_send:
+    # Send only after the moves above committed (a worker must find the job `queued`). The
+    # first failure ends the round's sending: the rest stay unmarked and go next round.
+    for index, (job_id, queue, priority) in enumerate(to_send):
         with session_scope(settings.database_url) as session:
-            enqueue(session, settings, job_id, queue=queue, priority=priority)
+            if not enqueue(session, settings, job_id, queue=queue, priority=priority):
+                counts["send_failed"] = len(to_send) - index
+                break
     if any(counts.values()):
         log.info("reaper.round", **counts)
     return counts
+
+
+def _waiting(settings: Settings) -> set[uuid.UUID] | bool:
+    """Jobs with a message in the broker; True when it cannot be listed (re-send by age, the
+    rule for brokers like RabbitMQ), False when it is unreachable (nothing can be sent now)."""
+    try:
+        present = jobs_with_messages(
+            settings, pool_queues(settings), fresh_s=settings.requeue_after_s
+        )
+    except Exception:  # the broker is down: leave the messages be, look again next round
+        log.warning("reaper.broker_inventory_failed", exc_info=True)
+        return False
+    return True if present is None else present
 
 
 def reaper_thread(settings: Settings) -> PeriodicThread:

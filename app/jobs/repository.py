@@ -352,7 +352,8 @@ def overdue_jobs(session: Session, *, started_before: datetime, limit: int = 100
 def unsent_queued_jobs(
     session: Session, *, never_sent_before: datetime, enqueued_before: datetime, limit: int = 100
 ) -> list[Job]:
-    """Queued jobs never sent (created before `never_sent_before`) or sent long ago."""
+    """Queued jobs never sent (created before `never_sent_before`) or sent (or last seen in
+    the broker) long ago; least recently checked first, so every job gets its turn."""
     return list(
         session.scalars(
             select(Job)
@@ -363,7 +364,7 @@ def unsent_queued_jobs(
                     Job.enqueued_at < enqueued_before,
                 ),
             )
-            .order_by(Job.created_at)
+            .order_by(Job.enqueued_at.asc().nulls_first(), Job.created_at)
             .limit(limit)
         ).unique()
     )

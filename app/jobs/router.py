@@ -3,10 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
+from app.artifacts.retention import drop_attempts
 from app.deps import DbDep, SettingsDep, SubmitLimitDep, TenantDep
 from app.errors import (
     ERRORS_401,
@@ -109,11 +110,23 @@ async def get_job(job_id: uuid.UUID, request: Request, db: DbDep, tenant_id: Ten
         409: {"description": "Already finished", **PROBLEM_RESPONSE},
     },
 )
-async def cancel_job(job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep) -> JobRead:
+async def cancel_job(
+    job_id: uuid.UUID,
+    db: DbDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> JobRead:
     def work(session: Session) -> JobRead:
         return service.to_read(service.cancel_job(session, tenant_id=tenant_id, job_id=job_id))
 
-    return await db.run(work, commit=True)
+    read = await db.run(work, commit=True)
+    if read.state is JobState.CANCELLED and read.attempts:
+        # Cancelled while queued after an attempt died (killed, re-queued by the reaper): that
+        # attempt may have left files, even a manifest. A cancelled job keeps none; deleted
+        # after the answer (object-store calls), and again by any worker that gets its message.
+        background.add_task(drop_attempts, settings, read.id, older_than=None)
+    return read
 
 
 @router.get("/{job_id}/events", response_model=EventPage, responses={**ERRORS_401, **ERRORS_404})

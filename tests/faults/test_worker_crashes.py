@@ -13,7 +13,7 @@ import pytest
 
 from app.config import Settings
 from tests.support.services import WorkerProcess, wait_until
-from tests.support.stack import Stack, bucket_view, fast_job, record, stack, summary
+from tests.support.stack import Stack, bucket_view, record, stack, summary
 from workers.faults import POINTS
 
 pytestmark = pytest.mark.integration
@@ -47,18 +47,8 @@ def scratch_bytes(stack: Stack) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
-def hold(stack: Stack, point: str) -> tuple[str, WorkerProcess]:
-    """Submit a job that stops at `point`; returns it and the worker holding it."""
-    job_id = stack.submit(fast_job(hold=point))["id"]
-    held = wait_until(
-        lambda: stack.held(job_id), timeout=120, interval=0.05, what=f"hold at {point}"
-    )
-    assert held["point"] == point
-    return job_id, stack.worker_of(held["pid"])
-
-
 def crash_once(stack: Stack, point: str) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
-    job_id, victim = hold(stack, point)
+    job_id, victim = stack.hold(point)
     victim.kill()
     killed = time.monotonic()
     stack.release(job_id)
@@ -121,7 +111,7 @@ def stale_notices(worker: WorkerProcess) -> int:
 def freeze_once(stack: Stack, point: str) -> bool:
     """SIGSTOP the worker held at `point` until another worker finished the job, then SIGCONT.
     True if anything the stale attempt did afterwards changed the job, its events or files."""
-    job_id, frozen = hold(stack, point)
+    job_id, frozen = stack.hold(point)
     # This worker may have noticed an earlier attempt's loss: wait for one more notice.
     noticed = stale_notices(frozen)
     os.killpg(frozen.proc.pid, signal.SIGSTOP)

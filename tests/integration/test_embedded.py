@@ -46,8 +46,8 @@ def test_embedded_stack_runs_a_job_end_to_end(
         for item in listing["items"]:
             # Signed links served by the API itself; tampering with the signature is refused.
             assert httpx.get(item["url"].replace("signature=", "signature=0")).status_code == 401
-            key = unquote(item["url"].split("/v1/files/", 1)[1].split("?", 1)[0])
-            assert httpx.get(forger.presigned_url(key, 600, "x")).status_code == 401
+            stored = unquote(item["url"].split("/v1/files/", 1)[1].split("?", 1)[0])
+            assert httpx.get(forger.presigned_url(stored, 600, "x")).status_code == 401
             if item["path"].startswith("model/"):
                 content = httpx.get(item["url"]).raise_for_status().content
                 (model_dir / item["path"].removeprefix("model/")).write_bytes(content)

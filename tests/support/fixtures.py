@@ -74,6 +74,7 @@ def settings(
         object_store_url=f"s3://{BUCKET}/artifacts",
         s3_endpoint_url=s3_endpoint,
         heartbeat_interval_s=0.5,
+        cancel_grace_s=3.0,
         lease_ttl_s=4.0,
         reaper_interval_s=0.5,
         requeue_after_s=30.0,

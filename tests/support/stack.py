@@ -109,6 +109,15 @@ class Stack:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def hold(self, point: str) -> tuple[str, WorkerProcess]:
+        """Submit a job that stops at `point`; returns it and the worker holding it."""
+        job_id = self.submit(fast_job(hold=point))["id"]
+        held = wait_until(
+            lambda: self.held(job_id), timeout=120, interval=0.05, what=f"hold at {point}"
+        )
+        assert held["point"] == point
+        return job_id, self.worker_of(held["pid"])
+
     def release(self, job_id: str) -> None:
         self.marker(job_id).unlink(missing_ok=True)
 
