@@ -7,7 +7,7 @@ from celery.signals import worker_ready
 from kombu import Queue
 
 from app.config import get_settings
-from app.db import set_connection_budget
+from app.db import get_engine, set_connection_budget
 from app.logging import configure_logging
 from app.queue import make_celery, pool_queues
 
@@ -48,3 +48,7 @@ def sweep_scratch_on_start(**_: object) -> None:
         sweep_scratch(settings)
     except (OSError, SQLAlchemyError):  # database not up yet: the first claimed job sweeps
         structlog.get_logger().warning("scratch.sweep_failed", exc_info=True)
+    finally:
+        # This is the pool's parent: job processes are forked from it later and must not
+        # inherit (and share) its database connection.
+        get_engine(settings.database_url).dispose()

@@ -60,9 +60,9 @@ class JobContext:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
                 self.beat_once()
-            except Exception:
+                self._enforce_cancel()
+            except Exception:  # database down: the next beat tries again
                 log.warning("job.heartbeat_failed", job_id=str(self.job_id), exc_info=True)
-            self._enforce_cancel()
 
     def _enforce_cancel(self) -> None:
         """A cancel the job's thread has not acted on within cancel_grace_s: it is inside one
@@ -77,8 +77,8 @@ class JobContext:
         if self._cancel_seen_at is None:
             self._cancel_seen_at = now
         elif now - self._cancel_seen_at >= self.settings.cancel_grace_s:
-            stop, self.on_unacknowledged_cancel = self.on_unacknowledged_cancel, None
-            stop()  # returns only if the attempt already ended (its own commit won)
+            self.on_unacknowledged_cancel()  # ends the process unless the attempt ended first
+            self.on_unacknowledged_cancel = None
 
     def beat_once(self) -> None:
         with session_scope(self.settings.database_url) as session:

@@ -15,9 +15,10 @@ compare-and-set on the job's lease generation, so only one reaper (or worker) wi
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy.orm import Session
 
 from app.artifacts.retention import drop_attempts, drop_checkpoints
 from app.background import PeriodicThread
@@ -89,25 +90,7 @@ def reap_once(settings: Settings) -> dict[str, int]:
                 ended.append(job.id)
                 counts["timed_out"] += 1
 
-        resend_before = now - timedelta(seconds=settings.requeue_after_s)
-        never_sent_before = now - timedelta(seconds=settings.reaper_interval_s)
-        stale = repository.unsent_queued_jobs(
-            session, never_sent_before=never_sent_before, enqueued_before=resend_before
-        )
-        waiting = _waiting(settings) if any(j.enqueued_at for j in stale) else set()
-        for job in stale:
-            if (job.id, job.queue, job.priority) in to_send:
-                continue
-            if job.enqueued_at is not None and waiting is False:
-                continue  # the broker is down: nothing can be sent, look again next round
-            if job.enqueued_at is not None and isinstance(waiting, set) and job.id in waiting:
-                # Still in the broker: checked again in REQUEUE_AFTER_S, and the next-oldest
-                # jobs get their turn meanwhile.
-                repository.mark_enqueued(session, job.id)
-                counts["still_waiting"] += 1
-                continue
-            to_send.append((job.id, job.queue, job.priority))
-            counts["resent"] += 1
+        _lost_messages(session, settings, now, to_send, counts)
     for job_id in ended:
         drop_attempts(settings, job_id, older_than=None)
         if job_id not in cancelled:
@@ -122,6 +105,36 @@ def reap_once(settings: Settings) -> dict[str, int]:
     if any(counts.values()):
         log.info("reaper.round", **counts)
     return counts
+
+
+def _lost_messages(
+    session: Session,
+    settings: Settings,
+    now: datetime,
+    to_send: list[tuple[uuid.UUID, str, int]],
+    counts: dict[str, int],
+) -> None:
+    """Adds to `to_send` the queued jobs never sent, and those sent over REQUEUE_AFTER_S ago
+    whose message is no longer in the broker."""
+    resend_before = now - timedelta(seconds=settings.requeue_after_s)
+    never_sent_before = now - timedelta(seconds=settings.reaper_interval_s)
+    stale = repository.unsent_queued_jobs(
+        session, never_sent_before=never_sent_before, enqueued_before=resend_before
+    )
+    waiting = _waiting(settings) if any(j.enqueued_at for j in stale) else set()
+    for job in stale:
+        if (job.id, job.queue, job.priority) in to_send:
+            continue
+        if job.enqueued_at is not None and waiting is False:
+            continue  # the broker is down: nothing can be sent, look again next round
+        if job.enqueued_at is not None and isinstance(waiting, set) and job.id in waiting:
+            # Still in the broker: checked again in REQUEUE_AFTER_S, and the next-oldest jobs
+            # get their turn meanwhile.
+            repository.mark_enqueued(session, job.id)
+            counts["still_waiting"] += 1
+            continue
+        to_send.append((job.id, job.queue, job.priority))
+        counts["resent"] += 1
 
 
 def _waiting(settings: Settings) -> set[uuid.UUID] | bool:
