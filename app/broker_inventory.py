@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.queue import PRIORITY_SEP, PRIORITY_STEPS
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-PRIORITIES = range(10)  # app/queue.py's priority_steps
-SEP = ":"
 
 
 def job_of(raw: bytes | str) -> uuid.UUID | None:
@@ -77,8 +76,8 @@ def _redis(settings: Settings, queues: list[str], fresh_s: float) -> set[uuid.UU
     try:
         pipe = client.pipeline(transaction=False)
         for queue in queues:
-            for priority in PRIORITIES:
-                pipe.lrange(prefix + (f"{queue}{SEP}{priority}" if priority else queue), 0, -1)
+            for step in PRIORITY_STEPS:
+                pipe.lrange(prefix + (f"{queue}{PRIORITY_SEP}{step}" if step else queue), 0, -1)
         pipe.zrangebyscore(prefix + "unacked_index", time.time() - fresh_s, "+inf")
         *lists, fresh_tags = pipe.execute()
         raw = [item for items in lists for item in items]

@@ -15,6 +15,10 @@ from celery import Celery
 from app.config import Settings
 
 RUN_JOB_TASK = "squash.run_job"
+# kombu's Redis transport keeps one list per queue and priority step, named `queue` (step 0)
+# and `queue<SEP><step>` (app/broker_inventory.py reads them).
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = ":"
 
 
 def pool_queues(settings: Settings) -> list[str]:
@@ -38,8 +42,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # running job's message would be handed to a second worker. Lost workers are found by
         # their lease instead (see app/jobs/reaper.py).
         "visibility_timeout": int(settings.max_job_runtime_s * 2),
-        "priority_steps": list(range(10)),
-        "sep": ":",
+        "priority_steps": PRIORITY_STEPS,
+        "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
     }
     if settings.broker_key_prefix:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import structlog
 from celery.signals import worker_ready
 from kombu import Queue
 
@@ -40,14 +39,10 @@ celery_app.conf.update(
 def sweep_scratch_on_start(**_: object) -> None:
     """A worker that starts after a crash frees what the killed attempts left on this machine
     (workers/scratch.py), without waiting for its first job."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from workers.scratch import sweep_scratch
+    from workers.scratch import sweep_quietly
 
     try:
-        sweep_scratch(settings)
-    except (OSError, SQLAlchemyError):  # database not up yet: the first claimed job sweeps
-        structlog.get_logger().warning("scratch.sweep_failed", exc_info=True)
+        sweep_quietly(settings)
     finally:
         # This is the pool's parent: job processes are forked from it later and must not
         # inherit (and share) its database connection.

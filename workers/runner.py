@@ -22,7 +22,7 @@ from app.jobs.state import ErrorCode, JobState
 from workers import faults
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
-from workers.scratch import scratch_dir, sweep_scratch
+from workers.scratch import scratch_dir, sweep_quietly
 
 log = structlog.get_logger()
 
@@ -46,7 +46,7 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
     ctx.fault_hold = faults.hold_point_for(settings, labels, job.attempts)
     ctx.on_unacknowledged_cancel = lambda: _stop_inside_a_call(settings, ctx)
     scratch = scratch_dir(settings, job_id, generation)
-    _sweep(settings)
+    sweep_quietly(settings)
     ctx.start()
     try:
         from workers.job.execute import execute
@@ -96,16 +96,6 @@ def _stop_inside_a_call(settings: Settings, ctx: JobContext) -> None:
     drop_attempt(settings, ctx.job_id, ctx.generation)
     sys.stdout.flush()
     os._exit(0)
-
-
-def _sweep(settings: Settings) -> None:
-    """What dead attempts left on this machine; never fails the job that is starting."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        sweep_scratch(settings)
-    except (OSError, SQLAlchemyError):
-        log.warning("scratch.sweep_failed", exc_info=True)
 
 
 def _finish(

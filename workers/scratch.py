@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.db import session_scope
@@ -57,3 +58,12 @@ def sweep_scratch(settings: Settings) -> dict[str, int]:
     if removed:
         log.info("scratch.swept", folders=removed, bytes=freed)
     return {"folders": removed, "bytes": freed}
+
+
+def sweep_quietly(settings: Settings) -> None:
+    """The sweep where it must not stop anything (a worker starting, a job starting): a
+    database or disk error is logged, and the next start or claim sweeps again."""
+    try:
+        sweep_scratch(settings)
+    except (OSError, SQLAlchemyError):
+        log.warning("scratch.sweep_failed", exc_info=True)

@@ -4,6 +4,7 @@ import pytest
 
 from app.errors import InvalidInput
 from app.recipes import METHODS, RtnParams, StageIn, describe_methods, validate_recipe
+from tests.support.recipes import assert_refused
 
 
 def test_valid_recipe_fills_defaults() -> None:
@@ -246,8 +247,4 @@ def test_distill_students_must_fit_their_place_and_the_model() -> None:
             "prompt_tokens must be below seq_length",
         ),
     ]
-    for recipe, field, message in cases:
-        with pytest.raises(InvalidInput) as caught:
-            validate_recipe(recipe, shape=shape)
-        found = {e["field"]: e["message"] for e in caught.value.errors}
-        assert field in found and message in found[field], found
+    assert_refused(cases, shape)

@@ -13,7 +13,6 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from app.errors import InvalidInput
 from app.recipes import (
     BUILTIN_SHAPES,
     GptqParams,
@@ -23,6 +22,7 @@ from app.recipes import (
     validate_recipe,
 )
 from app.recipes.rotation import STORED_HADAMARD_SIZES
+from tests.support.recipes import assert_refused
 from tests.unit.test_quantization_methods import calibration_samples, compress, dense_weights
 from workers.errors import JobFailure
 from workers.methods.catalog import get_method
@@ -111,11 +111,7 @@ def test_recipes_with_rotations_are_checked_at_submission() -> None:
             "each rotation at most once",
         ),
     ]
-    for recipe, field, message in cases:
-        with pytest.raises(InvalidInput) as caught:
-            validate_recipe(recipe, shape=shape)
-        by_field = {e["field"]: e["message"] for e in caught.value.errors}
-        assert message in by_field.get(field, ""), by_field
+    assert_refused(cases, shape)
 
 
 def test_preflight_refuses_models_it_cannot_rotate(tiny_model_dir: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
+from app.planning.model_facts import facts_from_config
 from app.recipes import RotateParams
 from workers.errors import JobFailure
 from workers.methods.base import CompressionMethod, StageInput, StageResult
@@ -37,10 +38,8 @@ OUTPUT_ROTATED = ("v_proj", "o_proj", "down_proj")
 
 
 def _config_sizes(model: torch.nn.Module) -> tuple[int, int]:
-    config = pretrained(model).config
-    hidden = int(config.hidden_size)
-    head_dim = getattr(config, "head_dim", None) or hidden // int(config.num_attention_heads)
-    return hidden, int(head_dim)
+    facts = facts_from_config(pretrained(model).config.to_dict())
+    return facts.hidden_size, facts.head_dim
 
 
 def _architecture_errors(model: torch.nn.Module) -> list[str]:
