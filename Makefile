@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python -m bench.latency_stability
 	$(BIN)/python -m bench.status_load
 	$(BIN)/python -m bench.api_load
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .squash

@@ -37,7 +37,13 @@ class JobContext:
         # What the heartbeat thread calls when the job reached no check point within
         # cancel_grace_s of the cancel (set by workers/runner.py: it ends the process).
         self.on_unacknowledged_cancel: Callable[[], None] | None = None
-        self._cancel_seen_at: float | None = None
+        # When the last heartbeat read that found no cancel began: a cancel it did not see was
+        # committed later, so ending the attempt at this + CANCEL_GRACE_S ends it at most the
+        # grace after the request, whatever the beats' own drift under load (the stated bound,
+        # HEARTBEAT_INTERVAL_S + CANCEL_GRACE_S, leaves the interval for the cancelled commit
+        # and the process's exit). The job's thread has at least the grace less one interval
+        # after the flag is seen to reach a check point of its own.
+        self._clear_read_at = time.monotonic()
         self.lease_lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -50,6 +56,7 @@ class JobContext:
 
     # -- heartbeat ---------------------------------------------------------------------------
     def start(self) -> None:
+        self._clear_read_at = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -57,28 +64,43 @@ class JobContext:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
+        while not self._stop.wait(self._until_next_beat()):
+            started = time.monotonic()
             try:
+                self._enforce_cancel()  # a deadline that came: no beat before ending
                 self.beat_once()
+                if not self.cancel_requested.is_set():
+                    self._clear_read_at = started
                 self._enforce_cancel()
             except Exception:  # database down: the next beat tries again
                 log.warning("job.heartbeat_failed", job_id=str(self.job_id), exc_info=True)
 
+    def _cancel_pending(self) -> bool:
+        """A cancel the job's own thread has not acted on (and that the heartbeat may end)."""
+        return (
+            self.cancel_requested.is_set()
+            and not self.cancel_acknowledged.is_set()
+            and self.on_unacknowledged_cancel is not None
+        )
+
+    def _cancel_deadline(self) -> float:
+        return self._clear_read_at + self.settings.cancel_grace_s
+
+    def _until_next_beat(self) -> float:
+        """The next beat comes at the heartbeat interval, or sooner at a pending cancel's
+        deadline (so the end does not wait for the next whole interval)."""
+        if not self._cancel_pending():
+            return self.settings.heartbeat_interval_s
+        left = self._cancel_deadline() - time.monotonic()
+        return max(0.0, min(self.settings.heartbeat_interval_s, left))
+
     def _enforce_cancel(self) -> None:
-        """A cancel the job's thread has not acted on within cancel_grace_s: it is inside one
-        long call, so the heartbeat ends the attempt itself."""
-        if (
-            not self.cancel_requested.is_set()
-            or self.cancel_acknowledged.is_set()
-            or self.on_unacknowledged_cancel is None
-        ):
-            return
-        now = time.monotonic()
-        if self._cancel_seen_at is None:
-            self._cancel_seen_at = now
-        elif now - self._cancel_seen_at >= self.settings.cancel_grace_s:
-            self.on_unacknowledged_cancel()  # ends the process unless the attempt ended first
-            self.on_unacknowledged_cancel = None
+        """A cancel the job's thread has not acted on by its deadline: it is inside one long
+        call, so the heartbeat ends the attempt itself."""
+        if self._cancel_pending() and time.monotonic() >= self._cancel_deadline():
+            callback, self.on_unacknowledged_cancel = self.on_unacknowledged_cancel, None
+            if callback is not None:
+                callback()  # ends the process unless the attempt ended first
 
     def beat_once(self) -> None:
         with session_scope(self.settings.database_url) as session:

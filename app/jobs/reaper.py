@@ -39,7 +39,8 @@ def reap_once(settings: Settings) -> dict[str, int]:
         "failed": 0,
         "cancelled": 0,
         "timed_out": 0,
-        "resent": 0,
+        "resent": 0,  # sent before, message gone from the broker
+        "sent_late": 0,  # never reached the broker (it was down when the job was accepted)
         "still_waiting": 0,
         "send_failed": 0,
     }
@@ -134,7 +135,7 @@ def _lost_messages(
             counts["still_waiting"] += 1
             continue
         to_send.append((job.id, job.queue, job.priority))
-        counts["resent"] += 1
+        counts["resent" if job.enqueued_at is not None else "sent_late"] += 1
 
 
 def _waiting(settings: Settings) -> set[uuid.UUID] | bool:

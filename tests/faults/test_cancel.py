@@ -143,4 +143,4 @@ def test_cancel_stops_a_job_inside_a_call_that_never_returns(
         "cancel_inside_a_call",
         {"bound_s": bound, "phases": ["model_load", "compression", "upload"], **summary(times)},
     )
-    assert max(times) < bound + 2.0, times
+    assert max(times) < bound, times
