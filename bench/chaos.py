@@ -6,9 +6,9 @@ The stack (bench/chaos_stack.py): private Postgres and Redis, S3 over HTTP (moto
 a uvicorn process, Celery worker processes; tiny random Llama models, real jobs. The faults, in
 a seeded order with seeded details (kill style, outage lengths, how many jobs run beside):
 
-- SIGKILL in every phase (model load, compression, a layer-wise GPTQ stage past half its
-  layers, upload after the first file, after the upload before the final commit), of the whole
-  worker or of only the job's process;
+- SIGKILL in every phase (message taken but job not yet claimed, model load, compression, a
+  layer-wise GPTQ stage past half its layers, upload after the first file, after the upload
+  before the final commit), of the whole worker or of only the job's process;
 - SIGSTOP of a worker holding a job until another worker finished it, then SIGCONT;
 - Redis FLUSHALL and Redis kill -9 (down 10 to 20 s) with every worker busy and a backlog queued;
 - API kill -9 while POSTs are in flight (clients retry with their Idempotency-Key);
@@ -43,10 +43,10 @@ from bench.chaos_stack import TERMINAL, ChaosStack, chaos_stack
 from bench.common import RESULTS_DIR, write_results
 from tests.support.services import wait_until
 from tests.support.stack import fast_job, percentile
-from workers.faults import POINTS, marker_path
+from workers.faults import BEFORE_CLAIM, POINTS, marker_path
 from workers.methods.shared.layer_resume import PAST_HALF
 
-KILL_POINTS = (*POINTS, PAST_HALF)
+KILL_POINTS = (BEFORE_CLAIM, *POINTS, PAST_HALF)
 CANCEL_POINTS = POINTS  # a job stuck inside one call in each phase: no check point runs
 
 
@@ -77,7 +77,9 @@ class Chaos:
     during_postgres_outage: set[str] = field(default_factory=set)
     cancel_latency: dict[str, list[float]] = field(default_factory=dict)  # as the client saw
     recorded_latency: dict[str, list[float]] = field(default_factory=dict)  # in the job's events
-    messages_lost_to_faults: int = 0  # in Redis (queued, not running) at a FLUSHALL / kill -9
+    # In Redis (queued, not running) at a FLUSHALL / kill -9, or taken by a worker killed whole
+    # before its claim.
+    messages_lost_to_faults: int = 0
     log: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -147,7 +149,10 @@ class Chaos:
             self.stack.start_worker()
         else:
             os.kill(pid, signal.SIGKILL)  # the job's process only: Celery forks a new one
-        self.disturbed.add(job_id)
+        if point != BEFORE_CLAIM:  # no attempt had begun: the job runs on its first one
+            self.disturbed.add(job_id)
+        elif whole:  # stranded in the dead consumer's unacked set until the reaper sees it
+            self.messages_lost_to_faults += 1
         self.release(job_id)
         self.note(f"SIGKILL {'worker' if whole else 'job process'} at {point}: {job_id}")
         self.background()

@@ -23,6 +23,9 @@ log = structlog.get_logger()
 
 HOLD_LABEL = "squash.fault-hold"
 POINTS = ("model_load", "compression", "upload", "before_commit")
+# The message is taken but the job not yet claimed: no attempt exists, so the hold happens
+# once per job (a `.held` file beside the marker says it did).
+BEFORE_CLAIM = "before_claim"
 # Inside a layer-wise stage: past half of its layers (workers/methods/shared/layer_resume.py).
 METHOD_POINTS = ("layers_past_half",)
 
@@ -47,3 +50,14 @@ def hold(settings: Settings, job_id: object, point: str) -> None:
     while marker.exists():
         time.sleep(0.05)
     log.warning("fault.released", job_id=str(job_id), point=point)
+
+
+def hold_before_claim(settings: Settings, labels: dict[str, Any], job_id: object) -> None:
+    if not settings.fault_injection or labels.get(HOLD_LABEL) != BEFORE_CLAIM:
+        return
+    once = marker_path(settings, job_id).with_suffix(".held")
+    if once.exists():
+        return  # the redelivered message runs through
+    once.parent.mkdir(parents=True, exist_ok=True)
+    once.touch()
+    hold(settings, job_id, BEFORE_CLAIM)

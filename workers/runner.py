@@ -28,6 +28,11 @@ log = structlog.get_logger()
 
 
 def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
+    if settings.fault_injection:
+        with session_scope(settings.database_url) as session:
+            job = repository.get_job(session, job_id)
+            labels = {label.key: label.value for label in job.labels} if job else {}
+        faults.hold_before_claim(settings, labels, job_id)
     with session_scope(settings.database_url) as session:
         generation = repository.claim(
             session, job_id, worker_id=worker_id, lease_ttl_s=settings.lease_ttl_s

@@ -14,7 +14,7 @@ import pytest
 from app.config import Settings
 from tests.support.services import WorkerProcess, wait_until
 from tests.support.stack import Stack, bucket_view, record, stack, summary
-from workers.faults import POINTS
+from workers.faults import BEFORE_CLAIM, POINTS
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +144,31 @@ def test_frozen_worker_past_its_lease_writes_nothing(settings: Settings, tmp_pat
             woken += 1
     record("sigstop_past_lease", {"stale_attempts_woken": woken, "stale_writes_accepted": accepted})
     assert accepted == 0
+
+
+def test_a_worker_killed_between_delivery_and_claim_loses_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The message is taken, the job not yet claimed (no lease, no attempt) when the worker
+    dies. Killed with its whole worker, the message is stranded in the dead consumer's unacked
+    set: the reaper finds it stale after REQUEUE_AFTER_S and sends it again. Killed in its job
+    process only, Celery gives the message back at once. Either way the job runs on its first
+    attempt and publishes once."""
+    figures = {}
+    with stack(settings, tmp_path, requeue_after_s=3.0) as deployment:
+        deployment.start_worker()
+        for whole in (True, False):
+            job_id, victim = deployment.hold(BEFORE_CLAIM)
+            killed = time.monotonic()
+            if whole:
+                victim.kill()
+                deployment.start_worker()
+            else:
+                os.kill(deployment.held(job_id)["pid"], signal.SIGKILL)
+            deployment.release(job_id)
+            done = deployment.wait_job(job_id, lambda j: j["state"] in TERMINAL, "the job", 120)
+            style = "worker" if whole else "job_process"
+            figures[f"{style}_killed_to_succeeded_s"] = round(time.monotonic() - killed, 1)
+            assert done["state"] == "succeeded" and done["attempts"] == 1, done
+            assert len(bucket_view(deployment.settings.s3_endpoint_url, job_id)["manifests"]) == 1
+    record("sigkill_before_claim", figures)
