@@ -11,15 +11,46 @@ import httpx
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-class ApiError(RuntimeError):
+class CliError(RuntimeError):
+    """An error the CLI shows as one line saying what to do (app/cli/main.py), no traceback."""
+
+
+# What to do about an answer, by status; the API's own `detail` comes first.
+HINTS = {
+    401: "pass a valid key with --api-key or SQUASH_API_KEY (`squash keys create` issues one)",
+    403: "this key may not do that",
+    404: "check the id: jobs are visible only to the tenant whose key created them",
+    413: "the request is over the API's size limit",
+}
+
+
+class ApiError(CliError):
     def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
         try:
             body = response.json()
-            detail = f"{body.get('code')}: {body.get('detail')}"
         except ValueError:
-            detail = response.text[:500]
-        super().__init__(f"HTTP {response.status_code} {detail}")
-        self.status_code = response.status_code
+            body = {"detail": response.text[:500]}
+        lines = [f"HTTP {response.status_code} {body.get('code', '')}: {body.get('detail')}"]
+        for error in body.get("errors") or []:
+            lines.append(f"  {error.get('field') or 'request'}: {error.get('message')}")
+            if error.get("choices"):
+                lines.append(f"    choices: {error['choices']}")
+        retry_after = response.headers.get("Retry-After")
+        if response.status_code in (429, 503) and retry_after:
+            lines.append(f"retry in {retry_after} s")
+        elif response.status_code in HINTS:
+            lines.append(HINTS[response.status_code])
+        super().__init__("\n".join(lines))
+
+
+class ApiUnreachable(CliError):
+    def __init__(self, base_url: str, exc: Exception) -> None:
+        super().__init__(
+            f"cannot reach the Squash API at {base_url} ({type(exc).__name__}: {exc}).\n"
+            "Is it running? `squash embedded` starts one on this machine; "
+            "--url or SQUASH_URL points at another."
+        )
 
 
 class SquashClient:
@@ -31,7 +62,10 @@ class SquashClient:
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(str(self.http.base_url), exc) from exc
         if response.status_code >= 400:
             raise ApiError(response)
         body: dict[str, Any] = response.json()

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import yaml
 
-from app.cli.client import SquashClient
+from app.cli.client import CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
 
 DEMO_JOB: dict[str, Any] = {
@@ -28,7 +28,18 @@ DEMO_JOB: dict[str, Any] = {
 }
 
 
-@click.group()
+class _Commands(click.Group):
+    """API and connection errors end a command with what went wrong and what to do (exit 1),
+    never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CliError, TimeoutError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 def cli() -> None:
     """Squash: LLM compression as a service."""
 
@@ -155,7 +166,28 @@ def keys_list() -> None:
 
 # -- API client commands ------------------------------------------------------------------------
 url_option = click.option("--url", envvar="SQUASH_URL", default="http://127.0.0.1:8000")
-key_option = click.option("--api-key", envvar="SQUASH_API_KEY", required=True)
+EMBEDDED_KEY_FILE = Path(".squash") / "api-key"  # what `squash embedded` writes (default dir)
+
+
+def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--api-key, else SQUASH_API_KEY, else the key `squash embedded` wrote in this folder."""
+    if value:
+        return value
+    if EMBEDDED_KEY_FILE.is_file():
+        return EMBEDDED_KEY_FILE.read_text().strip()
+    raise click.UsageError(
+        "no API key: pass --api-key, set SQUASH_API_KEY, or run `squash embedded` here "
+        f"(it writes {EMBEDDED_KEY_FILE})",
+        ctx,
+    )
+
+
+key_option = click.option(
+    "--api-key",
+    envvar="SQUASH_API_KEY",
+    callback=_api_key,
+    help=f"API key [env SQUASH_API_KEY; default: {EMBEDDED_KEY_FILE} if present]",
+)
 
 
 @cli.command()

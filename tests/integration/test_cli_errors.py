@@ -1,0 +1,75 @@
+"""The CLI against a real API process: every error ends with one message saying what went wrong
+and what to do (exit 1; 2 for usage), never a traceback, and the key comes from --api-key,
+SQUASH_API_KEY or the file `squash embedded` wrote."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from app.cli.main import cli
+from app.config import Settings
+from tests.support.services import free_port, running_api
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api_url(settings: Settings) -> Iterator[str]:
+    with running_api(settings) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(cli, list(args), env={"SQUASH_API_KEY": None, **(env or {})})
+    # A ClickException/UsageError exits through SystemExit; anything else is a traceback.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_api_errors_say_what_to_do(
+    api_url: str, make_key: Callable[..., str], tmp_path: Path
+) -> None:
+    key = make_key()
+    missing = str(uuid.uuid4())
+
+    unknown = run("status", missing, "--url", api_url, "--api-key", key)
+    assert unknown.exit_code == 1
+    assert "HTTP 404 not_found" in unknown.output and "check the id" in unknown.output
+
+    refused = run("status", missing, "--url", api_url, "--api-key", "sq_wrong")
+    assert refused.exit_code == 1
+    assert "HTTP 401" in refused.output and "SQUASH_API_KEY" in refused.output
+
+    body = tmp_path / "job.yaml"
+    body.write_text(
+        "model: {kind: builtin, name: smollm2-135m-instruct}\n"
+        "recipe: [{method: rtn, params: {bits: 99}}]\n"
+    )
+    invalid = run("submit", str(body), "--url", api_url, env={"SQUASH_API_KEY": key})
+    assert invalid.exit_code == 1
+    assert "HTTP 422" in invalid.output and "bits" in invalid.output, invalid.output
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    down = run("status", missing, "--url", nobody, "--api-key", key)
+    assert down.exit_code == 1
+    assert f"cannot reach the Squash API at {nobody}" in down.output
+    assert "squash embedded" in down.output
+
+
+def test_the_key_comes_from_the_embedded_stacks_file(
+    api_url: str, make_key: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    no_key = run("status", str(uuid.uuid4()), "--url", api_url)
+    assert no_key.exit_code == 2 and "SQUASH_API_KEY" in no_key.output
+
+    (tmp_path / ".squash").mkdir()
+    (tmp_path / ".squash" / "api-key").write_text(make_key() + "\n")
+    found = run("status", str(uuid.uuid4()), "--url", api_url)
+    assert found.exit_code == 1 and "HTTP 404" in found.output  # authenticated: the job is unknown
