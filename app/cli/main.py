@@ -214,9 +214,41 @@ def submit(file: Path, wait: bool, idempotency_key: str | None, url: str, api_ke
 @click.argument("job_id")
 @url_option
 @key_option
-def status(job_id: str, url: str, api_key: str) -> None:
-    """Show a job."""
-    click.echo(json.dumps(SquashClient(url, api_key).get(job_id), indent=2))
+@click.option("--json", "as_json", is_flag=True, help="The API's whole job document")
+def status(job_id: str, url: str, api_key: str, as_json: bool) -> None:
+    """Show a job: state, stage, progress, recipe, timings, error."""
+    job = SquashClient(url, api_key).get(job_id)
+    click.echo(json.dumps(job, indent=2) if as_json else job_summary(job))
+
+
+def _stage_text(stage: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in (stage.get("params") or {}).items())
+    return f"{stage.get('method')}({params})"
+
+
+def job_summary(job: dict[str, Any]) -> str:
+    """A job in a dozen lines, what a person polling it wants to read."""
+    model = job.get("model") or {}
+    lines = [
+        f"job {job['id']}  {job['state']}  (attempt {job['attempts']} of {job['max_attempts']})",
+        f"  model     {model.get('kind')} {model.get('name') or model.get('path') or ''}".rstrip(),
+        f"  recipe    {' -> '.join(_stage_text(s) for s in job.get('recipe') or [])}",
+        f"  queue     {job['queue']} (device {job['device']}, priority {job['priority']})",
+    ]
+    if job.get("stage"):
+        lines.append(f"  stage     {job['stage']}  {job['progress']:.1f} %")
+    detail = job.get("progress_detail") or {}
+    if detail:
+        lines.append("            " + ", ".join(f"{k} {v}" for k, v in detail.items()))
+    for name in ("created_at", "started_at", "finished_at"):
+        if job.get(name):
+            lines.append(f"  {name.removesuffix('_at'):9} {job[name]}")
+    if job.get("error"):
+        lines.append(f"  error     {job['error'].get('code')}: {job['error'].get('message')}")
+    for key, value in (job.get("metrics") or {}).items():
+        if isinstance(value, int | float | str):
+            lines.append(f"  {key:32} {value}")
+    return "\n".join(lines)
 
 
 @cli.command()

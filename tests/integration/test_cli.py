@@ -1,9 +1,10 @@
-"""The CLI against a real API process: every error ends with one message saying what went wrong
-and what to do (exit 1; 2 for usage), never a traceback, and the key comes from --api-key,
-SQUASH_API_KEY or the file `squash embedded` wrote."""
+"""The CLI against a real API process: `status` reads as a summary; every error ends with one
+message saying what went wrong and what to do (exit 1; 2 for usage), never a traceback; the key
+comes from --api-key, SQUASH_API_KEY or the file `squash embedded` wrote."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,3 +74,34 @@ def test_the_key_comes_from_the_embedded_stacks_file(
     (tmp_path / ".squash" / "api-key").write_text(make_key() + "\n")
     found = run("status", str(uuid.uuid4()), "--url", api_url)
     assert found.exit_code == 1 and "HTTP 404" in found.output  # authenticated: the job is unknown
+
+
+def test_status_reads_as_a_summary(
+    api_url: str, make_key: Callable[..., str], tmp_path: Path
+) -> None:
+    env = {"SQUASH_API_KEY": make_key()}
+    body = tmp_path / "job.yaml"
+    # Parked on the gpu queue, which no worker reads in the tests.
+    body.write_text(
+        "model: {kind: builtin, name: smollm2-135m-instruct}\n"
+        "recipe: [{method: rtn, params: {bits: 4, group_size: 64}}]\n"
+        "device: gpu\n"
+    )
+    submitted = run("submit", str(body), "--url", api_url, env=env)
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.strip()
+
+    summary = run("status", job_id, "--url", api_url, env=env)
+    assert summary.exit_code == 0
+    lines = summary.output.splitlines()
+    assert lines[0].startswith(f"job {job_id}  queued  (attempt 0 of ")
+    (recipe,) = [line for line in lines if line.startswith("  recipe    rtn(")]
+    assert "bits=4" in recipe and "group_size=64" in recipe  # with the defaults it resolved
+    assert len(lines) < 15  # not the whole document
+
+    whole = run("status", job_id, "--json", "--url", api_url, env=env)
+    assert json.loads(whole.output)["id"] == job_id
+
+    assert run("cancel", job_id, "--url", api_url, env=env).output.strip() == "cancelled"
+    again = run("cancel", job_id, "--url", api_url, env=env)
+    assert again.exit_code == 1 and "HTTP 409 job_finished" in again.output
