@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +76,25 @@ class SquashClient:
     def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=body, headers=headers)
+
+    def jobs(self, *, states: list[str], limit: int) -> dict[str, Any]:
+        return self._call("GET", "/v1/jobs", params={"state": states, "limit": limit})
+
+    def download(self, url: str, target: Path) -> str:
+        """Stream one artifact to `target`; returns its sha256 (links are presigned: no key)."""
+        digest = hashlib.sha256()
+        try:
+            with httpx.stream("GET", url, timeout=self.http.timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response)
+                with target.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        digest.update(chunk)
+                        handle.write(chunk)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(url.split("?")[0], exc) from exc
+        return digest.hexdigest()
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")

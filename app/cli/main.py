@@ -279,12 +279,92 @@ def report(job_id: str, url: str, api_key: str) -> None:
     click.echo(json.dumps(SquashClient(url, api_key).report(job_id), indent=2))
 
 
+@cli.command("list")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable)")
+@click.option("--limit", default=20, show_default=True)
+@url_option
+@key_option
+def list_jobs(states: tuple[str, ...], limit: int, url: str, api_key: str) -> None:
+    """Your newest jobs, one line each."""
+    for job in SquashClient(url, api_key).jobs(states=list(states), limit=limit)["items"]:
+        methods = "+".join(str(stage.get("method")) for stage in job.get("recipe") or [])
+        where = f"{job['stage']} {job['progress']:.0f}%" if job.get("stage") else ""
+        click.echo(f"{job['id']}  {job['state']:<16} {methods:<20} {where:<26} {job['created_at']}")
+
+
+@cli.command()
+@click.argument("job_id")
+@url_option
+@key_option
+def events(job_id: str, url: str, api_key: str) -> None:
+    """A job's history: state changes, warnings, stage timings."""
+    for event in SquashClient(url, api_key).events(job_id)["items"]:
+        state = f" -> {event['state']}" if event.get("state") else ""
+        click.echo(f"{event['created_at']}  {event['kind']:<10}{state}  {event['message']}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write into [default: ./<job id>]",
+)
+@url_option
+@key_option
+def download(job_id: str, target: Path | None, url: str, api_key: str) -> None:
+    """Download a job's artifacts, each checked against its sha256."""
+    client = SquashClient(url, api_key)
+    folder = target or Path(job_id)
+    total = 0
+    for item in client.artifacts(job_id)["items"]:
+        path = folder / item["path"]
+        if folder.resolve() not in path.resolve().parents:
+            raise click.ClickException(
+                f"refusing an artifact path outside {folder}: {item['path']}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        digest = client.download(item["url"], partial)
+        if digest != item["sha256"]:
+            partial.unlink()
+            raise click.ClickException(
+                f"{item['path']}: downloaded sha256 {digest} differs from the manifest's "
+                f"{item['sha256']}; nothing kept of that file, run the command again"
+            )
+        partial.replace(path)  # only verified bytes carry the artifact's name
+        total += item["size"]
+        click.echo(f"{human_bytes(item['size']):>10}  {path}")
+    click.echo(f"{human_bytes(total):>10}  in {folder}, every file checked against its sha256")
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
 def _progress_printer() -> Any:
+    """On a terminal one line redrawn in place; in a log (not a TTY) a line per change of
+    state, stage or whole percent, so the log reads as a history instead of one endless line."""
+    interactive = sys.stdout.isatty()
+    last: list[tuple[str, str, int]] = []
+
     def show(job: dict[str, Any]) -> None:
+        stage = job["stage"] or job["state"]
+        if not interactive:
+            key = (job["state"], stage, int(job["progress"]))
+            if not last or last[-1] != key:
+                last.append(key)
+                click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}")
+            return
         width = 30
         filled = int(width * job["progress"] / 100)
         bar = "#" * filled + "-" * (width - filled)
-        stage = job["stage"] or job["state"]
         click.echo(f"\r[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<28}", nl=False)
 
     return show
@@ -293,14 +373,24 @@ def _progress_printer() -> Any:
 def _print_outcome(client: SquashClient, job: dict[str, Any]) -> None:
     click.echo(f"job {job['id']} {job['state']}")
     if job["state"] != "succeeded":
-        click.echo(json.dumps(job.get("error"), indent=2))
+        error = job.get("error") or {}
+        if error:
+            click.echo(f"  {error.get('code')}: {error.get('message')}")
         return
-    summary = client.report(job["id"])["summary"]
-    for key, value in summary.items():
-        click.echo(f"  {key:32} {value}")
+    for key, value in client.report(job["id"])["summary"].items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            continue  # nested figures are in `squash report`
+        if key.endswith("_bytes") and isinstance(value, int | float):
+            shown = human_bytes(value)
+        elif isinstance(value, float):
+            shown = f"{value:.4g}"
+        else:
+            shown = str(value)
+        click.echo(f"  {key:32} {shown}")
     for item in client.artifacts(job["id"])["items"]:
         click.echo(
-            f"  artifact {item['path']:36} {item['size']:>12} bytes  sha256 {item['sha256'][:12]}"
+            f"  artifact {item['path']:36} {human_bytes(item['size']):>10}  "
+            f"sha256 {item['sha256'][:12]}"
         )
 
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 
 from app.cli.main import cli
 from app.config import Settings
-from tests.support.services import free_port, running_api
+from tests.support.services import WorkerProcess, free_port, running_api
+from tests.support.stack import fast_job
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +106,37 @@ def test_status_reads_as_a_summary(
     assert run("cancel", job_id, "--url", api_url, env=env).output.strip() == "cancelled"
     again = run("cancel", job_id, "--url", api_url, env=env)
     assert again.exit_code == 1 and "HTTP 409 job_finished" in again.output
+
+
+def test_submit_wait_then_list_events_and_download(
+    api_url: str,
+    make_key: Callable[..., str],
+    worker: WorkerProcess,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A real job through the CLI: `--wait` logs a line per change (not a TTY here), then the
+    job is listed, its history shown, and its artifacts downloaded and checked."""
+    env = {"SQUASH_API_KEY": make_key()}
+    body = tmp_path / "job.json"
+    body.write_text(json.dumps(fast_job()))
+    done = run("submit", str(body), "--wait", "--url", api_url, env=env)
+    assert done.exit_code == 0, done.output + worker.tail()
+    assert "\r" not in done.output
+    job_id = done.output.splitlines()[0]
+    assert f"job {job_id} succeeded" in done.output
+    assert " bytes" not in done.output and "{" not in done.output  # sizes and values read as such
+
+    listed = run("list", "--state", "succeeded", "--url", api_url, env=env)
+    assert listed.output.startswith(f"{job_id}  succeeded")
+    history = run("events", job_id, "--url", api_url, env=env)
+    assert "-> running" in history.output and "-> succeeded" in history.output
+
+    target = tmp_path / "artifact"
+    fetched = run("download", job_id, "--to", str(target), "--url", api_url, env=env)
+    assert fetched.exit_code == 0, fetched.output
+    report = json.loads((target / "report.json").read_text())
+    assert report["job_id"] == job_id
+    files = [p for p in target.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)
+    assert not [p for p in files if p.name.endswith(".partial")]
