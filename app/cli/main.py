@@ -8,6 +8,8 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,20 +120,56 @@ def demo(data_dir: Path, port: int) -> None:
 
 
 # -- keys (operator commands: they write the database directly) ---------------------------------
+EMBEDDED_DATA_DIR = Path(".squash")
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="An embedded stack's folder [default: DATABASE_URL if set, else ./.squash if it holds "
+    "a stack, else the configured Postgres]",
+)
+
+
+@contextmanager
+def _keys_session(data_dir: Path | None) -> Iterator[Any]:
+    """A session on the database that holds the keys: the embedded stack's SQLite file when
+    asked for (or when DATABASE_URL is unset and ./.squash holds one), else DATABASE_URL.
+    A database that cannot be reached is one message, not a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.config import get_settings
+    from app.db import session_scope
+
+    folder = data_dir
+    if folder is None and "DATABASE_URL" not in os.environ:
+        folder = EMBEDDED_DATA_DIR if (EMBEDDED_DATA_DIR / "squash.db").is_file() else None
+    if folder is not None and not (folder / "squash.db").is_file():
+        raise click.ClickException(f"no embedded stack in {folder} (no squash.db there)")
+    url = f"sqlite:///{(folder / 'squash.db').resolve()}" if folder else get_settings().database_url
+    try:
+        with session_scope(url) as session:
+            yield session
+    except OperationalError as exc:
+        where = url.split("@")[-1]
+        raise click.ClickException(
+            f"cannot reach the key database at {where} ({exc.orig}).\nSet DATABASE_URL, or "
+            "pass --data-dir for an embedded stack."
+        ) from None
+
+
 @cli.group()
 def keys() -> None:
-    """Create, list and revoke API keys."""
+    """Create, list and revoke API keys (in the database the API uses)."""
 
 
 @keys.command("create")
 @click.option("--tenant", required=True)
 @click.option("--name", default="default")
-def keys_create(tenant: str, name: str) -> None:
+@data_dir_option
+def keys_create(tenant: str, name: str, data_dir: Path | None) -> None:
     from app.auth import service
-    from app.config import get_settings
-    from app.db import session_scope
 
-    with session_scope(get_settings().database_url) as session:
+    with _keys_session(data_dir) as session:
         issued = service.create_key(session, tenant_name=tenant, name=name)
     click.echo(
         f"key id: {issued.id}\ntenant: {issued.tenant}\nsecret (shown once): {issued.secret}"
@@ -140,12 +178,11 @@ def keys_create(tenant: str, name: str) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id", type=click.UUID)
-def keys_revoke(key_id: uuid.UUID) -> None:
+@data_dir_option
+def keys_revoke(key_id: uuid.UUID, data_dir: Path | None) -> None:
     from app.auth import service
-    from app.config import get_settings
-    from app.db import session_scope
 
-    with session_scope(get_settings().database_url) as session:
+    with _keys_session(data_dir) as session:
         revoked = service.revoke(session, key_id=key_id)
     click.echo("revoked" if revoked else "no such active key")
     if not revoked:
@@ -153,12 +190,11 @@ def keys_revoke(key_id: uuid.UUID) -> None:
 
 
 @keys.command("list")
-def keys_list() -> None:
+@data_dir_option
+def keys_list(data_dir: Path | None) -> None:
     from app.auth import repository
-    from app.config import get_settings
-    from app.db import session_scope
 
-    with session_scope(get_settings().database_url) as session:
+    with _keys_session(data_dir) as session:
         for key, tenant in repository.list_keys(session):
             state = "revoked" if key.revoked_at else "active"
             click.echo(f"{key.id}  {tenant:20} {key.name:12} {key.prefix}…  {state}")
@@ -166,7 +202,7 @@ def keys_list() -> None:
 
 # -- API client commands ------------------------------------------------------------------------
 url_option = click.option("--url", envvar="SQUASH_URL", default="http://127.0.0.1:8000")
-EMBEDDED_KEY_FILE = Path(".squash") / "api-key"  # what `squash embedded` writes (default dir)
+EMBEDDED_KEY_FILE = EMBEDDED_DATA_DIR / "api-key"  # what `squash embedded` writes
 
 
 def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from app.cli.embedded import migrate
 from app.cli.main import cli
-from app.config import Settings
+from app.config import Settings, get_settings
 from tests.support.services import WorkerProcess, free_port, running_api
 from tests.support.stack import fast_job
 
@@ -140,3 +141,32 @@ def test_submit_wait_then_list_events_and_download(
     files = [p for p in target.rglob("*") if p.is_file()]
     assert any(p.name == "model.safetensors" for p in files)
     assert not [p for p in files if p.name.endswith(".partial")]
+
+
+def test_keys_go_to_the_embedded_stacks_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`squash keys` finds ./.squash's database (or --data-dir's) without DATABASE_URL, and a
+    database it cannot reach is one message."""
+    stack_dir = tmp_path / ".squash"
+    stack_dir.mkdir()
+    migrate(f"sqlite:///{stack_dir / 'squash.db'}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    created = run("keys", "create", "--tenant", "laptop")
+    assert created.exit_code == 0, created.output
+    assert "secret (shown once): sq_" in created.output
+    listed = run("keys", "list", "--data-dir", str(stack_dir))
+    assert "laptop" in listed.output and "active" in listed.output
+
+    nowhere = run("keys", "list", "--data-dir", str(tmp_path / "none"))
+    assert nowhere.exit_code == 1 and "no embedded stack in" in nowhere.output
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    get_settings.cache_clear()
+    try:
+        down = run("keys", "list")
+    finally:
+        get_settings.cache_clear()
+    assert down.exit_code == 1 and "cannot reach the key database" in down.output
