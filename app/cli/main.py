@@ -273,9 +273,9 @@ def job_summary(job: dict[str, Any]) -> str:
     ]
     if job.get("stage"):
         lines.append(f"  stage     {job['stage']}  {job['progress']:.1f} %")
-    detail = job.get("progress_detail") or {}
+    detail = progress_text(job.get("progress_detail") or {})
     if detail:
-        lines.append("            " + ", ".join(f"{k} {v}" for k, v in detail.items()))
+        lines.append(f"            {detail}")
     for name in ("created_at", "started_at", "finished_at"):
         if job.get(name):
             lines.append(f"  {name.removesuffix('_at'):9} {job[name]}")
@@ -377,11 +377,28 @@ def download(job_id: str, target: Path | None, url: str, api_key: str) -> None:
 
 
 def human_bytes(size: float) -> str:
+    """Decimal units, as disks and object stores count."""
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+        if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
-    return f"{size:.1f} GB"
+    return f"{size:.1f} TB"
+
+
+def progress_text(detail: dict[str, Any]) -> str:
+    """The running stage's counter and ETA from `progress_detail`: "layer 12/30 · ETA 4m10s"."""
+    parts = []
+    if "layer" in detail and "layers" in detail:
+        parts.append(f"layer {detail['layer']}/{detail['layers']}")
+    if "step" in detail and "max_steps" in detail:
+        parts.append(f"step {detail['step']}/{detail['max_steps']}")
+    if isinstance(detail.get("loss"), int | float):
+        parts.append(f"loss {detail['loss']:.3f}")
+    eta = detail.get("eta_seconds")
+    if isinstance(eta, int | float):
+        minutes, seconds = divmod(int(eta), 60)
+        parts.append(f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s")
+    return " · ".join(parts)
 
 
 def _progress_printer() -> Any:
@@ -392,16 +409,18 @@ def _progress_printer() -> Any:
 
     def show(job: dict[str, Any]) -> None:
         stage = job["stage"] or job["state"]
+        detail = progress_text(job.get("progress_detail") or {})
         if not interactive:
             key = (job["state"], stage, int(job["progress"]))
             if not last or last[-1] != key:
                 last.append(key)
-                click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}")
+                click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}  {detail}")
             return
         width = 30
         filled = int(width * job["progress"] / 100)
         bar = "#" * filled + "-" * (width - filled)
-        click.echo(f"\r[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<28}", nl=False)
+        line = f"[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<24} {detail}"
+        click.echo(f"\r{line:<110}", nl=False)
 
     return show
 

@@ -1,0 +1,30 @@
+"""What `squash submit --wait` and `squash status` print from a running stage's progress_detail."""
+
+from __future__ import annotations
+
+from app.cli.main import human_bytes, progress_text
+
+
+def test_a_layer_wise_stage_shows_its_counter_and_eta() -> None:
+    assert progress_text({"layer": 12, "layers": 30, "eta_seconds": 250.4}) == (
+        "layer 12/30 · ETA 4m10s"
+    )
+
+
+def test_a_training_stage_shows_step_loss_and_eta() -> None:
+    detail = {"step": 40, "max_steps": 100, "loss": 1.23456, "eta_seconds": 9, "tokens": 5}
+    assert progress_text(detail) == "step 40/100 · loss 1.235 · ETA 9s"
+
+
+def test_nothing_to_show_is_empty() -> None:
+    assert progress_text({}) == ""
+
+
+def test_sizes_read_in_decimal_units() -> None:
+    assert [human_bytes(n) for n in (999, 1500, 2_500_000, 7.2e9, 3e12)] == [
+        "999 B",
+        "1.5 KB",
+        "2.5 MB",
+        "7.2 GB",
+        "3.0 TB",
+    ]
