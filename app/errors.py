@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -152,6 +153,27 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return "".join(parts) or "body"
 
 
+NOT_JSON = "the body is not JSON: send one JSON object with Content-Type: application/json"
+
+
+def json_body_problem(request: Request, errors: Sequence[Any]) -> str | None:
+    """What to say when the body is not JSON at all (instead of a pydantic message about a
+    field such as `[116]` or "Input should be a valid dictionary")."""
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            loc = err.get("loc") or ()
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            return f"the body is not valid JSON ({reason}{at}): send one JSON object"
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type.lower() and any(
+        tuple(err.get("loc") or ()) == ("body",) for err in errors
+    ):
+        got = f"Content-Type {content_type}" if content_type else "no Content-Type"
+        return f"{NOT_JSON} (got {got})"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -166,6 +188,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        not_json = json_body_problem(request, exc.errors())
+        if not_json:
+            return problem(
+                422,
+                "invalid_json",
+                not_json,
+                instance=request.url.path,
+                errors=[{"field": "body", "message": not_json}],
+            )
         errors = []
         for err in exc.errors():
             entry = {"field": field_path(err["loc"]), "message": err["msg"], "type": err["type"]}
@@ -182,6 +213,9 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # Starlette's answer to bytes that are not text at all.
+            return problem(400, "invalid_json", NOT_JSON, instance=request.url.path)
         if exc.status_code == 405:
             # Starlette's Allow names only the first route on this path; list them all.
             headers["Allow"] = ", ".join(_allowed_methods(request))

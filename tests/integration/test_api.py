@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -172,7 +173,19 @@ def test_empty_recipe_and_malformed_json(api: TestClient, tenant_a: dict) -> Non
     response = api.post(
         "/v1/jobs", content=b"{not json", headers={**tenant_a, "content-type": "application/json"}
     )
-    assert_problem(response, 422, "invalid_input")
+    problem = assert_problem(response, 422, "invalid_json")
+    assert "not valid JSON" in problem["detail"] and "at character 1" in problem["detail"]
+    assert problem["errors"] == [{"field": "body", "message": problem["detail"]}]
+    # Bytes that are not even text, and JSON sent without saying so: the same advice.
+    binary = api.post(
+        "/v1/jobs",
+        content=b"\xff\xfe\x00",
+        headers={**tenant_a, "content-type": "application/json"},
+    )
+    assert "Content-Type: application/json" in assert_problem(binary, 400, "invalid_json")["detail"]
+    unlabelled = api.post("/v1/jobs", content=json.dumps(tiny_job()).encode(), headers=tenant_a)
+    detail = assert_problem(unlabelled, 422, "invalid_json")["detail"]
+    assert "Content-Type: application/json" in detail and "got no Content-Type" in detail
 
 
 def test_idempotency_key_replays_and_refuses_other_body(
