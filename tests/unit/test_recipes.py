@@ -248,3 +248,29 @@ def test_distill_students_must_fit_their_place_and_the_model() -> None:
         ),
     ]
     assert_refused(cases, shape)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "advice"),
+    [
+        ("gptq", {"bits": 4, "group_size": 128}, "use 64"),
+        ("awq", {}, "use 64"),  # AWQ's default of 128 does not fit the built-in model
+        ("autoround", {"bits": 3, "group_size": 256}, "use 64"),
+        ("ternary", {"group_size": 128}, "use 64"),
+    ],
+)
+def test_a_group_size_that_does_not_divide_the_builtin_model_is_refused_at_submission(
+    method: str, params: dict, advice: str
+) -> None:
+    """SmolLM2-135M's layers take 576 and 1536 inputs: groups of 128 do not fit (the worker
+    refused them 17 s after a 202); the answer names the field and the size that fits."""
+    from app.recipes import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["smollm2-135m-instruct"]
+    with pytest.raises(InvalidInput) as caught:
+        validate_recipe([StageIn(method=method, params=params)], shape=shape)
+    (error,) = caught.value.errors
+    assert error["field"] == "recipe[0].params.group_size"
+    assert "[576, 1536]" in error["message"] and error["message"].endswith(advice)
+    fitting = {**params, "group_size": 64}
+    validate_recipe([StageIn(method=method, params=fitting)], shape=shape)

@@ -165,8 +165,9 @@ def vllm_kernel_warnings(
     settings: dict[str, tuple[int, int | None, bool]],
 ) -> list[str]:
     warnings = []
+    fits_128 = all(modules[name].in_features % VLLM_DIM_MULTIPLE == 0 for name in settings)
     odd_groups = sorted({str(g) for b, g, _ in settings.values() if b <= 4} - {"None", "128"})
-    if odd_groups:
+    if odd_groups and fits_128:  # else 128 is no option: the layer-size warning below says so
         warnings.append(
             f"{method}: group_size {', '.join(odd_groups)}: vLLM's fast INT4 kernels "
             "(Marlin/Machete) are tuned for 128"
