@@ -83,9 +83,11 @@ def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> Com
         if job is None:
             raise NotFound(f"job {job_id} not found")
         if job.state != JobState.SUCCEEDED.value or not job.metrics:
+            ended = job.state in (JobState.FAILED.value, JobState.CANCELLED.value)
             raise Conflict(
-                f"job {job_id} is {job.state}: only succeeded jobs have metrics to compare",
-                code="job_not_finished",
+                f"job {job_id} is {job.state}: only succeeded jobs have metrics to compare"
+                + ("" if ended else "; ask again once it has finished"),
+                code="job_not_succeeded" if ended else "job_not_finished",
             )
         jobs.append(job)
     summaries = {job.id: parse_summary(job.metrics or {}) for job in jobs}

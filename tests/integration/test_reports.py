@@ -309,8 +309,15 @@ def test_baseline_cache_compare_and_evaluate_jobs(
     other = api.get("/v1/compare", params={"jobs": first["id"]}, headers=tenant_b)
     assert other.status_code == 404
     bad = api.get("/v1/compare", params={"jobs": "not-a-uuid"}, headers=tenant_a)
-    # The schema's pattern refuses it, naming the value: jobs[0].
+    # The schema's pattern refuses it, naming the value: jobs[0], in words, not as a regex.
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "jobs[0]"
+    assert "'not-a-uuid' is not a list of job ids" in bad.json()["detail"]
+    assert "[0-9a-fA-F]" not in bad.json()["detail"]
+    # A job that ended without succeeding says so (not "not finished").
+    parked = api.post("/v1/jobs", json={**first_body, "device": "gpu"}, headers=tenant_a).json()
+    api.post(f"/v1/jobs/{parked['id']}/cancel", headers=tenant_a)
+    ended = api.get("/v1/compare", params={"jobs": parked["id"]}, headers=tenant_a)
+    assert ended.status_code == 409 and ended.json()["code"] == "job_not_succeeded"
     refused = api.post(
         "/v1/jobs",
         json={**first_body, "kind": "evaluate"},
