@@ -4,16 +4,29 @@ import contextvars
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import InvalidInput
 from app.source_policy import check_s3_uri, check_sources, remote_code_allowed
 from app.sources import HuggingFaceModel, LocalModel, S3Model
-from workers.errors import JobFailure
+from workers.errors import JobFailure, TransientFailure
 from workers.formats.loader import trust_remote_code
-from workers.models.sources import check_remote_code, check_safe_directory, resolve_model
+from workers.models.sources import (
+    check_remote_code,
+    check_safe_directory,
+    hub_failure,
+    resolve_model,
+)
 
 
 @pytest.mark.parametrize("path", ["../x", "/abs", "a/../../b", " "])
@@ -51,12 +64,44 @@ def test_symlink_out_of_allowed_dir_is_refused(tmp_path: Path, tiny_model_dir: P
         resolve_model({"kind": "local", "path": "escape"}, settings, tmp_path)
 
 
-def test_unreachable_hub_model_fails_with_invalid_model(tmp_path: Path) -> None:
+def test_an_offline_worker_without_the_model_says_so(tmp_path: Path) -> None:
     settings = Settings(work_dir=tmp_path / "work", hf_offline=True)
     source = {"kind": "huggingface", "repo_id": "nobody/nothing", "revision": "main"}
-    with pytest.raises(JobFailure, match="cannot fetch nobody/nothing@main") as caught:
+    with pytest.raises(JobFailure, match="not in the workers' cache and they run offline") as got:
         resolve_model(source, settings, tmp_path)
-    assert caught.value.code == "invalid_model"
+    assert got.value.code == "invalid_model"
+
+
+def _hub_answer(status: int) -> httpx.Response:
+    return httpx.Response(status, request=httpx.Request("GET", "https://huggingface.co/api/x"))
+
+
+@pytest.mark.parametrize(
+    ("error", "offline", "verdict"),
+    [
+        (LocalEntryNotFoundError("no connection, nothing cached"), False, "retried"),
+        (httpx.ConnectError("connection refused"), False, "retried"),
+        (HfHubHTTPError("overloaded", response=_hub_answer(503)), False, "retried"),
+        (HfHubHTTPError("slow down", response=_hub_answer(429)), False, "retried"),
+        (LocalEntryNotFoundError("not cached"), True, "run offline"),
+        (RepositoryNotFoundError("404", response=_hub_answer(404)), False, "no repository"),
+        (GatedRepoError("401", response=_hub_answer(401)), False, "is gated"),
+        (RevisionNotFoundError("404", response=_hub_answer(404)), False, "has no revision"),
+    ],
+)
+def test_hub_failures_tell_a_missing_model_from_an_unreachable_hub(
+    error: Exception, offline: bool, verdict: str
+) -> None:
+    """A Hub that cannot be reached is retried (TransientFailure), not reported as a bad model;
+    a model that is not there fails with what to fix, not the Hub's raw text."""
+    source = {"repo_id": "org/model", "revision": "main"}
+    outcome = hub_failure(error, source, offline=offline)
+    if verdict == "retried":
+        assert isinstance(outcome, TransientFailure), outcome
+        assert "org/model" in str(outcome)
+    else:
+        assert isinstance(outcome, JobFailure) and outcome.code == "invalid_model"
+        assert verdict in outcome.message, outcome.message
 
 
 def _policy_settings(**overrides: object) -> Settings:
