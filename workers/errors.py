@@ -16,7 +16,16 @@ class JobFailure(Exception):
 
 
 class TransientFailure(Exception):
-    """Infrastructure hiccup (store or network): the attempt is retried while attempts remain."""
+    """Infrastructure hiccup (store or network): the attempt is retried while attempts remain;
+    then the job fails with `code`."""
+
+    code = ErrorCode.MAX_ATTEMPTS_EXCEEDED
+
+
+class SourceUnreachable(TransientFailure):
+    """The model's or data's source could not be reached (not: does not exist)."""
+
+    code = ErrorCode.SOURCE_UNREACHABLE
 
 
 class JobCancelled(Exception):

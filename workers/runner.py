@@ -68,7 +68,7 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
         _fail(settings, ctx, exc.code, exc.message)
     except TransientFailure as exc:
         # `job` was read after the claim, so its attempts already count this one.
-        _retry_or_fail(settings, ctx, job.attempts, job.max_attempts, str(exc))
+        _retry_or_fail(settings, ctx, job.attempts, job.max_attempts, str(exc), exc.code)
     except Exception as exc:
         log.error("job.internal_error", job_id=str(job_id), exc_info=True)
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -149,10 +149,15 @@ def _fail(settings: Settings, ctx: JobContext, code: ErrorCode, message: str) ->
 
 
 def _retry_or_fail(
-    settings: Settings, ctx: JobContext, attempts: int, max_attempts: int, message: str
+    settings: Settings,
+    ctx: JobContext,
+    attempts: int,
+    max_attempts: int,
+    message: str,
+    code: ErrorCode = ErrorCode.MAX_ATTEMPTS_EXCEEDED,
 ) -> None:
     if attempts >= max_attempts:
-        _fail(settings, ctx, ErrorCode.MAX_ATTEMPTS_EXCEEDED, message)
+        _fail(settings, ctx, code, f"{message} ({attempts} of {max_attempts} attempts)")
         return
     with session_scope(settings.database_url) as session:
         moved = requeue(

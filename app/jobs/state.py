@@ -71,5 +71,6 @@ class ErrorCode(StrEnum):
     LOAD_CHECK_FAILED = "load_check_failed"
     WORKER_LOST = "worker_lost"
     MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
+    SOURCE_UNREACHABLE = "source_unreachable"  # retried first: an outage, not a bad model
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"

@@ -98,7 +98,7 @@ def test_hub_failures_tell_a_missing_model_from_an_unreachable_hub(
     outcome = hub_failure(error, source, offline=offline)
     if verdict == "retried":
         assert isinstance(outcome, TransientFailure), outcome
-        assert "org/model" in str(outcome)
+        assert outcome.code == "source_unreachable" and "org/model" in str(outcome)
     else:
         assert isinstance(outcome, JobFailure) and outcome.code == "invalid_model"
         assert verdict in outcome.message, outcome.message

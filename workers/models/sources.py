@@ -20,7 +20,7 @@ from app.config import Settings
 from app.jobs.state import ErrorCode
 from app.source_policy import remote_code_allowed
 from app.storage import sha256_file
-from workers.errors import JobFailure, TransientFailure
+from workers.errors import JobFailure, SourceUnreachable
 from workers.formats.loader import REMOTE_CODE_TRUSTED
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -195,7 +195,7 @@ def _download_hf(source: dict[str, Any], settings: Settings, cache: Path) -> Pat
 def hub_failure(exc: Exception, source: dict[str, Any], *, offline: bool) -> Exception:
     """What a failed Hub download means for the job: a repository, revision or access that
     does not exist fails it with what to fix; a Hub that cannot be reached (or answers 5xx/429)
-    is a TransientFailure, retried like a worker loss, not a verdict on the model."""
+    is SourceUnreachable: retried, then `source_unreachable`; never a verdict on the model."""
     import httpx
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -227,12 +227,12 @@ def hub_failure(exc: Exception, source: dict[str, Any], *, offline: bool) -> Exc
                 f"{repo}@{revision} is not in the workers' cache and they run offline "
                 "(HF_OFFLINE): pre-load it there, or submit it as a local or s3 model",
             )
-        return TransientFailure(f"cannot reach the Hugging Face Hub for {repo}@{revision}")
+        return SourceUnreachable(f"cannot reach the Hugging Face Hub for {repo}@{revision}")
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, HfHubHTTPError) and (status is None or status >= 500 or status == 429):
-        return TransientFailure(f"the Hugging Face Hub answered {status} for {repo}@{revision}")
+        return SourceUnreachable(f"the Hugging Face Hub answered {status} for {repo}@{revision}")
     if isinstance(exc, OSError | httpx.TransportError):
-        return TransientFailure(f"cannot reach the Hugging Face Hub for {repo}: {exc}")
+        return SourceUnreachable(f"cannot reach the Hugging Face Hub for {repo}: {exc}")
     return JobFailure(
         ErrorCode.INVALID_MODEL, f"cannot fetch {repo}@{revision}: {type(exc).__name__}: {exc}"
     )
