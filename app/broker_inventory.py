@@ -86,3 +86,33 @@ def _redis(settings: Settings, queues: list[str], fresh_s: float) -> set[uuid.UU
     finally:
         client.close()
     return {job for item in raw if (job := job_of(item)) is not None}
+
+
+def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int] | None:
+    """Messages waiting per queue (every priority level counted); None if this broker cannot
+    be listed."""
+    url = settings.broker_url
+    if url.startswith("filesystem"):
+        folder = Path(settings.broker_folder) / "queue"
+        # The filesystem transport keeps one folder for all queues: the total, on the first.
+        count = sum(1 for _ in folder.glob("*.msg")) if folder.is_dir() else 0
+        return {queues[0]: count} if queues else {}
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    prefix = settings.broker_key_prefix
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for step in PRIORITY_STEPS:
+                pipe.llen(prefix + (f"{queue}{PRIORITY_SEP}{step}" if step else queue))
+        lengths = pipe.execute()
+    finally:
+        client.close()
+    per_queue = len(PRIORITY_STEPS)
+    return {
+        queue: int(sum(lengths[i * per_queue : (i + 1) * per_queue]))
+        for i, queue in enumerate(queues)
+    }

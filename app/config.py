@@ -64,14 +64,17 @@ class Settings(BaseSettings):
     # a local store refuses to start on a published default (KNOWN_DEFAULT_SECRETS); the
     # embedded stack generates one per data dir.
     secret_key: str = Field(default="dev-insecure-change-me", min_length=8)
+    # GET /metrics (app/metrics.py): open when unset (scraped from inside the cluster), else
+    # only with `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
 
     # Job lifecycle. Worst case for a dead worker's job to be picked up again:
     # lease_ttl_s + reaper_interval_s (see README "Failure bounds").
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     # A running job asked to cancel stops at its next check point; one that reaches none within
-    # this long after its heartbeat saw the flag (a single library call: an hours-long oneshot, a
-    # model import) is ended by its heartbeat thread, which ends the job's process. Bound:
-    # heartbeat_interval_s + cancel_grace_s.
+    # this long of the cancel (a single library call: an hours-long oneshot, a model import) is
+    # ended by its heartbeat thread, which ends the job's process. Bound:
+    # heartbeat_interval_s + cancel_grace_s (the interval is margin for the commit and exit).
     cancel_grace_s: float = Field(default=20.0, gt=0)
     lease_ttl_s: float = Field(default=60.0, gt=0)
     reaper_interval_s: float = Field(default=15.0, gt=0)

@@ -19,6 +19,7 @@ from app.jobs.reaper import reaper_thread
 from app.limits.body_size import BodySizeLimit
 from app.limits.rate import make_rate_limiter
 from app.logging import configure_logging
+from app.metrics import install_metrics
 from app.reports import router as reports_router
 from app.storage import make_store
 from app.webhooks import router as webhooks_router
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health.router)
+    install_metrics(app, settings)
     app.include_router(jobs_router.router)
     app.include_router(artifacts_router.router)
     app.include_router(reports_router.router)
