@@ -108,8 +108,12 @@ class SquashClient:
     def report(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/report")
 
-    def events(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}/events", params={"limit": 500})
+    def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
+        params = {"limit": 500, "after": after}
+        return self._call("GET", f"/v1/jobs/{job_id}/events", params=params)
+
+    def compare(self, job_ids: list[str]) -> dict[str, Any]:
+        return self._call("GET", "/v1/compare", params={"jobs": ",".join(job_ids)})
 
     def wait(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import yaml
 
-from app.cli.client import CliError, SquashClient
+from app.cli.client import TERMINAL, CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
 
 DEMO_JOB: dict[str, Any] = {
@@ -330,13 +330,59 @@ def list_jobs(states: tuple[str, ...], limit: int, url: str, api_key: str) -> No
 
 @cli.command()
 @click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Keep printing new events until the job ends")
 @url_option
 @key_option
-def events(job_id: str, url: str, api_key: str) -> None:
+def events(job_id: str, follow: bool, url: str, api_key: str) -> None:
     """A job's history: state changes, warnings, stage timings."""
-    for event in SquashClient(url, api_key).events(job_id)["items"]:
+    client, after = SquashClient(url, api_key), 0
+    while True:
+        page = client.events(job_id, after=after)
+        after = _echo_events(page["items"], after)
+        if page.get("next_after"):
+            continue  # more than a page is already there
+        if not follow:
+            return
+        if client.get(job_id)["state"] in TERMINAL:
+            # Events written with the final state land before it: one last read.
+            _echo_events(client.events(job_id, after=after)["items"], after)
+            return
+        time.sleep(1.0)
+
+
+def _echo_events(items: list[dict[str, Any]], after: int) -> int:
+    for event in items:
         state = f" -> {event['state']}" if event.get("state") else ""
         click.echo(f"{event['created_at']}  {event['kind']:<10}{state}  {event['message']}")
+        after = max(after, int(event["id"]))
+    return after
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@url_option
+@key_option
+def compare(job_ids: tuple[str, ...], url: str, api_key: str) -> None:
+    """Succeeded jobs on one base model side by side (* = on the size/quality frontier)."""
+    table = SquashClient(url, api_key).compare(list(job_ids))
+    columns = [c for c in table["columns"] if any(c in r["metrics"] for r in table["rows"])]
+    header = f"{'job':10} {'recipe':22}" + "".join(f" {c[:16]:>16}" for c in columns)
+    click.echo(header)
+    rows = [("original", "", table.get("original") or {}, False)] + [
+        (r["job_id"][:8], "+".join(r["recipe"]), r["metrics"], r["on_pareto_frontier"])
+        for r in table["rows"]
+    ]
+    for name, recipe, metrics, frontier in rows:
+        cells = "".join(f" {_cell(c, metrics.get(c)):>16}" for c in columns)
+        click.echo(f"{name:10} {recipe[:21] + ('*' if frontier else ''):22}{cells}")
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column.endswith("bytes"):
+        return human_bytes(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @cli.command()

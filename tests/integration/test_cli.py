@@ -132,6 +132,14 @@ def test_submit_wait_then_list_events_and_download(
     assert listed.output.startswith(f"{job_id}  succeeded")
     history = run("events", job_id, "--url", api_url, env=env)
     assert "-> running" in history.output and "-> succeeded" in history.output
+    followed = run("events", job_id, "--follow", "--url", api_url, env=env)
+    assert followed.output == history.output  # an ended job: all of it, once, then it returns
+
+    table = run("compare", job_id, "--url", api_url, env=env)
+    assert table.exit_code == 0, table.output
+    header, original, row = table.output.splitlines()
+    assert header.startswith("job") and "size_bytes" in header
+    assert original.startswith("original") and row.startswith(f"{job_id[:8]}   rtn*")
 
     target = tmp_path / "artifact"
     fetched = run("download", job_id, "--to", str(target), "--url", api_url, env=env)
