@@ -161,7 +161,7 @@ def json_body_problem(request: Request, errors: Sequence[Any]) -> str | None:
     field such as `[116]` or "Input should be a valid dictionary")."""
     for err in errors:
         if err.get("type") == "json_invalid":
-            loc = err.get("loc") or ()
+            loc: Sequence[Any] = err.get("loc") or ()
             at = f" at character {loc[1]}" if len(loc) > 1 else ""
             reason = (err.get("ctx") or {}).get("error", "JSON decode error")
             return f"the body is not valid JSON ({reason}{at}): send one JSON object"
