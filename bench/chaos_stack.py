@@ -27,7 +27,14 @@ from app.cli.embedded import migrate
 from app.config import Settings
 from app.db import get_engine, session_scope
 from tests.support.servers import PrivatePostgres, PrivateRedis
-from tests.support.services import ROOT, WorkerProcess, free_port, settings_env, wait_until
+from tests.support.services import (
+    FAST_FAILURE_TIMINGS,
+    ROOT,
+    WorkerProcess,
+    free_port,
+    settings_env,
+    wait_until,
+)
 from tests.support.tiny_model import build_tiny_model
 
 BUCKET = "squash-chaos"
@@ -168,12 +175,8 @@ def chaos_settings(
         broker_key_prefix="chaos:",
         object_store_url=f"s3://{BUCKET}/artifacts",
         s3_endpoint_url=s3,
-        heartbeat_interval_s=0.5,
-        cancel_grace_s=3.0,
-        lease_ttl_s=4.0,
-        reaper_interval_s=0.5,
+        **FAST_FAILURE_TIMINGS,
         requeue_after_s=10.0,
-        auth_cache_ttl_s=1.0,
         model_dirs=(models,),
         work_dir=root / "work",
         default_device="cpu",

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
 from tests.support.services import (
+    FAST_FAILURE_TIMINGS,
     REDIS_URL,
     WorkerProcess,
     clear_redis_prefix,
@@ -65,20 +66,15 @@ def settings(
     tiny_model_dir: Path,
     session_tmp: Path,
 ) -> Settings:
-    # Short heartbeats and leases so failure tests finish in seconds; the production defaults
-    # are in app/config.py and the README derives the recovery bound from the same formula.
+    # Failure timings in seconds, not minutes: FAST_FAILURE_TIMINGS (tests/support/services.py).
     return Settings(
         database_url=database_url,
         broker_url=REDIS_URL,
         broker_key_prefix=redis_prefix,
         object_store_url=f"s3://{BUCKET}/artifacts",
         s3_endpoint_url=s3_endpoint,
-        heartbeat_interval_s=0.5,
-        cancel_grace_s=3.0,
-        lease_ttl_s=4.0,
-        reaper_interval_s=0.5,
+        **FAST_FAILURE_TIMINGS,
         requeue_after_s=30.0,
-        auth_cache_ttl_s=1.0,
         model_dirs=(models_root,),
         # S3 sources: shared folders and one per tenant (tests/faults/test_abuse.py).
         source_s3_prefixes=(

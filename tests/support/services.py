@@ -22,6 +22,16 @@ import psycopg
 from app.cli.embedded import migrate, worker_command
 from app.config import Settings
 
+# Short heartbeats and leases so failure tests finish in seconds (the test session's settings
+# and bench/chaos.py); the production defaults are in app/config.py, and the README derives the
+# failure bounds from the same formulas.
+FAST_FAILURE_TIMINGS: dict[str, float] = {
+    "heartbeat_interval_s": 0.5,
+    "cancel_grace_s": 3.0,
+    "lease_ttl_s": 4.0,
+    "reaper_interval_s": 0.5,
+    "auth_cache_ttl_s": 1.0,
+}
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[2]
