@@ -101,7 +101,9 @@ def check(stack: ChaosStack, accepted: dict[str, str]) -> dict[str, Any]:
         "jobs": len(accepted),
         "job_rows": len(rows),
         "succeeded": states["succeeded"],
-        "failed_by_code": dict(Counter(r["error_code"] for r in rows.values() if r["error_code"])),
+        "failed_by_code": dict(
+            Counter(r["error_code"] for r in rows.values() if r["state"] == "failed")
+        ),
         "cancelled": states["cancelled"],
         "lost": len(lost),
         "duplicated": extra_rows + len(published_twice),
