@@ -18,6 +18,14 @@ import yaml
 
 from app.cli.client import TERMINAL, CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
+from app.cli.output import (
+    echo_events,
+    human_bytes,
+    job_summary,
+    print_outcome,
+    progress_printer,
+    table_cell,
+)
 
 DEMO_JOB: dict[str, Any] = {
     "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
@@ -110,9 +118,9 @@ def demo(data_dir: Path, port: int) -> None:
         client = SquashClient(stack.url, key)
         job = client.submit(DEMO_JOB)
         click.echo(f"submitted job {job['id']} ({json.dumps(DEMO_JOB['recipe'])})")
-        job = client.wait(job["id"], on_update=_progress_printer())
+        job = client.wait(job["id"], on_update=progress_printer())
         click.echo("")
-        _print_outcome(client, job)
+        print_outcome(client, job)
         if job["state"] != "succeeded":
             raise SystemExit(1)
     finally:
@@ -239,9 +247,9 @@ def submit(file: Path, wait: bool, idempotency_key: str | None, url: str, api_ke
     job = client.submit(body, idempotency_key=idempotency_key)
     click.echo(job["id"])
     if wait:
-        job = client.wait(job["id"], on_update=_progress_printer())
+        job = client.wait(job["id"], on_update=progress_printer())
         click.echo("")
-        _print_outcome(client, job)
+        print_outcome(client, job)
         if job["state"] != "succeeded":
             raise SystemExit(1)
 
@@ -255,36 +263,6 @@ def status(job_id: str, url: str, api_key: str, as_json: bool) -> None:
     """Show a job: state, stage, progress, recipe, timings, error."""
     job = SquashClient(url, api_key).get(job_id)
     click.echo(json.dumps(job, indent=2) if as_json else job_summary(job))
-
-
-def _stage_text(stage: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in (stage.get("params") or {}).items())
-    return f"{stage.get('method')}({params})"
-
-
-def job_summary(job: dict[str, Any]) -> str:
-    """A job in a dozen lines, what a person polling it wants to read."""
-    model = job.get("model") or {}
-    lines = [
-        f"job {job['id']}  {job['state']}  (attempt {job['attempts']} of {job['max_attempts']})",
-        f"  model     {model.get('kind')} {model.get('name') or model.get('path') or ''}".rstrip(),
-        f"  recipe    {' -> '.join(_stage_text(s) for s in job.get('recipe') or [])}",
-        f"  queue     {job['queue']} (device {job['device']}, priority {job['priority']})",
-    ]
-    if job.get("stage"):
-        lines.append(f"  stage     {job['stage']}  {job['progress']:.1f} %")
-    detail = progress_text(job.get("progress_detail") or {})
-    if detail:
-        lines.append(f"            {detail}")
-    for name in ("created_at", "started_at", "finished_at"):
-        if job.get(name):
-            lines.append(f"  {name.removesuffix('_at'):9} {job[name]}")
-    if job.get("error"):
-        lines.append(f"  error     {job['error'].get('code')}: {job['error'].get('message')}")
-    for key, value in (job.get("metrics") or {}).items():
-        if isinstance(value, int | float | str):
-            lines.append(f"  {key:32} {value}")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -338,24 +316,16 @@ def events(job_id: str, follow: bool, url: str, api_key: str) -> None:
     client, after = SquashClient(url, api_key), 0
     while True:
         page = client.events(job_id, after=after)
-        after = _echo_events(page["items"], after)
+        after = echo_events(page["items"], after)
         if page.get("next_after"):
             continue  # more than a page is already there
         if not follow:
             return
         if client.get(job_id)["state"] in TERMINAL:
             # Events written with the final state land before it: one last read.
-            _echo_events(client.events(job_id, after=after)["items"], after)
+            echo_events(client.events(job_id, after=after)["items"], after)
             return
         time.sleep(1.0)
-
-
-def _echo_events(items: list[dict[str, Any]], after: int) -> int:
-    for event in items:
-        state = f" -> {event['state']}" if event.get("state") else ""
-        click.echo(f"{event['created_at']}  {event['kind']:<10}{state}  {event['message']}")
-        after = max(after, int(event["id"]))
-    return after
 
 
 @cli.command()
@@ -373,16 +343,8 @@ def compare(job_ids: tuple[str, ...], url: str, api_key: str) -> None:
         for r in table["rows"]
     ]
     for name, recipe, metrics, frontier in rows:
-        cells = "".join(f" {_cell(c, metrics.get(c)):>16}" for c in columns)
+        cells = "".join(f" {table_cell(c, metrics.get(c)):>16}" for c in columns)
         click.echo(f"{name:10} {recipe[:21] + ('*' if frontier else ''):22}{cells}")
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if column.endswith("bytes"):
-        return human_bytes(value)
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @cli.command()
@@ -420,79 +382,6 @@ def download(job_id: str, target: Path | None, url: str, api_key: str) -> None:
         total += item["size"]
         click.echo(f"{human_bytes(item['size']):>10}  {path}")
     click.echo(f"{human_bytes(total):>10}  in {folder}, every file checked against its sha256")
-
-
-def human_bytes(size: float) -> str:
-    """Decimal units, as disks and object stores count."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-def progress_text(detail: dict[str, Any]) -> str:
-    """The running stage's counter and ETA from `progress_detail`: "layer 12/30 · ETA 4m10s"."""
-    parts = []
-    if "layer" in detail and "layers" in detail:
-        parts.append(f"layer {detail['layer']}/{detail['layers']}")
-    if "step" in detail and "max_steps" in detail:
-        parts.append(f"step {detail['step']}/{detail['max_steps']}")
-    if isinstance(detail.get("loss"), int | float):
-        parts.append(f"loss {detail['loss']:.3f}")
-    eta = detail.get("eta_seconds")
-    if isinstance(eta, int | float):
-        minutes, seconds = divmod(int(eta), 60)
-        parts.append(f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s")
-    return " · ".join(parts)
-
-
-def _progress_printer() -> Any:
-    """On a terminal one line redrawn in place; in a log (not a TTY) a line per change of
-    state, stage or whole percent, so the log reads as a history instead of one endless line."""
-    interactive = sys.stdout.isatty()
-    last: list[tuple[str, str, int]] = []
-
-    def show(job: dict[str, Any]) -> None:
-        stage = job["stage"] or job["state"]
-        detail = progress_text(job.get("progress_detail") or {})
-        if not interactive:
-            key = (job["state"], stage, int(job["progress"]))
-            if not last or last[-1] != key:
-                last.append(key)
-                click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}  {detail}")
-            return
-        width = 30
-        filled = int(width * job["progress"] / 100)
-        bar = "#" * filled + "-" * (width - filled)
-        line = f"[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<24} {detail}"
-        click.echo(f"\r{line:<110}", nl=False)
-
-    return show
-
-
-def _print_outcome(client: SquashClient, job: dict[str, Any]) -> None:
-    click.echo(f"job {job['id']} {job['state']}")
-    if job["state"] != "succeeded":
-        error = job.get("error") or {}
-        if error:
-            click.echo(f"  {error.get('code')}: {error.get('message')}")
-        return
-    for key, value in client.report(job["id"])["summary"].items():
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            continue  # nested figures are in `squash report`
-        if key.endswith("_bytes") and isinstance(value, int | float):
-            shown = human_bytes(value)
-        elif isinstance(value, float):
-            shown = f"{value:.4g}"
-        else:
-            shown = str(value)
-        click.echo(f"  {key:32} {shown}")
-    for item in client.artifacts(job["id"])["items"]:
-        click.echo(
-            f"  artifact {item['path']:36} {human_bytes(item['size']):>10}  "
-            f"sha256 {item['sha256'][:12]}"
-        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ no torch here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -42,7 +41,7 @@ from app.recipes.quantization import (
     W8A8Params,
 )
 from app.recipes.rotation import RotateParams
-from app.recipes.shapes import ModelShape
+from app.recipes.shapes import ModelShape, group_size_errors
 
 MAX_STAGES = 16
 
@@ -291,16 +290,6 @@ def _student_errors(stages: list[tuple[int, Stage]], field: str) -> list[dict[st
     return errors
 
 
-def dividing_group(sizes: list[int], wanted: int) -> str:
-    """The advice for a group size that does not fit: the largest power of two below it that
-    divides every layer input size, or per-channel scales when none does."""
-    common = math.gcd(*sizes)
-    group = wanted
-    while group >= 8 and common % group:
-        group //= 2
-    return f"use {group}" if group >= 8 else "use null (one scale per output channel)"
-
-
 def _shape_errors(
     stages: list[tuple[int, Stage]], shape: ModelShape, field: str
 ) -> list[dict[str, Any]]:
@@ -309,17 +298,7 @@ def _shape_errors(
     for index, stage in stages:
         where = f"{field}[{index}].params"
         params = stage.params
-        group = getattr(params, "group_size", None)
-        if isinstance(group, int) and not isinstance(group, bool):
-            sizes = shape.linear_input_sizes
-            if any(size % group for size in sizes):
-                errors.append(
-                    {
-                        "field": f"{where}.group_size",
-                        "message": f"{group} does not divide this model's layer input sizes "
-                        f"{sizes}: {dividing_group(sizes, group)}",
-                    }
-                )
+        errors += group_size_errors(getattr(params, "group_size", None), shape, where)
         if isinstance(params, RotateParams):
             for name, message in params.size_errors(shape.hidden_size, shape.head_dim).items():
                 errors.append({"field": f"{where}.{name}", "message": message})

@@ -4,6 +4,7 @@ after the model loads, with the same messages."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,3 +62,26 @@ def builtin_facts(name: str) -> ModelFacts:
 
 
 BUILTIN_SHAPES = {name: ModelShape.of(builtin_facts(name)) for name in BUILTIN_CONFIGS}
+
+
+def group_size_errors(group: object, shape: ModelShape, where: str) -> list[dict[str, Any]]:
+    """A quantization stage's group size must divide every decoder Linear's input size."""
+    if not isinstance(group, int) or isinstance(group, bool):
+        return []
+    sizes = shape.linear_input_sizes
+    if not any(size % group for size in sizes):
+        return []
+    message = f"{group} does not divide this model's layer input sizes {sizes}"
+    return [
+        {"field": f"{where}.group_size", "message": f"{message}: {dividing_group(sizes, group)}"}
+    ]
+
+
+def dividing_group(sizes: list[int], wanted: int) -> str:
+    """The advice for a group size that does not fit: the largest power of two below it that
+    divides every layer input size, or per-channel scales when none does."""
+    common = math.gcd(*sizes)
+    group = wanted
+    while group >= 8 and common % group:
+        group //= 2
+    return f"use {group}" if group >= 8 else "use null (one scale per output channel)"

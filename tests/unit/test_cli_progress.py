@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.cli.main import human_bytes, progress_text
+from app.cli.output import human_bytes, progress_text
 
 
 def test_a_layer_wise_stage_shows_its_counter_and_eta() -> None:
