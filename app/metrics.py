@@ -14,7 +14,7 @@ answers only `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.broker_inventory import waiting_messages
 from app.config import Settings
@@ -98,6 +99,33 @@ class JobsCollector(Collector):
         yield waiting
 
 
+class RequestTimer:
+    """Plain ASGI (not BaseHTTPMiddleware: no extra task per request on the hot status path)."""
+
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
+        self.app, self.latency = app, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def record_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            # The router put the matched route in the scope: its template, never an id.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.latency.labels(template, scope["method"], str(status[0])).observe(
+                time.perf_counter() - started
+            )
+
+
 def install_metrics(app: FastAPI, settings: Settings) -> None:
     registry = CollectorRegistry()
     registry.register(JobsCollector(settings))
@@ -109,18 +137,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
 
-    @app.middleware("http")
-    async def _time_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        latency.labels(template, request.method, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    app.add_middleware(RequestTimer, latency=latency)
 
     router = APIRouter()
 
