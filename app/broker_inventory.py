@@ -55,10 +55,19 @@ def jobs_with_messages(
     if url.startswith(("redis://", "rediss://")):
         return _redis(settings, queues, fresh_s)
     if url.startswith("filesystem"):
-        folder = Path(settings.broker_folder) / "queue"
-        files = folder.glob("*.msg") if folder.is_dir() else []
-        return {job for f in files if (job := job_of(_read(f))) is not None}
+        return {job for f in _waiting_files(settings) if (job := job_of(_read(f))) is not None}
     return None
+
+
+def _priority_lists(prefix: str, queue: str) -> list[str]:
+    """kombu's Redis transport keeps one list per queue and priority step."""
+    return [prefix + (f"{queue}{PRIORITY_SEP}{step}" if step else queue) for step in PRIORITY_STEPS]
+
+
+def _waiting_files(settings: Settings) -> list[Path]:
+    """The filesystem broker's waiting messages (one file each, deleted on delivery)."""
+    folder = Path(settings.broker_folder) / "queue"
+    return list(folder.glob("*.msg")) if folder.is_dir() else []
 
 
 def _read(path: Path) -> bytes:
@@ -76,8 +85,8 @@ def _redis(settings: Settings, queues: list[str], fresh_s: float) -> set[uuid.UU
     try:
         pipe = client.pipeline(transaction=False)
         for queue in queues:
-            for step in PRIORITY_STEPS:
-                pipe.lrange(prefix + (f"{queue}{PRIORITY_SEP}{step}" if step else queue), 0, -1)
+            for key in _priority_lists(prefix, queue):
+                pipe.lrange(key, 0, -1)
         pipe.zrangebyscore(prefix + "unacked_index", time.time() - fresh_s, "+inf")
         *lists, fresh_tags = pipe.execute()
         raw = [item for items in lists for item in items]
@@ -93,10 +102,8 @@ def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int] | 
     be listed."""
     url = settings.broker_url
     if url.startswith("filesystem"):
-        folder = Path(settings.broker_folder) / "queue"
         # The filesystem transport keeps one folder for all queues: the total, on the first.
-        count = sum(1 for _ in folder.glob("*.msg")) if folder.is_dir() else 0
-        return {queues[0]: count} if queues else {}
+        return {queues[0]: len(_waiting_files(settings))} if queues else {}
     if not url.startswith(("redis://", "rediss://")):
         return None
     import redis
@@ -106,8 +113,8 @@ def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int] | 
     try:
         pipe = client.pipeline(transaction=False)
         for queue in queues:
-            for step in PRIORITY_STEPS:
-                pipe.llen(prefix + (f"{queue}{PRIORITY_SEP}{step}" if step else queue))
+            for key in _priority_lists(prefix, queue):
+                pipe.llen(key)
         lengths = pipe.execute()
     finally:
         client.close()

@@ -39,32 +39,16 @@ from typing import Any
 from app.broker_inventory import jobs_with_messages
 from app.queue import pool_queues
 from bench.chaos_check import check, self_test
-from bench.chaos_stack import TERMINAL, ChaosStack, chaos_stack
+from bench.chaos_stack import ChaosStack, chaos_stack
 from bench.common import RESULTS_DIR, write_results
+from tests.support.jobs import TERMINAL
 from tests.support.services import wait_until
-from tests.support.stack import fast_job, percentile
+from tests.support.stack import fast_job, gptq_job, percentile, slow_body
 from workers.faults import BEFORE_CLAIM, POINTS, marker_path
 from workers.methods.shared.layer_resume import PAST_HALF
 
 KILL_POINTS = (BEFORE_CLAIM, *POINTS, PAST_HALF)
 CANCEL_POINTS = POINTS  # a job stuck inside one call in each phase: no check point runs
-
-
-def gptq_job(hold: str | None = None) -> dict[str, Any]:
-    return fast_job(
-        hold,
-        model={"kind": "local", "path": "tiny-llama-6-layers"},
-        recipe=[{"method": "gptq", "params": {"bits": 4, "group_size": 32}}],
-        calibration={"num_samples": 8, "max_seq_length": 128},
-    )
-
-
-def evaluating_job() -> dict[str, Any]:
-    """Minutes of evaluation at stride 1, a check point every window (cancelled midway)."""
-    body = fast_job()
-    body["evaluation"] |= {"max_tokens": 40000, "context_length": 32, "stride": 1}
-    body["evaluation"]["compare_original"] = True
-    return body
 
 
 @dataclass
@@ -249,7 +233,7 @@ class Chaos:
         self.note(f"cancelled inside a call at {point}: {job_id}")
 
     def cancel_at_check_points(self) -> None:
-        job_id = self.submit(evaluating_job())
+        job_id = self.submit(slow_body())
         wait_until(
             lambda: self.stack.job(job_id)["stage"] == "evaluate_original",
             timeout=300,

@@ -8,14 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import psycopg
 
-from bench.chaos_stack import BUCKET, TERMINAL, ChaosStack
+from bench.chaos_stack import BUCKET, ChaosStack
+from tests.support.jobs import TERMINAL
+from tests.support.stack import scratch_bytes
 
 
 def job_rows(stack: ChaosStack) -> dict[str, dict[str, Any]]:
@@ -69,11 +70,6 @@ def verify_published(stack: ChaosStack, job_id: str) -> tuple[int, list[str]]:
     return len(listing["items"]), problems
 
 
-def scratch_bytes(stack: ChaosStack) -> int:
-    root = Path(stack.settings.work_dir) / "jobs"
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
-
-
 def check(stack: ChaosStack, accepted: dict[str, str]) -> dict[str, Any]:
     """`accepted`: each submission's Idempotency-Key and the job id the client was given."""
     rows = job_rows(stack)
@@ -111,7 +107,7 @@ def check(stack: ChaosStack, accepted: dict[str, str]) -> dict[str, Any]:
         "orphan_objects": len(orphans) + open_uploads,
         "manifest_mismatches": len(mismatches),
         "files_hashed": hashed,
-        "scratch_bytes_left": scratch_bytes(stack),
+        "scratch_bytes_left": scratch_bytes(stack.settings),
         "attempts": {job_id: r["attempts"] for job_id, r in rows.items()},
         "detail": {
             "lost": lost,

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,16 +28,15 @@ from app.db import get_engine, session_scope
 from tests.support.servers import PrivatePostgres, PrivateRedis
 from tests.support.services import (
     FAST_FAILURE_TIMINGS,
-    ROOT,
     WorkerProcess,
     free_port,
+    serve,
     settings_env,
     wait_until,
 )
 from tests.support.tiny_model import build_tiny_model
 
 BUCKET = "squash-chaos"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class ApiProcess:
@@ -47,25 +45,16 @@ class ApiProcess:
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **settings_env(settings), "LOG_JSON": "true"}
+        self.settings = settings
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "uvicorn", "app.main:app_factory", "--factory"]
-        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=60, interval=0.1, what="the API to start")
+        # Up to a minute: a restart beside three busy workers took 18 s on 2 cores.
+        env = {**settings_env(self.settings), "LOG_JSON": "true"}
+        self.proc = serve(
+            "app.main:app_factory", self.port, env, True, log_path=self.log_path, start_timeout_s=60
+        )
 
     @property
     def url(self) -> str:
@@ -100,52 +89,41 @@ class ChaosStack:
         group = os.getpgid(pid)
         return next(w for w in self.workers if w.proc.poll() is None and w.proc.pid == group)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call as a careful client makes it: refused connections and 503 are retried
-        (the API or its database restarting), anything else is the answer."""
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One call as a careful client makes it: refused connections, 503 and any other 5xx
+        (counted: the API must never answer one) are retried for up to 2 minutes (the API or
+        its database restarting); anything else is the answer."""
         deadline = time.monotonic() + 120
         while True:
             try:
                 response = httpx.request(
-                    method, f"{self.api.url}{path}", headers=self.headers, timeout=15, **kwargs
+                    method,
+                    f"{self.api.url}{path}",
+                    headers={**self.headers, **(headers or {})},
+                    timeout=15,
+                    **kwargs,
                 )
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
                 continue
-            if response.status_code == 503 and time.monotonic() < deadline:
+            if response.status_code < 500 or time.monotonic() > deadline:
+                return response
+            if response.status_code == 503:
                 self.unavailable += 1
-                time.sleep(0.2)
-                continue
-            if response.status_code >= 500:
+            else:
                 self.server_errors.append(f"{method} {path}: {response.status_code}")
-                time.sleep(0.2)
-                continue
-            return response
+            time.sleep(0.2)
 
     def submit(self, body: dict[str, Any], key: str) -> str:
         """POST with an Idempotency-Key, retried until answered: one job per key."""
-        headers = {**self.headers, "Idempotency-Key": key}
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                response = httpx.post(
-                    f"{self.api.url}/v1/jobs", json=body, headers=headers, timeout=15
-                )
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-                continue
-            if response.status_code in (200, 201, 202):
-                return str(response.json()["id"])
-            if response.status_code >= 500:
-                if response.status_code != 503:
-                    self.server_errors.append(f"POST /v1/jobs: {response.status_code}")
-                time.sleep(0.2)
-                continue
+        response = self.request("POST", "/v1/jobs", {"Idempotency-Key": key}, json=body)
+        if response.status_code not in (200, 201, 202):
             raise RuntimeError(f"submission refused: {response.status_code} {response.text}")
+        return str(response.json()["id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{job_id}").json())

@@ -7,24 +7,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from app.config import Settings
 from tests.support.services import wait_until
-from tests.support.stack import Stack, bucket_view, fast_job, record, stack, summary
+from tests.support.stack import Stack, bucket_view, fast_job, record, slow_body, stack, summary
 
 pytestmark = pytest.mark.integration
 REPEATS = int(os.environ.get("SQUASH_CANCEL_REPEATS", "3"))
-
-
-def slow_body() -> dict[str, Any]:
-    """Evaluation of the original over 40k tokens at stride 1: minutes of per-window checks."""
-    body = fast_job()
-    body["evaluation"] |= {"max_tokens": 40000, "context_length": 32, "stride": 1}
-    body["evaluation"]["compare_original"] = True
-    return body
 
 
 def cancel_and_time(deployment: Stack, job_id: str) -> float:

@@ -14,22 +14,13 @@ from safetensors.torch import load
 from app.config import Settings
 from tests.support.fixtures import BUCKET
 from tests.support.services import wait_until
-from tests.support.stack import Stack, fast_job, stack
+from tests.support.stack import Stack, gptq_job, stack
 from tests.support.tiny_model import build_tiny_model
 from workers.methods.shared.layer_resume import PAST_HALF
 
 pytestmark = pytest.mark.integration
 
 LAYERS = 6
-
-
-def gptq_job(hold: str | None = None) -> dict:  # type: ignore[type-arg]
-    return fast_job(
-        hold,
-        model={"kind": "local", "path": "tiny-llama-6-layers"},
-        recipe=[{"method": "gptq", "params": {"bits": 4, "group_size": 32}}],
-        calibration={"num_samples": 8, "max_seq_length": 128},
-    )
 
 
 def model_tensors(deployment: Stack, job_id: str) -> dict:  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ import pytest
 
 from app.config import Settings
 from tests.support.services import WorkerProcess, wait_until
-from tests.support.stack import Stack, bucket_view, record, stack, summary
+from tests.support.stack import Stack, bucket_view, record, scratch_bytes, stack, summary
 from workers.faults import BEFORE_CLAIM, POINTS
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,6 @@ def published_state(stack: Stack, job_id: str) -> dict[str, Any]:
     }
 
 
-def scratch_bytes(stack: Stack) -> int:
-    """What attempts left in the workers' scratch folders (workers/scratch.py)."""
-    root = Path(stack.settings.work_dir) / "jobs"
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
-
-
 def crash_once(stack: Stack, point: str) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
     job_id, victim = stack.hold(point)
     victim.kill()
@@ -72,7 +66,7 @@ def test_sigkill_in_every_phase_loses_nothing_and_publishes_once(
             for point in POINTS:
                 reclaimed, finished, done, published = crash_once(deployment, point)
                 # The killed attempt's scratch folder went when the retry was claimed.
-                assert scratch_bytes(deployment) == 0, point
+                assert scratch_bytes(deployment.settings) == 0, point
                 reclaim[point].append(reclaimed)
                 finish[point].append(finished)
                 lost += done["state"] != "succeeded"
@@ -86,7 +80,7 @@ def test_sigkill_in_every_phase_loses_nothing_and_publishes_once(
                     "report.json",
                 }
     figures = {
-        "scratch_bytes_left": scratch_bytes(deployment),
+        "scratch_bytes_left": scratch_bytes(deployment.settings),
         "repeats_per_phase": REPEATS,
         "lease_ttl_s": settings.lease_ttl_s,
         "reaper_interval_s": settings.reaper_interval_s,

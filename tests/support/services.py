@@ -129,9 +129,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 
 
 def serve(
-    app_ref: str, port: int, env: dict[str, str], factory: bool, workers: int = 1
+    app_ref: str,
+    port: int,
+    env: dict[str, str],
+    factory: bool,
+    workers: int = 1,
+    log_path: Path | None = None,
+    start_timeout_s: float = 30,
 ) -> subprocess.Popen[bytes]:
-    """A real uvicorn server in its own process, returned once it answers."""
+    """A real uvicorn server in its own process, returned once it answers (its output
+    appended to `log_path` when given)."""
     argv = [
         sys.executable,
         "-m",
@@ -149,8 +156,14 @@ def serve(
     ]
     if factory:
         argv.append("--factory")
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
-    deadline = time.monotonic() + 30
+    if log_path is None:
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    else:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            )
+    deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)

@@ -180,6 +180,32 @@ def fast_job(hold: str | None = None, **overrides: Any) -> dict[str, Any]:
     return body
 
 
+def slow_body() -> dict[str, Any]:
+    """Evaluation of the original over 40k tokens at stride 1: minutes of per-window checks
+    (a job to cancel while it runs through check points)."""
+    body = fast_job()
+    body["evaluation"] |= {"max_tokens": 40000, "context_length": 32, "stride": 1}
+    body["evaluation"]["compare_original"] = True
+    return body
+
+
+def gptq_job(hold: str | None = None) -> dict[str, Any]:
+    """A GPTQ stage on the 6-layer tiny Llama (`tiny-llama-6-layers`), for the layer-wise
+    fault point `layers_past_half`."""
+    return fast_job(
+        hold,
+        model={"kind": "local", "path": "tiny-llama-6-layers"},
+        recipe=[{"method": "gptq", "params": {"bits": 4, "group_size": 32}}],
+        calibration={"num_samples": 8, "max_seq_length": 128},
+    )
+
+
+def scratch_bytes(settings: Settings) -> int:
+    """What attempts left in the workers' scratch folders (workers/scratch.py)."""
+    root = Path(settings.work_dir) / "jobs"
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
 def bucket_view(endpoint_url: str | None, job_id: str) -> dict[str, Any]:
     """A job's attempt files as the bucket holds them (straight from the S3 endpoint given)."""
     s3 = boto3.client("s3", endpoint_url=endpoint_url)
