@@ -1,11 +1,13 @@
 """The OpenAPI document as clients (and schemathesis, tests/contract/) read it.
 
-FastAPI's generated document is patched in three ways it cannot express itself:
+FastAPI's generated document is patched in five ways it cannot express itself:
 - every error answer is documented as what the handlers in app/errors.py really send:
   application/problem+json with one `Problem` schema (FastAPI would say application/json
   HTTPValidationError for 422);
 - operations with a request body also document 400, FastAPI's answer to a body it cannot
   decode (not UTF-8);
+- free-text strings declare that they hold no NUL (Postgres cannot store it);
+- the tag of a discriminated union (`kind`) is required in each member, as validation needs;
 - OpenAPI links say how a submitted job's id feeds the job's other operations, so clients'
   generators and stateful testers can follow POST → GET → cancel.
 """
@@ -25,7 +27,10 @@ class ProblemFieldError(BaseModel):
     field: str = Field(description="Dotted path of the offending field, e.g. recipe.0.params.bits")
     message: str
     type: str | None = None
-    expected: str | None = None
+    expected: str | None = Field(default=None, description="What the field accepts, in words")
+    choices: list[str | int | float] | None = Field(
+        default=None, description="The values the field accepts, where it is one of a list"
+    )
 
 
 class Problem(BaseModel):
@@ -40,7 +45,10 @@ class Problem(BaseModel):
     errors: list[ProblemFieldError] | None = None
 
 
-BAD_BODY = {"description": "The request body could not be read (not UTF-8 JSON)"}
+BAD_BODY = {
+    "description": "`invalid_json`: the body is not JSON (malformed, not text, or sent without "
+    "Content-Type: application/json)"
+}
 JOB_ID = "$response.body#/id"
 SUBMIT = ("/v1/jobs", "post", "202")
 # (path, method, status) of the answer carrying a job → links to the job's operations.
@@ -62,8 +70,44 @@ def _problem_content(schemas: dict[str, Any]) -> dict[str, Any]:
     return {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
+def _require_discriminators(node: Any, schemas: dict[str, Any]) -> None:
+    """A union discriminated by `kind` needs the tag in the body (pydantic cannot pick a
+    member without it), but each member gives it a default, so pydantic's schema leaves it
+    optional: declare it required in every member the mapping names."""
+    if isinstance(node, dict):
+        tag = (node.get("discriminator") or {}).get("propertyName")
+        for ref in (node.get("discriminator") or {}).get("mapping", {}).values():
+            member = schemas[ref.rsplit("/", 1)[-1]]
+            if tag not in member.setdefault("required", []):
+                member["required"].append(tag)
+        for value in node.values():
+            _require_discriminators(value, schemas)
+    elif isinstance(node, list):
+        for value in node:
+            _require_discriminators(value, schemas)
+
+
+# Postgres text and jsonb cannot hold NUL, so the server refuses it in every string (422
+# naming the field); a free-text string says so in the document.
+NO_NUL = r"^[^\u0000]*$"
+
+
+def _declare_no_nul(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(node):
+            node["pattern"] = NO_NUL
+        for value in node.values():
+            _declare_no_nul(value)
+    elif isinstance(node, list):
+        for value in node:
+            _declare_no_nul(value)
+
+
 def patch_document(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    _require_discriminators(document, schemas)
+    _declare_no_nul(document["paths"])
+    _declare_no_nul(schemas)
     problem = _problem_content(schemas)
     for operations in document["paths"].values():
         for operation in operations.values():

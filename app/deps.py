@@ -8,6 +8,7 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import repository as auth_repository
 from app.auth import service as auth_service
@@ -43,10 +44,23 @@ async def get_store(request: Request) -> ObjectStore:
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-async def get_tenant(request: Request, settings: SettingsDep) -> uuid.UUID:
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret:
+# FastAPI's HTTPBearer only to declare the scheme in the OpenAPI document (securitySchemes and
+# each operation's `security`, so generated clients send the key); auto_error=False because the
+# answer to a missing key is our own problem+json 401.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="An API key (`squash keys create`), sent as `Authorization: Bearer <key>`",
+)
+
+
+async def get_tenant(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> uuid.UUID:
+    secret = credentials.credentials if credentials else ""
+    if not secret.strip():
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},

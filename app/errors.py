@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.schema_types import expected_choices
+
 log = structlog.get_logger()
 _checks: set[asyncio.Task[None]] = set()  # running pool checks (a task needs a reference)
 
@@ -46,6 +48,14 @@ ERRORS_503: Responses = {
 # A request that failed on these changed nothing (its transaction never committed): 503 tells
 # clients and load balancers to retry, where a 500 would read as a bug.
 DATABASE_UNAVAILABLE_RETRY_S = 5
+ERRORS_403: Responses = {
+    403: {
+        "description": "Refused by this deployment's policy: a source outside the allow-list "
+        "(`source_not_allowed`) or a webhook to a host that is not public "
+        "(`webhook_not_allowed`)",
+        **PROBLEM_RESPONSE,
+    }
+}
 ERRORS_422: Responses = {
     422: {"description": "Invalid input; `errors[].field` names it", **PROBLEM_RESPONSE}
 }
@@ -101,6 +111,14 @@ class TooManyRequests(AppError):
 
     def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class Forbidden(AppError):
+    """A well-formed request this deployment's policy refuses (a source outside the operator's
+    allow-list, a webhook to a private address): 403, so clients tell it from a malformed one."""
+
+    status = 403
+    code = "forbidden"
 
 
 class InvalidInput(AppError):
@@ -191,7 +209,7 @@ def install_error_handlers(app: FastAPI) -> None:
         not_json = json_body_problem(request, exc.errors())
         if not_json:
             return problem(
-                422,
+                400,  # one status for any body that is not JSON (as for bytes that are not text)
                 "invalid_json",
                 not_json,
                 instance=request.url.path,
@@ -203,6 +221,8 @@ def install_error_handlers(app: FastAPI) -> None:
             ctx = err.get("ctx") or {}
             if "expected" in ctx:
                 entry["expected"] = str(ctx["expected"])
+                if err["type"] in ("literal_error", "enum"):
+                    entry["choices"] = expected_choices(ctx["expected"])
             errors.append(entry)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(422, "invalid_input", detail, instance=request.url.path, errors=errors)
@@ -215,7 +235,13 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
             # Starlette's answer to bytes that are not text at all.
-            return problem(400, "invalid_json", NOT_JSON, instance=request.url.path)
+            return problem(
+                400,
+                "invalid_json",
+                NOT_JSON,
+                instance=request.url.path,
+                errors=[{"field": "body", "message": NOT_JSON}],
+            )
         if exc.status_code == 405:
             # Starlette's Allow names only the first route on this path; list them all.
             headers["Allow"] = ", ".join(_allowed_methods(request))

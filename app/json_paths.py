@@ -20,3 +20,16 @@ def walk(
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from walk(item, f"{path}.{index}")
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON has one number type: `4.0` is an integer to JSON Schema, and request models are
+    strict (a `true` or a `"4"` is not a number), so whole floats become ints before they are
+    validated. Floats with a fraction stay floats; strict float fields take ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    return value

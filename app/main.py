@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Every route: bodies over MAX_REQUEST_BYTES (middleware); authenticated ones also
         # answer 429 when the tenant's request bucket is empty (app/deps.py).
         responses={**ERRORS_413, **ERRORS_429, **ERRORS_503},
+        # operationId = the handler's name (submit_job, get_job): what generated clients name
+        # their functions (FastAPI's default appends path and verb).
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.store = make_store(settings)

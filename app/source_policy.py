@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from app.config import Settings
-from app.errors import InvalidInput
+from app.errors import Forbidden
 from app.json_paths import walk
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -43,14 +43,14 @@ def check_s3_uri(uri: str, *, field: str, tenant_id: uuid.UUID, settings: Settin
     keyed = uri.rstrip("/") + "/"
     segments = uri.removeprefix("s3://").split("/")[1:]
     if any(part in (".", "..") for part in segments) or "//" in uri.removeprefix("s3://"):
-        raise InvalidInput(
+        raise Forbidden(
             f"{field}: '.', '..' and empty path segments are not allowed in S3 URIs",
             code="source_not_allowed",
             field=field,
         )
     store = _store_root(settings)
     if store is not None and (keyed.startswith(store) or store.startswith(keyed)):
-        raise InvalidInput(
+        raise Forbidden(
             f"{field}: {uri} lies in the artifact store; name a source folder instead",
             code="source_not_allowed",
             field=field,
@@ -58,7 +58,7 @@ def check_s3_uri(uri: str, *, field: str, tenant_id: uuid.UUID, settings: Settin
     roots = [_normalized_root(root, tenant_id) for root in settings.source_s3_prefixes]
     if not any(keyed.startswith(root) for root in roots):
         allowed = ", ".join(roots) if roots else "none are configured"
-        raise InvalidInput(
+        raise Forbidden(
             f"{field}: {uri} is not under an allow-listed S3 source prefix ({allowed})",
             code="source_not_allowed",
             field=field,
@@ -72,14 +72,14 @@ def remote_code_allowed(repo_id: str, revision: str, settings: Settings) -> bool
 
 
 def check_sources(body: dict[str, Any], *, tenant_id: uuid.UUID, settings: Settings) -> None:
-    """Raises InvalidInput (422, naming the field) for the first source the tenant may not use.
+    """Raises Forbidden (403, naming the field) for the first source the tenant may not use.
     `body` is the request as JSON (JobCreate.model_dump(mode="json"))."""
     for path, value in walk(body, skip=_FREE_TEXT):
         if isinstance(value, str) and value.lower().startswith("s3://"):
             check_s3_uri(value, field=path, tenant_id=tenant_id, settings=settings)
         elif _asks_untrusted_code(value, settings):
             field = f"{path}.trust_remote_code"
-            raise InvalidInput(
+            raise Forbidden(
                 f"{field}: {value['repo_id']}@{value['revision']} is not allow-listed; an "
                 "operator must allow-list the repository pinned to a commit "
                 "(TRUST_REMOTE_CODE_REPOS=org/name@<40-hex sha>)",

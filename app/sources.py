@@ -6,61 +6,78 @@ Pure pydantic: the API validates with these, workers resolve them (workers/model
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-S3_URI_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/[^\s]*)?$")
 BUILTIN_MODELS = ("smollm2-135m-instruct",)
 BUILTIN_CORPORA = ("pydoc-topics",)
 
 
-def _check_s3_uri(value: str) -> str:
-    if not S3_URI_RE.match(value):
-        raise ValueError("must look like s3://bucket/prefix (lower-case bucket name)")
-    return value
+@dataclass(frozen=True)
+class TextForm:
+    """A string that matches `pattern` and in which `forbidden` occurs nowhere. Two plain
+    regular expressions rather than one with look-aheads: JSON Schema states them as `pattern`
+    and `not: {pattern}`, and generators (schemathesis) build matching strings fast."""
+
+    pattern: str
+    forbidden: str
+    message: str
+
+    def check(self, value: str) -> str:
+        if not re.search(self.pattern, value) or re.search(self.forbidden, value):
+            raise ValueError(self.message)
+        return value
+
+    def schema(self) -> WithJsonSchema:
+        return WithJsonSchema(
+            {"type": "string", "pattern": self.pattern, "not": {"pattern": self.forbidden}}
+        )
 
 
-def _check_relative_path(value: str) -> str:
-    path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts or not value.strip():
-        raise ValueError("must be a relative path inside an allow-listed models directory")
-    return value
+HF_REPO = TextForm(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$",
+    r"\.\.",
+    "must be a Hugging Face repo id like 'org/name'",
+)
+HF_REVISION = TextForm(
+    r"^[A-Za-z0-9._/-]{1,128}$",
+    r"\.\.|^/|//",
+    "must be a branch, tag or commit (no '..' or empty segments)",
+)
+# A bucket, then segments that are neither empty, `.` nor `..` (what the source allow-list
+# compares by prefix must be the path S3 reads).
+S3_URI = TextForm(
+    r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/\x00-\x20\x7f]+)*/?$",
+    r"/\.\.?(/|$)",
+    "must look like s3://bucket/prefix (lower-case bucket name; no empty, '.' or '..' segments)",
+)
+RELATIVE_PATH = TextForm(
+    r"^[^/\x00][^\x00]*$",
+    r"(^|/)\.\.(/|$)|^[\x00-\x20]*$",
+    "must be a relative path inside an allow-listed models directory",
+)
 
-
-S3Uri = Annotated[str, AfterValidator(_check_s3_uri)]
-RelativePath = Annotated[str, AfterValidator(_check_relative_path)]
+S3Uri = Annotated[str, AfterValidator(S3_URI.check), S3_URI.schema()]
+RelativePath = Annotated[str, AfterValidator(RELATIVE_PATH.check), RELATIVE_PATH.schema()]
+HubRepoId = Annotated[str, AfterValidator(HF_REPO.check), HF_REPO.schema()]
+HubRevision = Annotated[str, AfterValidator(HF_REVISION.check), HF_REVISION.schema()]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class HuggingFaceModel(_Strict):
     kind: Literal["huggingface"] = "huggingface"
-    repo_id: str = Field(examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
-    revision: str = Field(default="main", pattern=r"^[A-Za-z0-9._/-]{1,128}$")
+    repo_id: HubRepoId = Field(examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    revision: HubRevision = "main"
     trust_remote_code: bool = Field(
         default=False,
         description="Run the model's own code (config auto_map). Refused unless an operator "
         "allow-listed this repo pinned to a commit, and `revision` is that commit.",
     )
-
-    @field_validator("repo_id")
-    @classmethod
-    def _repo(cls, value: str) -> str:
-        if not HF_REPO_RE.match(value) or ".." in value:
-            raise ValueError("must be a Hugging Face repo id like 'org/name'")
-        return value
-
-    @field_validator("revision")
-    @classmethod
-    def _revision(cls, value: str) -> str:
-        if ".." in value or value.startswith("/") or "//" in value:
-            raise ValueError("must be a branch, tag or commit (no '..' or empty segments)")
-        return value
 
 
 class S3Model(_Strict):

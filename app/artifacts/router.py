@@ -23,6 +23,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.reports.html import CSP
+from app.reports.schema import Report
 from app.storage import LocalStore, ObjectNotFound
 
 router = APIRouter(tags=["artifacts"])
@@ -55,7 +56,18 @@ async def list_artifacts(
     return await db.run(work)
 
 
-@router.get("/v1/jobs/{job_id}/report", responses={**ERRORS_401, **ERRORS_404, **ERRORS_409})
+@router.get(
+    "/v1/jobs/{job_id}/report",
+    # Documented as the typed report (openapi/report.schema.json) but passed through as
+    # stored: the worker wrote it through that model, and an older report stays readable.
+    response_model=None,
+    responses={
+        200: {"model": Report, "description": "The evaluation report (report.json)"},
+        **ERRORS_401,
+        **ERRORS_404,
+        **ERRORS_409,
+    },
+)
 async def get_report(
     job_id: uuid.UUID, db: DbDep, tenant_id: TenantDep, store: StoreDep
 ) -> dict[str, Any]:

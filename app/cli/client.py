@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ class CliError(RuntimeError):
 # What to do about an answer, by status; the API's own `detail` comes first.
 HINTS = {
     401: "pass a valid key with --api-key or SQUASH_API_KEY (`squash keys create` issues one)",
-    403: "this key may not do that",
+    403: "this deployment's policy refuses it (a source outside the operator's allow-list, a "
+    "webhook host that is not public): use an allowed one, or ask an operator",
     404: "check the id: jobs are visible only to the tenant whose key created them",
     413: "the request is over the API's size limit",
 }
@@ -53,6 +55,20 @@ class ApiUnreachable(CliError):
             "Is it running? `squash embedded` starts one on this machine; "
             "--url or SQUASH_URL points at another."
         )
+
+
+def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, str]]:
+    """Server-Sent Events as the EventSource algorithm splits them: fields up to a blank line;
+    `:` lines are comments (keep-alives)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
 
 
 class SquashClient:
@@ -111,6 +127,38 @@ class SquashClient:
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         params = {"limit": 500, "after": after}
         return self._call("GET", f"/v1/jobs/{job_id}/events", params=params)
+
+    def stream_events(
+        self, job_id: str, after: int = 0, retries: int = 5
+    ) -> Iterator[dict[str, Any]]:
+        """The job's events from `after` on, live, until it ends (GET …/stream, Server-Sent
+        Events). A dropped connection is resumed with Last-Event-ID: nothing lost or repeated."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/stream",
+                    headers=headers,
+                    timeout=httpx.Timeout(30.0, read=60.0),  # the server beats every 15 s
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ApiError(response)
+                    for message in sse_messages(response.iter_lines()):
+                        failures = 0
+                        if message.get("event") == "end":
+                            return
+                        if message.get("event") == "job_event":
+                            event: dict[str, Any] = json.loads(message["data"])
+                            after = event["id"]
+                            yield event
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > retries:
+                    raise ApiUnreachable(str(self.http.base_url), exc) from exc
+                time.sleep(min(2.0**failures, 10.0))
 
     def compare(self, job_ids: list[str]) -> dict[str, Any]:
         return self._call("GET", "/v1/compare", params={"jobs": ",".join(job_ids)})

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import yaml
 
-from app.cli.client import TERMINAL, CliError, SquashClient
+from app.cli.client import CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
 from app.cli.output import (
     echo_events,
@@ -314,18 +314,15 @@ def list_jobs(states: tuple[str, ...], limit: int, url: str, api_key: str) -> No
 def events(job_id: str, follow: bool, url: str, api_key: str) -> None:
     """A job's history: state changes, warnings, stage timings."""
     client, after = SquashClient(url, api_key), 0
+    if follow:  # live, over the job's event stream (resumes itself if the connection drops)
+        for event in client.stream_events(job_id):
+            after = echo_events([event], after)
+        return
     while True:
         page = client.events(job_id, after=after)
         after = echo_events(page["items"], after)
-        if page.get("next_after"):
-            continue  # more than a page is already there
-        if not follow:
+        if not page.get("next_after"):
             return
-        if client.get(job_id)["state"] in TERMINAL:
-            # Events written with the final state land before it: one last read.
-            echo_events(client.events(job_id, after=after)["items"], after)
-            return
-        time.sleep(1.0)
 
 
 @cli.command()

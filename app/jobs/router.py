@@ -4,6 +4,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
@@ -11,6 +12,7 @@ from app.artifacts.retention import drop_attempts
 from app.deps import DbDep, SettingsDep, SubmitLimitDep, TenantDep
 from app.errors import (
     ERRORS_401,
+    ERRORS_403,
     ERRORS_404,
     ERRORS_422,
     PROBLEM_RESPONSE,
@@ -20,6 +22,7 @@ from app.jobs import service
 from app.jobs.dispatch import enqueue
 from app.jobs.schemas import LABEL_KEY_RE, EventPage, JobCreate, JobPage, JobRead
 from app.jobs.state import JobState
+from app.jobs.stream import job_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # key=value: the key as labels are written (LABEL_KEY_RE), a value without NUL (Postgres text
@@ -33,7 +36,7 @@ LabelFilter = Annotated[
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
-    responses={**ERRORS_401, **ERRORS_422},
+    responses={**ERRORS_401, **ERRORS_403, **ERRORS_422},
 )
 async def submit_job(
     body: JobCreate,
@@ -71,7 +74,13 @@ async def list_jobs(
     tenant_id: TenantDep,
     state: Annotated[list[JobState], Query()] = [],  # noqa: B006 - FastAPI copies defaults
     label: Annotated[list[LabelFilter], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=service.CURSOR_PATTERN,
+            description="The `next_cursor` of the page before (a position: newest first)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:
     def work(session: Session) -> JobPage:
@@ -147,3 +156,51 @@ async def list_events(
         return EventPage(items=[service.event_to_read(e) for e in events], next_after=next_after)
 
     return await db.run(work)
+
+
+STREAM_ANSWER = {
+    "description": "Server-Sent Events until the job ends: `job_event` messages (data: an "
+    "EventRead; id: the event id, so `Last-Event-ID` resumes after it), `progress` messages "
+    "(state, stage, progress, progress_detail; no id), then one `end`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+@router.get(
+    "/{job_id}/stream",
+    response_class=StreamingResponse,
+    responses={200: STREAM_ANSWER, **ERRORS_401, **ERRORS_404},
+)
+async def stream_events(
+    job_id: uuid.UUID,
+    request: Request,
+    db: DbDep,
+    tenant_id: TenantDep,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Start after this event id (0: all)")
+    ] = 0,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=2**63 - 1,
+            description="Sent by a reconnecting EventSource; wins over `after`",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """The job's events and progress, live (the polling alternative: GET …/events)."""
+    # A missing job is a 404 now, not an empty stream.
+    await db.run(lambda session: service.get_job(session, tenant_id=tenant_id, job_id=job_id))
+    return StreamingResponse(
+        job_stream(
+            db,
+            tenant_id=tenant_id,
+            job_id=job_id,
+            after=after if last_event_id is None else last_event_id,
+            disconnected=request.is_disconnected,
+        ),
+        media_type="text/event-stream",
+        # No caching, and no buffering by a proxy (nginx honours X-Accel-Buffering).
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -5,18 +5,22 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.jobs.state import JobState
+from app.json_paths import integral_floats_as_ints
 from app.recipes import StageIn
+from app.reports.schema import JobSummary
+from app.schema_types import DocumentedAs
 from app.sources import BuiltinDataset, DatasetSource, ModelSource, S3Uri
 
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 # Built-in lm-evaluation-harness tasks whose data ships in the worker package.
 BUILTIN_TASKS = ("squash_python_docs_mc", "squash_python_docs_cloze")
 FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+WEBHOOK_URL_PATTERN = r"^https://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,4})?([/?#][^\x00-\x20\x7f]*)?$"
 
 DEFAULT_PROMPTS = [
     "The Python programming language is",
@@ -26,7 +30,9 @@ DEFAULT_PROMPTS = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON true is not the number 1, nor "5" the number 5 (the document says
+    # integer; pydantic's lax mode would take both).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CalibrationSpec(_Strict):
@@ -37,6 +43,22 @@ class CalibrationSpec(_Strict):
 
 class TaskSpec(_Strict):
     """A zero-shot task run through lm-evaluation-harness."""
+
+    # _data_and_type, declared: a task with `data` has a `type` and a name of its own; one
+    # without has none.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"data": {"type": "string"}}, "required": ["data"]},
+            "then": {
+                "properties": {
+                    "type": {"type": "string"},
+                    "name": {"not": {"enum": list(BUILTIN_TASKS)}},
+                },
+                "required": ["type"],
+            },
+            "else": {"properties": {"type": {"type": "null"}}},
+        }
+    )
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -138,6 +160,16 @@ class OutputSpec(_Strict):
 
 
 class JobCreate(_Strict):
+    # What `kind` implies for `recipe` (checked in service.checked_stages), declared so
+    # a body valid under the document is one the server accepts.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"kind": {"const": "evaluate"}}, "required": ["kind"]},
+            "then": {"properties": {"recipe": {"maxItems": 0}}},
+            "else": {"properties": {"recipe": {"minItems": 1}}, "required": ["recipe"]},
+        }
+    )
+
     kind: Literal["compress", "evaluate"] = Field(
         default="compress",
         description="evaluate: measure `model` as it is (no recipe, no model artifact, only "
@@ -152,15 +184,30 @@ class JobCreate(_Strict):
         default=None, description="Which worker pool runs it; null = the server's default"
     )
     priority: int = Field(default=5, ge=0, le=9, description="9 is served first")
-    labels: dict[str, str] = Field(default_factory=dict, max_length=20)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        json_schema_extra={
+            "propertyNames": {"pattern": LABEL_KEY_RE.pattern},
+            "additionalProperties": {"type": "string", "maxLength": 255},
+        },
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     webhook_url: str | None = Field(
         default=None,
         max_length=2048,
+        # The form app/webhooks/urls.py accepts; whether the host is public is checked at
+        # submission (403 webhook_not_allowed) and again before each delivery.
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
         description="Every state change is POSTed here as JSON, signed with your tenant's "
         "webhook secret (GET /v1/webhooks/secret). https and a public address only.",
         examples=["https://hooks.example.com/squash"],
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data: Any) -> Any:
+        return integral_floats_as_ints(data)
 
     @field_validator("labels")
     @classmethod
@@ -217,8 +264,14 @@ class JobRead(BaseModel):
     )
     priority: int
     labels: dict[str, str]
-    model: dict[str, Any]
-    recipe: list[dict[str, Any]]
+    # Stored JSON the API validated on submission (and the worker filled through typed
+    # models): documented precisely, not parsed again on every status read.
+    model: Annotated[dict[str, Any], DocumentedAs(ModelSource)]
+    recipe: Annotated[
+        list[dict[str, Any]],
+        DocumentedAs(list[StageIn]),
+        Field(description="The stages with every default filled in"),
+    ]
     stage: str | None
     progress: float = Field(description="0-100")
     progress_detail: dict[str, Any] | None = Field(
@@ -231,7 +284,11 @@ class JobRead(BaseModel):
     attempts: int
     max_attempts: int
     error: JobError | None
-    metrics: dict[str, Any] | None
+    metrics: Annotated[
+        dict[str, Any] | None,
+        DocumentedAs(JobSummary | None),
+        Field(description="The job's headline figures once it succeeded (the report has all)"),
+    ]
     webhook_url: str | None = None
     created_at: datetime
     updated_at: datetime

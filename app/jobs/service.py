@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests
 from app.jobs import repository
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead, JobSpec
@@ -25,7 +25,7 @@ from app.recipes import BUILTIN_SHAPES, Stage, validate_recipe
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
 from app.status_pool import StatusPool
-from app.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
+from app.webhooks.urls import RefusedDestination, UnsafeWebhookUrl, check_webhook_url
 
 
 def request_hash(body: JobCreate) -> str:
@@ -104,6 +104,10 @@ def check_body(body: JobCreate, *, tenant_id: uuid.UUID, settings: Settings) -> 
     if body.webhook_url is not None:
         try:
             check_webhook_url(body.webhook_url, allowed_hosts=settings.webhook_allowed_hosts)
+        except RefusedDestination as error:
+            raise Forbidden(
+                f"webhook_url {error}", code="webhook_not_allowed", field="webhook_url"
+            ) from None
         except UnsafeWebhookUrl as error:
             raise InvalidInput(
                 f"webhook_url {error}", code="invalid_webhook_url", field="webhook_url"
@@ -163,18 +167,27 @@ async def read_job_pg(
     return row_to_read(row) if row else None
 
 
+# A page position: the last job's creation time (microseconds since the epoch) and id. Every
+# string CURSOR_PATTERN matches decodes (the OpenAPI document declares the pattern, so a request
+# valid under the schema is never refused); a forged cursor is only a position, and the tenant
+# filter still applies.
+CURSOR_PATTERN = r"^[0-9]{1,18}-[0-9a-f]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{job.id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("malformed cursor", field="cursor") from exc
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise InvalidInput("malformed cursor: pass a page's next_cursor", field="cursor")
+    micros, job_id = cursor.split("-")
+    latest = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+    created = _EPOCH + timedelta(microseconds=min(int(micros), latest))
+    return created, uuid.UUID(hex=job_id)
 
 
 def parse_label_filters(raw: list[str]) -> dict[str, str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.errors import InvalidInput
 from app.recipes.common import MethodParams
@@ -42,6 +44,7 @@ from app.recipes.quantization import (
 )
 from app.recipes.rotation import RotateParams
 from app.recipes.shapes import ModelShape, group_size_errors
+from app.schema_types import expected_choices
 
 MAX_STAGES = 16
 
@@ -167,16 +170,23 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-METHOD_NAMES: list[JsonValue] = [*sorted(METHODS)]
-
-
 class StageIn(BaseModel):
     """One recipe stage as submitted. `params` is checked against the method's own model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    method: str = Field(json_schema_extra={"enum": METHOD_NAMES})
+    method: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Documented as the per-method union (app/recipes/stage_union.py), imported here
+        # because it is built from METHODS.
+        from app.recipes.stage_union import typed_stage
+
+        return handler(typed_stage().core_schema)
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,7 @@ def validate_recipe(
                 loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
                 entry: dict[str, Any] = {"field": f"{where}.params{loc}", "message": err["msg"]}
                 if "expected" in (err.get("ctx") or {}):
-                    entry["choices"] = err["ctx"]["expected"]
+                    entry["choices"] = expected_choices(err["ctx"]["expected"])
                 errors.append(entry)
             continue
         validated.append((index, Stage(stage.method, params)))

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 from app.recipes.cost import StageCost
 
 
 class MethodParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def cost(self) -> StageCost:
         """The stage's work beyond holding the model (default: none, e.g. RTN, magnitude)."""
@@ -28,9 +36,20 @@ def check_patterns(patterns: list[str]) -> list[str]:
     return patterns
 
 
-def check_power_of_two(group_size: int | None) -> None:
-    if group_size is not None and group_size & (group_size - 1):
+def check_power_of_two(group_size: int) -> int:
+    if group_size & (group_size - 1):
         raise ValueError("group_size must be a power of two (e.g. 32, 64, 128)")
+    return group_size
+
+
+# Weights per scale: a power of two from 8 to 4096. The document lists the values (JSON Schema
+# has no "power of two"), so a client never builds a group size the server refuses.
+GroupSize = Annotated[
+    int,
+    Field(ge=8, le=4096),
+    AfterValidator(check_power_of_two),
+    WithJsonSchema({"type": "integer", "enum": [2**k for k in range(3, 13)]}),
+]
 
 
 class LayerTargets(MethodParams):

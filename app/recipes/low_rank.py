@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from app.recipes.common import LayerTargets
 from app.recipes.cost import StageCost
@@ -22,6 +22,16 @@ class LowRankParams(LayerTargets):
     Plain transformers cannot load the result (the config has no factored layers): load it
     with `squash.load_pretrained(path)`.
     """
+
+    # Exactly one budget (checked in _one_budget), declared for clients: a number in one of
+    # them and null or absent in the other.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"param_ratio": {"type": "number"}}, "required": ["param_ratio"]},
+            "then": {"properties": {"rank_ratio": {"type": "null"}}},
+            "else": {"properties": {"rank_ratio": {"type": "number"}}, "required": ["rank_ratio"]},
+        }
+    )
 
     param_ratio: float | None = Field(
         default=None, gt=0, lt=1, description="Fraction of each layer's parameters kept"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,7 +37,7 @@ class SparsityParams(LayerTargets):
         "(`2:4` is the pattern NVIDIA sparse tensor cores run). M must divide every targeted "
         "layer's input size",
     )
-    layer_sparsity: list[float] | None = Field(
+    layer_sparsity: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
         default=None,
         min_length=1,
         max_length=1024,
@@ -66,9 +66,6 @@ class SparsityParams(LayerTargets):
                 )
             if self.layer_sparsity is not None:
                 raise ValueError("layer_sparsity needs an unstructured mask")
-        for value in self.layer_sparsity or []:
-            if not 0 < value < 1:
-                raise ValueError("every layer_sparsity value must lie in (0, 1)")
         return self
 
     @property

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from app.recipes.common import LayerTargets, MethodParams, check_patterns, check_power_of_two
+from app.recipes.common import GroupSize, LayerTargets, MethodParams, check_patterns
 from app.recipes.cost import StageCost
 
 IntBits = Literal[2, 3, 4, 8]
@@ -29,7 +29,7 @@ class LayerOverride(MethodParams):
         min_length=1, max_length=64, description="Layer names or `re:` name patterns"
     )
     bits: IntBits = Field(description="Bits per weight for these layers")
-    group_size: int | Literal["channel"] | None = Field(
+    group_size: GroupSize | Literal["channel"] | None = Field(
         default=None,
         description="Weights per scale; `channel` = one scale per output channel; "
         "null = the stage's group_size",
@@ -41,14 +41,6 @@ class LayerOverride(MethodParams):
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         return check_patterns(patterns)
 
-    @model_validator(mode="after")
-    def _group_is_power_of_two(self) -> LayerOverride:
-        if isinstance(self.group_size, int):
-            if not 8 <= self.group_size <= 4096:
-                raise ValueError("group_size must be between 8 and 4096")
-            check_power_of_two(self.group_size)
-        return self
-
 
 class WeightQuantParams(LayerTargets):
     """Integer weight-only quantization settings shared by RTN, GPTQ and AWQ."""
@@ -58,10 +50,8 @@ class WeightQuantParams(LayerTargets):
         description="Bits per weight. 2 and 3 bits are stored densely packed (3 bits per weight "
         "on disk, plus scales)",
     )
-    group_size: int | None = Field(
+    group_size: GroupSize | None = Field(
         default=None,
-        ge=8,
-        le=4096,
         description="Weights per scale along the input dimension; null = one scale per "
         "output channel. Must divide every quantized layer's input size.",
     )
@@ -77,11 +67,6 @@ class WeightQuantParams(LayerTargets):
         "with the least rounding error), `imatrix` (that error weighted by each input "
         "channel's activation energy on the calibration data). Same stored format.",
     )
-
-    @model_validator(mode="after")
-    def _group_is_power_of_two(self) -> WeightQuantParams:
-        check_power_of_two(self.group_size)
-        return self
 
 
 class RtnParams(WeightQuantParams):
@@ -132,7 +117,7 @@ class AutoRoundParams(WeightQuantParams):
     """
 
     bits: IntBits = Field(default=4, description="Bits per weight")
-    group_size: int | None = Field(default=128, ge=8, le=4096, description="Weights per scale")
+    group_size: GroupSize | None = Field(default=128, description="Weights per scale")
     iters: int = Field(default=200, ge=1, le=2000, description="Tuning steps per decoder layer")
     batch_size: int = Field(default=8, ge=1, le=256, description="Samples per tuning step")
     lr: float | None = Field(
@@ -161,7 +146,7 @@ class AwqParams(WeightQuantParams):
     """
 
     bits: IntBits = Field(default=4, description="Bits per weight")
-    group_size: int | None = Field(default=128, ge=8, le=4096, description="Weights per scale")
+    group_size: GroupSize | None = Field(default=128, description="Weights per scale")
     symmetric: bool = Field(default=False, description="Symmetric or asymmetric (default)")
     duo_scaling: bool = Field(
         default=True, description="Use weight magnitudes as well as activations for the scales"
@@ -224,10 +209,8 @@ class TernaryParams(LayerTargets):
     instead of independently (same scales, same format): a far better start for that training.
     """
 
-    group_size: int | None = Field(
+    group_size: GroupSize | None = Field(
         default=None,
-        ge=8,
-        le=4096,
         description="Weights per scale along the input dimension; null = per output channel",
     )
     solver: Literal["round", "gptq"] = Field(
@@ -243,8 +226,3 @@ class TernaryParams(LayerTargets):
         if self.solver == "gptq":
             return StageCost(calibration_passes=2.0, hessians=True)
         return StageCost()
-
-    @model_validator(mode="after")
-    def _group_is_power_of_two(self) -> TernaryParams:
-        check_power_of_two(self.group_size)
-        return self

@@ -47,7 +47,10 @@ class RotateParams(MethodParams):
     """
 
     rotations: list[Literal["R1", "R2"]] = Field(
-        default=["R1", "R2"], min_length=1, description="Which fused rotations to apply"
+        default=["R1", "R2"],
+        min_length=1,
+        description="Which fused rotations to apply",
+        json_schema_extra={"uniqueItems": True},
     )
     transform_type: TransformType = Field(
         default="random-hadamard",

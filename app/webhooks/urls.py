@@ -22,6 +22,10 @@ class UnsafeWebhookUrl(ValueError):
     pass
 
 
+class RefusedDestination(UnsafeWebhookUrl):
+    """A well-formed URL whose host does not resolve or is not a public address."""
+
+
 def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     try:
         return [ipaddress.ip_address(host)]
@@ -30,7 +34,7 @@ def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.I
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
-        raise UnsafeWebhookUrl(f"host {host!r} does not resolve ({error})") from None
+        raise RefusedDestination(f"host {host!r} does not resolve ({error})") from None
     # sockaddr[0] is the address text (an IPv6 one may end in %scope).
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
@@ -91,5 +95,5 @@ def _checked_address(
     addresses = _addresses(host, port)
     for address in addresses:
         if not _public(address):
-            raise UnsafeWebhookUrl(f"{host} resolves to {address}, which is not a public address")
+            raise RefusedDestination(f"{host} resolves to {address}, which is not a public address")
     return addresses[0]

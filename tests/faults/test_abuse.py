@@ -203,7 +203,7 @@ def test_abuse_is_refused_and_nothing_executes(
     refused_at_submission(
         "trust_remote_code on a repo nobody allow-listed",
         tiny_job(model={"kind": "huggingface", "repo_id": "evil/model", "trust_remote_code": True}),
-        422,
+        403,
         "source_not_allowed",
     )
     # A pickle beside safetensors: the job runs, on the safetensors only.
@@ -232,33 +232,44 @@ def test_abuse_is_refused_and_nothing_executes(
         ("s3 URI that is http", {"kind": "s3", "uri": "http://169.254.169.254/latest"}),
     ]:
         refused_at_submission(case, tiny_job(model=model), 422, "invalid_input")
+    refused_at_submission(
+        "dataset: s3 traversal out of an allowed prefix",
+        tiny_job(evaluation={"dataset": {"kind": "s3", "uri": f"s3://{BUCKET}/models/../x"}}),
+        422,
+        "invalid_input",  # a '..' segment is not a well-formed source URI
+    )
     for case, uri in [
         ("s3 bucket named like the metadata IP", "s3://169.254.169.254/latest/meta-data"),
         ("s3 bucket not allow-listed", "s3://someone-elses-bucket/model"),
         ("s3 artifact store (other jobs' outputs)", f"s3://{BUCKET}/artifacts/anything"),
-        ("s3 traversal out of an allowed prefix", f"s3://{BUCKET}/models/../artifacts/x"),
         ("s3 another tenant's folder", f"s3://{BUCKET}/tenants/{tenant_a_id}/data/a.txt"),
     ]:
         refused_at_submission(
             f"dataset: {case}",
             tiny_job(evaluation={"dataset": {"kind": "s3", "uri": uri}}),
-            422,
+            403,
             "source_not_allowed",
         )
     refused_at_submission(
         "model: s3 artifact store",
         tiny_job(model={"kind": "s3", "uri": f"s3://{BUCKET}/artifacts"}),
-        422,
+        403,
         "source_not_allowed",
     )
+    refused_at_submission(
+        "webhook to the metadata service over http",
+        tiny_job(webhook_url="http://169.254.169.254/latest"),
+        422,
+        "invalid_webhook_url",
+    )
     for case, url in [
-        ("webhook to the metadata service", "http://169.254.169.254/latest"),
+        ("webhook to the metadata service", "https://169.254.169.254/latest"),
         ("webhook to loopback over https", "https://127.0.0.2/hook"),
         ("webhook to IPv6 loopback", "https://[::1]/hook"),
         ("webhook to a private network", "https://10.0.0.7/hook"),
         ("webhook to a link-local v6 address", "https://[fe80::1]/hook"),
     ]:
-        refused_at_submission(case, tiny_job(webhook_url=url), 422, "invalid_webhook_url")
+        refused_at_submission(case, tiny_job(webhook_url=url), 403, "webhook_not_allowed")
     # Redirects: an allowed receiver answering 302 elsewhere is a failed delivery, not followed.
     parked = api.post(
         "/v1/jobs",

@@ -132,7 +132,7 @@ def test_unknown_method_names_field_and_choices(api: TestClient, tenant_a: dict)
     ("params", "field"),
     [
         ({"bits": 5}, "recipe[0].params.bits"),
-        ({"group_size": 48}, "recipe[0].params"),
+        ({"group_size": 48}, "recipe[0].params.group_size"),  # not a power of two
         ({"group_size": 4}, "recipe[0].params.group_size"),
         ({"colour": "red"}, "recipe[0].params.colour"),
     ],
@@ -150,7 +150,7 @@ def test_bad_parameter_is_422_naming_it(
 
 def test_bits_error_lists_valid_choices(api: TestClient, tenant_a: dict) -> None:
     problem = submit(api, tenant_a, tiny_job(recipe=[{"method": "rtn", "params": {"bits": 5}}]))
-    assert problem.json()["errors"][0]["choices"] == "2, 3, 4 or 8"
+    assert problem.json()["errors"][0]["choices"] == [2, 3, 4, 8]
 
 
 @pytest.mark.parametrize(
@@ -168,24 +168,120 @@ def test_bad_model_source_is_422(api: TestClient, tenant_a: dict, model: dict, f
     assert problem["errors"][0]["field"] == field
 
 
-def test_empty_recipe_and_malformed_json(api: TestClient, tenant_a: dict) -> None:
-    assert_problem(submit(api, tenant_a, tiny_job(recipe=[])), 422, "invalid_recipe")
-    response = api.post(
-        "/v1/jobs", content=b"{not json", headers={**tenant_a, "content-type": "application/json"}
+BUILTIN = {"kind": "builtin", "name": "smollm2-135m-instruct"}
+JSON = {"content-type": "application/json"}
+# The careless inputs a new user sends, each with its documented answer and the words that name
+# the fix: (case, request, status, code, fix).
+CARELESS_INPUTS = [
+    (
+        "malformed JSON",
+        {"content": b"{not json", "headers": JSON},
+        400,
+        "invalid_json",
+        "not valid JSON",
+    ),
+    (
+        "bytes that are not text",
+        {"content": b"\xff\xfe\x00", "headers": JSON},
+        400,
+        "invalid_json",
+        "Content-Type: application/json",
+    ),
+    (
+        "JSON without a Content-Type",
+        {"content": json.dumps(tiny_job()).encode()},
+        400,
+        "invalid_json",
+        "got no Content-Type",
+    ),
+    ("a number as a string", {"json": tiny_job(priority="5")}, 422, "invalid_input", "priority"),
+    (
+        "a compress job without a recipe",
+        {"json": tiny_job(recipe=[])},
+        422,
+        "invalid_recipe",
+        "needs at least one stage",
+    ),
+    (
+        "an unknown method",
+        {"json": tiny_job(recipe=[{"method": "gptqq"}])},
+        422,
+        "invalid_recipe",
+        "unknown method",
+    ),
+    (
+        "a group size of 128 on the built-in model",
+        {
+            "json": tiny_job(
+                model=BUILTIN, recipe=[{"method": "rtn", "params": {"group_size": 128}}]
+            )
+        },
+        422,
+        "invalid_recipe",
+        "use 64",
+    ),
+    (
+        "AWQ's default group size on the built-in model",
+        {"json": tiny_job(model=BUILTIN, recipe=[{"method": "awq"}])},
+        422,
+        "invalid_recipe",
+        "use 64",
+    ),
+    (
+        "an S3 source outside the allow-list",
+        {"json": tiny_job(model={"kind": "s3", "uri": "s3://elsewhere/model"})},
+        403,
+        "source_not_allowed",
+        "allow-listed",
+    ),
+    (
+        "a webhook to a private address",
+        {"json": tiny_job(webhook_url="https://10.0.0.7/h")},
+        403,
+        "webhook_not_allowed",
+        "not a public address",
+    ),
+    (
+        "a plain-http webhook",
+        {"json": tiny_job(webhook_url="http://hooks.example.com/h")},
+        422,
+        "invalid_webhook_url",
+        "https",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "code", "fix"),
+    CARELESS_INPUTS,
+    ids=[row[0] for row in CARELESS_INPUTS],
+)
+def test_careless_inputs_get_their_documented_answer(
+    api: TestClient,
+    tenant_a: dict,
+    case: str,
+    request_kwargs: dict[str, Any],
+    status: int,
+    code: str,
+    fix: str,
+) -> None:
+    before = api.get("/v1/jobs", headers=tenant_a).json()["items"]
+    headers = {**tenant_a, **request_kwargs.pop("headers", {})}
+    problem = assert_problem(api.post("/v1/jobs", headers=headers, **request_kwargs), status, code)
+    assert fix in problem["detail"], (case, problem)
+    assert problem.get("errors"), case  # the field is named
+    assert api.get("/v1/jobs", headers=tenant_a).json()["items"] == before  # nothing created
+
+
+def test_careless_reads_name_the_fix(api: TestClient, tenant_a: dict) -> None:
+    cursor = assert_problem(api.get("/v1/jobs?cursor=zzz", headers=tenant_a), 422, "invalid_input")
+    assert cursor["errors"][0]["field"] == "cursor"
+    compare = assert_problem(
+        api.get("/v1/compare?jobs=abc", headers=tenant_a), 422, "invalid_input"
     )
-    problem = assert_problem(response, 422, "invalid_json")
-    assert "not valid JSON" in problem["detail"] and "at character 1" in problem["detail"]
-    assert problem["errors"] == [{"field": "body", "message": problem["detail"]}]
-    # Bytes that are not even text, and JSON sent without saying so: the same advice.
-    binary = api.post(
-        "/v1/jobs",
-        content=b"\xff\xfe\x00",
-        headers={**tenant_a, "content-type": "application/json"},
-    )
-    assert "Content-Type: application/json" in assert_problem(binary, 400, "invalid_json")["detail"]
-    unlabelled = api.post("/v1/jobs", content=json.dumps(tiny_job()).encode(), headers=tenant_a)
-    detail = assert_problem(unlabelled, 422, "invalid_json")["detail"]
-    assert "Content-Type: application/json" in detail and "got no Content-Type" in detail
+    assert "is not a list of job ids: give job ids (UUIDs)" in compare["detail"]
+    missing = assert_problem(api.get("/v1/jobs"), 401, "unauthorized")
+    assert "Authorization: Bearer" in missing["detail"]
 
 
 def test_idempotency_key_replays_and_refuses_other_body(

@@ -20,8 +20,37 @@ def test_openapi_documents_problem_responses_and_methods() -> None:
     submit = doc["paths"]["/v1/jobs"]["post"]
     assert {"202", "401", "422"} <= set(submit["responses"])
     assert "application/problem+json" in submit["responses"]["422"]["content"]
-    stage = doc["components"]["schemas"]["StageIn"]
-    assert stage["properties"]["method"]["enum"] == sorted(METHODS)
+    schemas = doc["components"]["schemas"]
+    # A stage is one schema per method, discriminated by `method`, each with its own params.
+    stage = schemas["StageIn"]
+    mapping = stage["discriminator"]["mapping"]
+    assert stage["discriminator"]["propertyName"] == "method" and set(mapping) == set(METHODS)
+    for method, ref in mapping.items():
+        member = schemas[ref.rsplit("/", 1)[-1]]
+        assert member["properties"]["method"]["const"] == method
+        params = member["properties"]["params"]["$ref"].rsplit("/", 1)[-1]
+        assert params == METHODS[method].params.__name__
+        assert member["additionalProperties"] is False
+    # Params whose defaults are not a valid setting must be given.
+    assert "params" in schemas["LowRankStage"]["required"]
+    assert "params" not in schemas["RtnStage"].get("required", [])
+    # The union tag is required wherever pydantic needs it to pick a member.
+    assert "kind" in schemas["S3Dataset"]["required"]
+    # Bearer auth is declared, and every job operation requires it.
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for operation in doc["paths"]["/v1/jobs/{job_id}"].values():
+        assert operation["security"] == [{"bearerAuth": []}]
+    # Typed answers: the job's model, recipe and summary, the report, and `choices` a list.
+    job = schemas["JobRead"]["properties"]
+    assert job["recipe"]["items"]["$ref"].endswith("/StageIn")
+    assert {"$ref": "#/components/schemas/CompressSummary"} in job["metrics"]["anyOf"]
+    report = doc["paths"]["/v1/jobs/{job_id}/report"]["get"]["responses"]["200"]
+    assert report["content"]["application/json"]["schema"]["$ref"].endswith("/Report")
+    choices = schemas["ProblemFieldError"]["properties"]["choices"]["anyOf"][0]
+    assert choices["type"] == "array"
+    # What the server enforces and JSON Schema can state is declared.
+    assert schemas["RtnParams"]["properties"]["group_size"]["anyOf"][0]["enum"][:3] == [8, 16, 32]
+    assert schemas["JobCreate"]["else"]["properties"]["recipe"]["minItems"] == 1
 
 
 def test_committed_report_schema_matches_the_report_models() -> None:

@@ -16,7 +16,7 @@ from huggingface_hub.errors import (
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import InvalidInput
+from app.errors import Forbidden
 from app.source_policy import check_s3_uri, check_sources, remote_code_allowed
 from app.sources import HuggingFaceModel, LocalModel, S3Model
 from workers.errors import JobFailure, TransientFailure
@@ -125,9 +125,10 @@ def test_s3_sources_must_lie_under_an_allowed_root_and_never_in_the_store() -> N
         "s3://artifacts-bucket/squash/job",
         "s3://artifacts-bucket",  # a parent of the store
     ):
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(Forbidden) as caught:
             check_s3_uri(uri, field="model.uri", tenant_id=tenant, settings=settings)
         assert caught.value.code == "source_not_allowed" and caught.value.field == "model.uri"
+        assert caught.value.status == 403  # policy, not a malformed request
 
 
 def test_every_s3_string_in_a_request_is_checked_but_labels_are_free_text() -> None:
@@ -137,7 +138,7 @@ def test_every_s3_string_in_a_request_is_checked_but_labels_are_free_text() -> N
         "labels": {"note": "s3://anything/goes"},
         "recipe": [{"method": "distill", "params": {"teacher": {"kind": "s3", "uri": "s3://x/y"}}}],
     }
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Forbidden) as caught:
         check_sources(body, tenant_id=uuid.uuid4(), settings=settings)
     assert caught.value.field == "recipe.0.params.teacher.uri"
 
@@ -150,7 +151,7 @@ def test_remote_code_needs_an_allow_listed_repo_pinned_to_that_commit() -> None:
     assert not remote_code_allowed("org/other", sha, settings)
     asks = {"kind": "huggingface", "repo_id": "org/model", "trust_remote_code": True}
     check_sources({"model": asks | {"revision": sha}}, tenant_id=uuid.uuid4(), settings=settings)
-    with pytest.raises(InvalidInput, match="not allow-listed"):
+    with pytest.raises(Forbidden, match="not allow-listed"):
         check_sources(
             {"model": asks | {"revision": "main"}}, tenant_id=uuid.uuid4(), settings=settings
         )
