@@ -192,6 +192,31 @@ def json_body_problem(request: Request, errors: Sequence[Any]) -> str | None:
     return None
 
 
+def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request FastAPI could not validate: 400 `invalid_json` when the body is not JSON at
+    all, else 422 `invalid_input` naming every field (with `choices` where it is one of a list)."""
+    not_json = json_body_problem(request, exc.errors())
+    if not_json:
+        return problem(
+            400,  # one status for any body that is not JSON (as for bytes that are not text)
+            "invalid_json",
+            not_json,
+            instance=request.url.path,
+            errors=[{"field": "body", "message": not_json}],
+        )
+    errors = []
+    for err in exc.errors():
+        entry = {"field": field_path(err["loc"]), "message": err["msg"], "type": err["type"]}
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            entry["expected"] = str(ctx["expected"])
+            if err["type"] in ("literal_error", "enum"):
+                entry["choices"] = expected_choices(ctx["expected"])
+        errors.append(entry)
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(422, "invalid_input", detail, instance=request.url.path, errors=errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -206,26 +231,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        not_json = json_body_problem(request, exc.errors())
-        if not_json:
-            return problem(
-                400,  # one status for any body that is not JSON (as for bytes that are not text)
-                "invalid_json",
-                not_json,
-                instance=request.url.path,
-                errors=[{"field": "body", "message": not_json}],
-            )
-        errors = []
-        for err in exc.errors():
-            entry = {"field": field_path(err["loc"]), "message": err["msg"], "type": err["type"]}
-            ctx = err.get("ctx") or {}
-            if "expected" in ctx:
-                entry["expected"] = str(ctx["expected"])
-                if err["type"] in ("literal_error", "enum"):
-                    entry["choices"] = expected_choices(ctx["expected"])
-            errors.append(entry)
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem(422, "invalid_input", detail, instance=request.url.path, errors=errors)
+        return validation_problem(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
