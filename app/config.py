@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # GET /metrics (app/metrics.py): open when unset (scraped from inside the cluster), else
     # only with `Authorization: Bearer <token>`.
     metrics_token: str | None = None
+    # A worker's own metrics (workers/metrics.py: phase durations, peak memory, jobs by outcome)
+    # on this port of the worker host, Prometheus text format; 0 = not served.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Job lifecycle. Worst case for a dead worker's job to be picked up again:
     # lease_ttl_s + reaper_interval_s (see README "Failure bounds").

@@ -9,8 +9,11 @@ from app.config import get_settings
 from app.db import get_engine, set_connection_budget
 from app.logging import configure_logging
 from app.queue import make_celery, pool_queues
+from workers.metrics import prepare as prepare_metrics
+from workers.metrics import serve as serve_metrics
 
 settings = get_settings()
+prepare_metrics(settings)  # before anything imports prometheus_client (workers/metrics.py)
 configure_logging(settings.log_level, settings.log_json)
 set_connection_budget(settings.db_connections_per_process)
 
@@ -41,6 +44,7 @@ def sweep_scratch_on_start(**_: object) -> None:
     (workers/scratch.py), without waiting for its first job."""
     from workers.scratch import sweep_quietly
 
+    serve_metrics(settings)
     try:
         sweep_quietly(settings)
     finally:

@@ -16,6 +16,7 @@ from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import JobState
 from workers import faults
+from workers import metrics as worker_metrics
 from workers.errors import JobCancelled, LeaseLost
 from workers.memory import PhaseMemory
 
@@ -184,5 +185,8 @@ class _Timer:
         self.start = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.ctx.timings[self.name] = round(time.perf_counter() - self.start, 3)
+        seconds = time.perf_counter() - self.start
+        self.ctx.timings[self.name] = round(seconds, 3)
         self.stack.close()
+        memory = self.ctx.memory.phases.get(self.name) if self.ctx.memory is not None else None
+        worker_metrics.phase_done(self.name, seconds, memory)

@@ -20,6 +20,7 @@ from app.jobs import repository
 from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
 from workers import faults
+from workers import metrics as worker_metrics
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
 from workers.scratch import scratch_dir, sweep_quietly
@@ -129,6 +130,7 @@ def _finish(
         if moved and artifacts:
             artifact_repository.insert_artifacts(session, ctx.job_id, artifacts)
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
+    worker_metrics.job_done(target.value if moved else "superseded")
     if not moved:
         # Another attempt owns the job (this one was presumed dead): its files are not ours.
         drop_attempt(settings, ctx.job_id, ctx.generation)
@@ -168,5 +170,6 @@ def _retry_or_fail(
         )
         job = repository.get_job(session, ctx.job_id)
     if moved and job is not None:
+        worker_metrics.job_done("retried")
         with session_scope(settings.database_url) as session:
             enqueue(session, settings, job.id, queue=job.queue, priority=job.priority)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from app.auth import service as auth_service
 from app.config import Settings
 from app.db import session_scope
 from app.jobs.models import Job
 from app.main import create_app
-from tests.support.jobs import tiny_job
+from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.services import WorkerProcess, free_port, private_stack_settings
+from tests.support.stack import fast_job
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +80,43 @@ def test_a_metrics_token_guards_the_endpoint(settings: Settings) -> None:
         refused = client.get("/metrics")
         assert refused.status_code == 401
         assert "squash_jobs" in scrape(client, authorization="Bearer scrape-me")
+
+
+def test_a_worker_serves_the_phases_and_memory_of_the_jobs_it_ran(
+    settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A worker's own /metrics (WORKER_METRICS_PORT): each job runs in a forked process, and the
+    main process serves what every finished one recorded (prometheus-client multiprocess)."""
+    port = free_port()
+    overrides = {
+        name: getattr(settings, name)
+        for name in ("object_store_url", "s3_endpoint_url", "model_dirs", "hf_offline")
+    }
+    with private_stack_settings(
+        "workermetrics", **overrides, work_dir=tmp_path / "work", worker_metrics_port=port
+    ) as private:
+        with session_scope(private.database_url) as session:
+            key = auth_service.create_key(session, tenant_name="metrics").secret
+        worker = WorkerProcess(private, tmp_path / "worker.log", queues="cpu")
+        try:
+            with TestClient(create_app(private)) as api:
+                job = api.post(
+                    "/v1/jobs", json=fast_job(), headers={"Authorization": f"Bearer {key}"}
+                ).json()
+                headers = {"Authorization": f"Bearer {key}"}
+                done = wait_for_state(api, headers, job["id"], worker=worker)
+                assert done["state"] == "succeeded", (done["error"], worker.tail())
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        finally:
+            worker.stop()
+    families = {
+        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        for family in text_string_to_metric_families(text)
+    }
+    assert families["squash_worker_jobs"][(("outcome", "succeeded"),)] == 1
+    phases = families["squash_worker_phase_seconds"]
+    assert phases[(("le", "+Inf"), ("method", "rtn"), ("phase", "stage"))] == 1
+    assert any(dict(k).get("phase") == "evaluate_compressed" for k in phases), phases
+    peaks = families["squash_worker_phase_peak_memory_bytes"]
+    counted = {dict(k)["phase"]: v for k, v in peaks.items() if dict(k).get("le") == "+Inf"}
+    assert counted and all(v == 1 for v in counted.values()), peaks

@@ -90,3 +90,23 @@ def test_api_package_does_not_import_torch_or_workers() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_and_flower_watches_the_broker() -> None:
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    workers = [name for name in SQUASH_SERVICES if name.startswith("worker")]
+    for name in workers:
+        port = SERVICES[name]["environment"]["WORKER_METRICS_PORT"]
+        assert f"{name}:{port}" in targets
+    api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
+    assert f"api:{api_port}" in targets
+    mount = SERVICES["prometheus"]["volumes"][0].split(":")
+    assert (ROOT / mount[0]).is_file() and mount[1] == "/etc/prometheus/prometheus.yml"
+    broker = SERVICES["api"]["environment"]["BROKER_URL"]
+    assert f"--broker={broker}" in SERVICES["flower"]["command"]

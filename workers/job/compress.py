@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from app.jobs.state import ErrorCode
+from workers import metrics as worker_metrics
 from workers.errors import JobFailure
 from workers.evaluation import layer_error
 from workers.evaluation.measure import (
@@ -156,6 +157,7 @@ def run_recipe(run: JobRun) -> RecipeOutcome:
     def on_stage_done(index: int, notes: dict[str, Any], current: torch.nn.Module) -> None:
         seconds = time.perf_counter() - started[index]
         ctx.timings[f"stage_{index}_{notes['method']}"] = round(seconds, 3)
+        worker_metrics.phase_done("stage", seconds, None, method=notes["method"])
         if per_stage and index < len(stages) - 1:
             notes["metrics_after"] = stage_metrics(run, current, index)
         ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
