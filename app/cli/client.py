@@ -124,6 +124,15 @@ class SquashClient:
     def report(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/report")
 
+    def report_page(self, job_id: str) -> bytes:
+        try:
+            response = self.http.get(f"/v1/jobs/{job_id}/report.html")
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(str(self.http.base_url), exc) from exc
+        if response.status_code >= 400:
+            raise ApiError(response)
+        return response.content
+
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         params = {"limit": 500, "after": after}
         return self._call("GET", f"/v1/jobs/{job_id}/events", params=params)

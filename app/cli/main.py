@@ -7,9 +7,7 @@ import os
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import yaml
 
 from app.cli.client import CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
+from app.cli.keys import EMBEDDED_DATA_DIR, keys
 from app.cli.output import (
     echo_events,
     human_bytes,
@@ -127,85 +126,8 @@ def demo(data_dir: Path, port: int) -> None:
         stack.stop()
 
 
-# -- keys (operator commands: they write the database directly) ---------------------------------
-EMBEDDED_DATA_DIR = Path(".squash")
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="An embedded stack's folder [default: DATABASE_URL if set, else ./.squash if it holds "
-    "a stack, else the configured Postgres]",
-)
-
-
-@contextmanager
-def _keys_session(data_dir: Path | None) -> Iterator[Any]:
-    """A session on the database that holds the keys: the embedded stack's SQLite file when
-    asked for (or when DATABASE_URL is unset and ./.squash holds one), else DATABASE_URL.
-    A database that cannot be reached is one message, not a traceback."""
-    from sqlalchemy.exc import OperationalError
-
-    from app.config import get_settings
-    from app.db import session_scope
-
-    folder = data_dir
-    if folder is None and "DATABASE_URL" not in os.environ:
-        folder = EMBEDDED_DATA_DIR if (EMBEDDED_DATA_DIR / "squash.db").is_file() else None
-    if folder is not None and not (folder / "squash.db").is_file():
-        raise click.ClickException(f"no embedded stack in {folder} (no squash.db there)")
-    url = f"sqlite:///{(folder / 'squash.db').resolve()}" if folder else get_settings().database_url
-    try:
-        with session_scope(url) as session:
-            yield session
-    except OperationalError as exc:
-        where = url.split("@")[-1]
-        raise click.ClickException(
-            f"cannot reach the key database at {where} ({exc.orig}).\nSet DATABASE_URL, or "
-            "pass --data-dir for an embedded stack."
-        ) from None
-
-
-@cli.group()
-def keys() -> None:
-    """Create, list and revoke API keys (in the database the API uses)."""
-
-
-@keys.command("create")
-@click.option("--tenant", required=True)
-@click.option("--name", default="default")
-@data_dir_option
-def keys_create(tenant: str, name: str, data_dir: Path | None) -> None:
-    from app.auth import service
-
-    with _keys_session(data_dir) as session:
-        issued = service.create_key(session, tenant_name=tenant, name=name)
-    click.echo(
-        f"key id: {issued.id}\ntenant: {issued.tenant}\nsecret (shown once): {issued.secret}"
-    )
-
-
-@keys.command("revoke")
-@click.argument("key_id", type=click.UUID)
-@data_dir_option
-def keys_revoke(key_id: uuid.UUID, data_dir: Path | None) -> None:
-    from app.auth import service
-
-    with _keys_session(data_dir) as session:
-        revoked = service.revoke(session, key_id=key_id)
-    click.echo("revoked" if revoked else "no such active key")
-    if not revoked:
-        raise SystemExit(1)
-
-
-@keys.command("list")
-@data_dir_option
-def keys_list(data_dir: Path | None) -> None:
-    from app.auth import repository
-
-    with _keys_session(data_dir) as session:
-        for key, tenant in repository.list_keys(session):
-            state = "revoked" if key.revoked_at else "active"
-            click.echo(f"{key.id}  {tenant:20} {key.name:12} {key.prefix}…  {state}")
+# -- keys (operator commands: they write the database directly; app/cli/keys.py) ---------------
+cli.add_command(keys)
 
 
 # -- API client commands ------------------------------------------------------------------------
@@ -286,11 +208,32 @@ def artifacts(job_id: str, url: str, api_key: str) -> None:
 
 @cli.command()
 @click.argument("job_id")
+@click.option(
+    "--open",
+    "open_page",
+    is_flag=True,
+    help="Save the report page (report.html) and open it in a browser",
+)
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where --open saves the page (default: squash-report-<id>.html here)",
+)
 @url_option
 @key_option
-def report(job_id: str, url: str, api_key: str) -> None:
-    """Print a job's evaluation report (JSON)."""
-    click.echo(json.dumps(SquashClient(url, api_key).report(job_id), indent=2))
+def report(job_id: str, open_page: bool, target: Path | None, url: str, api_key: str) -> None:
+    """Print a job's evaluation report (JSON), or open its page with --open."""
+    client = SquashClient(url, api_key)
+    if not open_page:
+        click.echo(json.dumps(client.report(job_id), indent=2))
+        return
+    page = target or Path(f"squash-report-{job_id[:8]}.html")
+    page.write_bytes(client.report_page(job_id))
+    # The page is self-contained (inline charts, loads nothing): a file:// URL shows it all.
+    opened = webbrowser.open(page.resolve().as_uri())
+    click.echo(f"{page}" if opened else f"{page} (no browser here: open it yourself)")
 
 
 @cli.command("list")

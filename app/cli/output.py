@@ -85,13 +85,18 @@ def progress_printer() -> Any:
     """On a terminal one line redrawn in place; in a log (not a TTY) a line per change of
     state, stage or whole percent, so the log reads as a history instead of one endless line."""
     interactive = sys.stdout.isatty()
-    last: list[tuple[str, str, int]] = []
+    last: list[tuple[str, str, int, str]] = []
 
     def show(job: dict[str, Any]) -> None:
         stage = job["stage"] or job["state"]
         detail = progress_text(job.get("progress_detail") or {})
+        if job.get("queue_position") is not None:
+            ahead = job["queue_position"]
+            detail = "next in the queue" if ahead == 0 else f"{ahead} ahead in the queue"
+            stage = job["queue"]
         if not interactive:
-            key = (job["state"], stage, int(job["progress"]))
+            moved_up = detail if job["state"] == "queued" else ""  # a line per queue move
+            key = (job["state"], stage, int(job["progress"]), moved_up)
             if not last or last[-1] != key:
                 last.append(key)
                 click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}  {detail}")

@@ -96,7 +96,13 @@ SELECT j.id, j.state, j.device, j.queue, j.priority, j.stage, j.progress, j.prog
        j.finished_at, j.webhook_url,
        json_build_object('model', j.spec->'model', 'recipe', j.spec->'recipe') AS spec,
        coalesce((SELECT json_object_agg(l.key, l.value) FROM job_labels l WHERE l.job_id = j.id),
-                '{}'::json) AS label_map
+                '{}'::json) AS label_map,
+       CASE WHEN j.state = 'queued' THEN
+         (SELECT count(*) FROM jobs q
+          WHERE q.queue = j.queue AND q.state = 'queued'
+            AND (q.priority > j.priority
+                 OR (q.priority = j.priority AND q.created_at < j.created_at)))
+       END AS queue_position
 FROM jobs j
 WHERE j.id = %(job_id)s AND j.tenant_id = %(tenant_id)s
 """
@@ -111,6 +117,26 @@ async def get_job_row_pg(
             JOB_STATUS_SQL, {"job_id": job_id, "tenant_id": tenant_id}, prepare=True
         )
         return await cursor.fetchone()
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """Queued jobs of the same pool served before this one (higher priority, then older), any
+    tenant's: 0 = next. As JOB_STATUS_SQL computes it; None unless the job is queued."""
+    if job.state != JobState.QUEUED:
+        return None
+    ahead = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.queue == job.queue,
+            Job.state == JobState.QUEUED,
+            or_(
+                Job.priority > job.priority,
+                and_(Job.priority == job.priority, Job.created_at < job.created_at),
+            ),
+        )
+    )
+    return int(session.scalar(ahead) or 0)
 
 
 def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:

@@ -263,6 +263,11 @@ class JobRead(BaseModel):
         "fits the job's plan (the plan is in the job's first event)"
     )
     priority: int
+    queue_position: int | None = Field(
+        default=None,
+        description="On GET /v1/jobs/{id} while queued: jobs of its pool served before it "
+        "(higher priority, then older; any tenant's), 0 = next",
+    )
     labels: dict[str, str]
     # Stored JSON the API validated on submission (and the worker filled through typed
     # models): documented precisely, not parsed again on every status read.

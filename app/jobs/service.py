@@ -156,7 +156,11 @@ def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
 
 def read_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobRead | None:
     job = repository.get_job(session, job_id, tenant_id)
-    return to_read(job) if job else None
+    if job is None:
+        return None
+    return to_read(job).model_copy(
+        update={"queue_position": repository.queue_position(session, job)}
+    )
 
 
 async def read_job_pg(
@@ -292,7 +296,8 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
 
 def row_to_read(row: dict[str, Any]) -> JobRead:
     """A row of repository.JOB_STATUS_SQL (job columns + `label_map`) as a JobRead."""
-    return to_read(SimpleNamespace(**row), row["label_map"])  # type: ignore[arg-type]
+    read = to_read(SimpleNamespace(**row), row["label_map"])  # type: ignore[arg-type]
+    return read.model_copy(update={"queue_position": row.get("queue_position")})
 
 
 def event_to_read(event: JobEvent) -> EventRead:

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from app.db import session_scope
+from app.jobs.models import Job
+from app.jobs.service import read_job
 from app.recipes import METHODS
 from tests.support.jobs import tiny_job
 from tests.support.services import wait_until
@@ -504,3 +508,26 @@ def test_composed_recipe_is_accepted_with_defaults(api: TestClient, tenant_a: di
     stages = response.json()["recipe"]
     assert [s["method"] for s in stages] == ["structured", "sparsegpt", "gptq"]
     assert stages[1]["params"]["storage"] == "sparse"
+
+
+def test_a_queued_job_shows_its_place_in_the_queue(
+    api: TestClient, tenant_a: dict, settings: Any
+) -> None:
+    """Parked on the unconsumed gpu queue: jobs of any tenant served before it count, higher
+    priority first, then older; the ORM read (SQLite path) gives the same number."""
+
+    def position(job_id: str) -> int:
+        return api.get(f"/v1/jobs/{job_id}", headers=tenant_a).json()["queue_position"]
+
+    first = submit(api, tenant_a, tiny_job(device="gpu", priority=3)).json()["id"]
+    second = submit(api, tenant_a, tiny_job(device="gpu", priority=3)).json()["id"]
+    assert position(second) == position(first) + 1
+    before = position(first)
+    urgent = submit(api, tenant_a, tiny_job(device="gpu", priority=9)).json()["id"]
+    assert position(first) == before + 1 and position(urgent) < position(first)
+    api.post(f"/v1/jobs/{urgent}/cancel", headers=tenant_a)
+    assert position(first) == before and position(urgent) is None
+    with session_scope(settings.database_url) as session:
+        tenant = session.scalar(select(Job.tenant_id).where(Job.id == uuid.UUID(second)))
+        orm = read_job(session, tenant_id=tenant, job_id=uuid.UUID(second))
+    assert orm is not None and orm.queue_position == position(second)

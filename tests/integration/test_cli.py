@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import webbrowser
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -115,9 +116,11 @@ def test_submit_wait_then_list_events_and_download(
     worker: WorkerProcess,
     tiny_model_dir: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A real job through the CLI: `--wait` logs a line per change (not a TTY here), then the
-    job is listed, its history shown, and its artifacts downloaded and checked."""
+    job is listed, its history shown, its artifacts downloaded and checked, and its report
+    page opened."""
     env = {"SQUASH_API_KEY": make_key()}
     body = tmp_path / "job.json"
     body.write_text(json.dumps(fast_job()))
@@ -149,6 +152,14 @@ def test_submit_wait_then_list_events_and_download(
     files = [p for p in target.rglob("*") if p.is_file()]
     assert any(p.name == "model.safetensors" for p in files)
     assert not [p for p in files if p.name.endswith(".partial")]
+
+    # `report --open`: the page saved, then handed to the browser as a file:// URL.
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    page = tmp_path / "page.html"
+    shown = run("report", job_id, "--open", "--to", str(page), "--url", api_url, env=env)
+    assert shown.exit_code == 0, shown.output
+    assert opened == [page.resolve().as_uri()] and job_id in page.read_text()
 
 
 def test_keys_go_to_the_embedded_stacks_database(

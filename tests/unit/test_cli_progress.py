@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.cli.output import human_bytes, progress_text
+from typing import Any
+
+from app.cli.output import human_bytes, progress_printer, progress_text
 
 
 def test_a_layer_wise_stage_shows_its_counter_and_eta() -> None:
@@ -28,3 +30,18 @@ def test_sizes_read_in_decimal_units() -> None:
         "7.2 GB",
         "3.0 TB",
     ]
+
+
+def test_a_log_gets_a_line_each_time_the_job_moves_up_the_queue(capsys: Any) -> None:
+    show = progress_printer()  # not a TTY under pytest: a line per change
+    job = {"state": "queued", "stage": None, "progress": 0.0, "queue": "cpu"}
+    for position in (2, 2, 1, 0):
+        show({**job, "queue_position": position})
+    show({**job, "state": "running", "stage": "load", "queue_position": None})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("cpu", 1)[-1].strip() for line in lines[:3]] == [
+        "2 ahead in the queue",
+        "1 ahead in the queue",
+        "next in the queue",
+    ]
+    assert "running" in lines[3] and "load" in lines[3] and len(lines) == 4
