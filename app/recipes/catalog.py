@@ -8,7 +8,7 @@ no torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationError
@@ -23,15 +23,13 @@ from app.recipes.composition import (
     rotation_errors,
     why_cannot_follow,
 )
-from app.recipes.distillation import DerivedStudent, DistillParams, PreviousStudent
+from app.recipes.distillation import DistillParams, PreviousStudent
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
     MagnitudeParams,
     SparseGptParams,
-    SparsityParams,
     StructuredParams,
     WandaParams,
-    parse_mask_structure,
 )
 from app.recipes.quantization import (
     AutoRoundParams,
@@ -43,7 +41,8 @@ from app.recipes.quantization import (
     W8A8Params,
 )
 from app.recipes.rotation import RotateParams
-from app.recipes.shapes import ModelShape, group_size_errors
+from app.recipes.shape_checks import check_shapes
+from app.recipes.shapes import ModelShape
 from app.schema_types import expected_choices
 
 MAX_STAGES = 16
@@ -244,7 +243,10 @@ def validate_recipe(
         rotation_errors([(i, METHODS[stage.method].kind) for i, stage in validated], field)
     )
     if shape is not None:
-        errors.extend(_shape_errors(validated, shape, field))
+        given = [(i, stage.params, "group_size" in stages[i].params) for i, stage in validated]
+        fitted, shape_errors = check_shapes(given, shape, field)
+        validated = [(i, Stage(s.method, p)) for (i, s), p in zip(validated, fitted, strict=True)]
+        errors.extend(shape_errors)
     if errors:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise InvalidInput(detail, code="invalid_recipe", errors=errors)
@@ -297,87 +299,6 @@ def _student_errors(stages: list[tuple[int, Stage]], field: str) -> list[dict[st
                     "which would discard the earlier stages: make the distill stage the first",
                 }
             )
-    return errors
-
-
-def _shape_errors(
-    stages: list[tuple[int, Stage]], shape: ModelShape, field: str
-) -> list[dict[str, Any]]:
-    """Checks that need the model's layer sizes, applied to the shape each stage will see."""
-    errors = []
-    for index, stage in stages:
-        where = f"{field}[{index}].params"
-        params = stage.params
-        errors += group_size_errors(getattr(params, "group_size", None), shape, where)
-        if isinstance(params, RotateParams):
-            for name, message in params.size_errors(shape.hidden_size, shape.head_dim).items():
-                errors.append({"field": f"{where}.{name}", "message": message})
-        if isinstance(params, StructuredParams):
-            group = shape.num_attention_heads // shape.num_key_value_heads
-            if params.query_heads_per_group >= group:
-                errors.append(
-                    {
-                        "field": f"{where}.query_heads_per_group",
-                        "message": f"must be below the {group} query heads per key/value group",
-                    }
-                )
-            if params.kv_groups >= shape.num_key_value_heads:
-                errors.append(
-                    {
-                        "field": f"{where}.kv_groups",
-                        "message": f"must be below the model's {shape.num_key_value_heads} "
-                        "key/value groups",
-                    }
-                )
-            if params.layers >= shape.num_hidden_layers:
-                errors.append(
-                    {
-                        "field": f"{where}.layers",
-                        "message": f"must be below the model's {shape.num_hidden_layers} layers",
-                    }
-                )
-            kv = shape.num_key_value_heads - params.kv_groups
-            shape = replace(
-                shape,
-                intermediate_size=params.kept_channels(shape.intermediate_size),
-                num_key_value_heads=max(kv, 1),
-                num_attention_heads=max(kv, 1) * max(group - params.query_heads_per_group, 1),
-                num_hidden_layers=max(shape.num_hidden_layers - params.layers, 1),
-            )
-        if isinstance(params, DistillParams) and isinstance(params.student, DerivedStudent):
-            if params.student.drop_layers >= shape.num_hidden_layers:
-                errors.append(
-                    {
-                        "field": f"{where}.student.drop_layers",
-                        "message": f"must be below the model's {shape.num_hidden_layers} layers",
-                    }
-                )
-            cut = params.student.structured
-            shape = replace(
-                shape,
-                intermediate_size=cut.kept_channels(shape.intermediate_size),
-                num_hidden_layers=max(shape.num_hidden_layers - cut.layers, 1),
-            )
-        if isinstance(params, SparsityParams):
-            pattern = parse_mask_structure(params.mask_structure)
-            sizes = shape.linear_input_sizes
-            if pattern and any(size % pattern[1] for size in sizes):
-                errors.append(
-                    {
-                        "field": f"{where}.mask_structure",
-                        "message": f"M={pattern[1]} does not divide the layer input sizes "
-                        f"{sizes} of this model",
-                    }
-                )
-            layers = shape.num_hidden_layers
-            if params.layer_sparsity is not None and len(params.layer_sparsity) != layers:
-                errors.append(
-                    {
-                        "field": f"{where}.layer_sparsity",
-                        "message": f"needs one value per decoder layer: {layers}, "
-                        f"got {len(params.layer_sparsity)}",
-                    }
-                )
     return errors
 
 

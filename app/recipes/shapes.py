@@ -77,11 +77,17 @@ def group_size_errors(group: object, shape: ModelShape, where: str) -> list[dict
     ]
 
 
-def dividing_group(sizes: list[int], wanted: int) -> str:
-    """The advice for a group size that does not fit: the largest power of two below it that
-    divides every layer input size, or per-channel scales when none does."""
+def fitting_group(sizes: list[int], wanted: int) -> int | None:
+    """The largest power of two up to `wanted` that divides every layer input size; None (one
+    scale per output channel) when none of at least 8 does."""
     common = math.gcd(*sizes)
     group = wanted
     while group >= 8 and common % group:
         group //= 2
-    return f"use {group}" if group >= 8 else "use null (one scale per output channel)"
+    return group if group >= 8 else None
+
+
+def dividing_group(sizes: list[int], wanted: int) -> str:
+    """The advice for a group size that does not fit."""
+    group = fitting_group(sizes, wanted)
+    return f"use {group}" if group else "use null (one scale per output channel)"

@@ -254,7 +254,7 @@ def test_distill_students_must_fit_their_place_and_the_model() -> None:
     ("method", "params", "advice"),
     [
         ("gptq", {"bits": 4, "group_size": 128}, "use 64"),
-        ("awq", {}, "use 64"),  # AWQ's default of 128 does not fit the built-in model
+        ("awq", {"group_size": 128}, "use 64"),
         ("autoround", {"bits": 3, "group_size": 256}, "use 64"),
         ("ternary", {"group_size": 128}, "use 64"),
     ],
@@ -274,3 +274,16 @@ def test_a_group_size_that_does_not_divide_the_builtin_model_is_refused_at_submi
     assert "[576, 1536]" in error["message"] and error["message"].endswith(advice)
     fitting = {**params, "group_size": 64}
     validate_recipe([StageIn(method=method, params=fitting)], shape=shape)
+
+
+@pytest.mark.parametrize("method", ["awq", "autoround"])
+def test_a_default_group_size_that_does_not_fit_is_lowered_to_one_that_does(method: str) -> None:
+    """AWQ's and AutoRound's default of 128 does not divide SmolLM2-135M's 576: the user did
+    not ask for it, so the stage runs with the largest that does; elsewhere it stays."""
+    from app.recipes import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["smollm2-135m-instruct"]
+    (stage,) = validate_recipe([StageIn(method=method)], shape=shape)
+    assert stage.params.group_size == 64  # type: ignore[attr-defined]
+    (unsized,) = validate_recipe([StageIn(method=method)])
+    assert unsized.params.group_size == 128  # type: ignore[attr-defined]
