@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 import webbrowser
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,11 @@ from click.testing import CliRunner, Result
 
 from app.cli.embedded import migrate
 from app.cli.main import cli
-from app.config import Settings, get_settings
-from tests.support.services import WorkerProcess, free_port, running_api
+from app.config import get_settings
+from tests.support.services import WorkerProcess, free_port
 from tests.support.stack import fast_job
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def api_url(settings: Settings) -> Iterator[str]:
-    with running_api(settings) as port:
-        yield f"http://127.0.0.1:{port}"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

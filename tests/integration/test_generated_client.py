@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.config import Settings
-from tests.support.services import ROOT, WorkerProcess, running_api
+from tests.support.services import ROOT, WorkerProcess
 from tests.support.stack import fast_job
 
 pytestmark = pytest.mark.integration
@@ -62,12 +61,6 @@ def client_package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleT
 
 def _module(name: str) -> Any:
     return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-@pytest.fixture(scope="module")
-def api_url(settings: Settings) -> Iterator[str]:
-    with running_api(settings) as port:
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_generated_client_drives_a_job_end_to_end(

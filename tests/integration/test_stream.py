@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,10 @@ import httpx
 import pytest
 
 from app.cli.client import sse_messages
-from app.config import Settings
-from tests.support.services import WorkerProcess, running_api
+from tests.support.services import WorkerProcess
 from tests.support.stack import fast_job
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def api_url(settings: Settings) -> Iterator[str]:
-    with running_api(settings) as port:
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_client_that_reconnects_misses_nothing_and_sees_nothing_twice(

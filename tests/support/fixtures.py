@@ -24,6 +24,7 @@ from tests.support.services import (
     create_database,
     drop_database,
     free_port,
+    running_api,
 )
 
 BUCKET = "squash-test"
@@ -150,3 +151,11 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Wo
     yield start
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings) -> Iterator[str]:
+    """The API as a real uvicorn process on the session's settings (CLI, generated-client and
+    stream tests: HTTP end to end, not the in-process TestClient)."""
+    with running_api(settings) as port:
+        yield f"http://127.0.0.1:{port}"
