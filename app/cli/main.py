@@ -45,6 +45,12 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except (CliError, TimeoutError) as exc:
+            if sys.stderr.isatty():  # a terminal: the message set off in red, rich-rendered
+                from rich.console import Console
+                from rich.markup import escape
+
+                Console(stderr=True).print(f"[bold red]Error:[/] {escape(str(exc))}")
+                ctx.exit(1)
             raise click.ClickException(str(exc)) from None
 
 

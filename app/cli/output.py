@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from app.cli.client import SquashClient
+from app.cli.client import TERMINAL, SquashClient
 
 
 def stage_text(stage: dict[str, Any]) -> str:
@@ -82,10 +82,12 @@ def progress_text(detail: dict[str, Any]) -> str:
 
 
 def progress_printer() -> Any:
-    """On a terminal one line redrawn in place; in a log (not a TTY) a line per change of
-    state, stage or whole percent, so the log reads as a history instead of one endless line."""
+    """On a terminal a rich progress bar redrawn in place; in a log (not a TTY) a line per
+    change of state, stage or whole percent, so the log reads as a history instead of one
+    endless line."""
     interactive = sys.stdout.isatty()
     last: list[tuple[str, str, int, str]] = []
+    bar = _TerminalBar() if interactive else None
 
     def show(job: dict[str, Any]) -> None:
         stage = job["stage"] or job["state"]
@@ -101,13 +103,34 @@ def progress_printer() -> Any:
                 last.append(key)
                 click.echo(f"{job['progress']:5.1f}%  {job['state']:<16} {stage}  {detail}")
             return
-        width = 30
-        filled = int(width * job["progress"] / 100)
-        bar = "#" * filled + "-" * (width - filled)
-        line = f"[{bar}] {job['progress']:5.1f}%  {job['state']:<16} {stage:<24} {detail}"
-        click.echo(f"\r{line:<110}", nl=False)
+        assert bar is not None
+        bar.show(job, stage, detail)
 
     return show
+
+
+class _TerminalBar:
+    """rich's progress bar: state, bar, percent, stage and counters on one redrawn line,
+    stopped (left on screen) once the job is terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        self.progress = Progress(
+            TextColumn("{task.fields[state]:<16}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[stage]}  {task.fields[detail]}"),
+        )
+        self.task = self.progress.add_task("job", total=100, state="", stage="", detail="")
+        self.progress.start()
+
+    def show(self, job: dict[str, Any], stage: str, detail: str) -> None:
+        self.progress.update(
+            self.task, completed=job["progress"], state=job["state"], stage=stage, detail=detail
+        )
+        if job["state"] in TERMINAL:
+            self.progress.stop()
 
 
 def print_outcome(client: SquashClient, job: dict[str, Any]) -> None:

@@ -45,3 +45,17 @@ def test_a_log_gets_a_line_each_time_the_job_moves_up_the_queue(capsys: Any) -> 
         "next in the queue",
     ]
     assert "running" in lines[3] and "load" in lines[3] and len(lines) == 4
+
+
+def test_a_terminal_gets_a_rich_bar_left_on_screen_when_the_job_ends(
+    capsys: Any, monkeypatch: Any
+) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    show = progress_printer()
+    job = {"state": "running", "stage": "stage:gptq", "progress": 40.0, "queue": "cpu"}
+    show({**job, "progress_detail": {"layer": 3, "layers": 30}})
+    show({**job, "state": "succeeded", "stage": "done", "progress": 100.0})
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "100%" in out and "done" in out
