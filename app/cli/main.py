@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from app.cli.client import CliError, SquashClient
 from app.cli.embedded import EmbeddedStack, migrate, worker_command
@@ -23,6 +22,7 @@ from app.cli.output import (
     job_summary,
     print_outcome,
     progress_printer,
+    read_job_file,
     table_cell,
 )
 
@@ -170,7 +170,7 @@ key_option = click.option(
 @key_option
 def submit(file: Path, wait: bool, idempotency_key: str | None, url: str, api_key: str) -> None:
     """Submit a job described in a YAML or JSON file."""
-    body = yaml.safe_load(file.read_text())
+    body = read_job_file(file.read_text())
     client = SquashClient(url, api_key)
     job = client.submit(body, idempotency_key=idempotency_key)
     click.echo(job["id"])

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 import click
+import yaml
 
 from app.cli.client import TERMINAL, SquashClient
+
+
+class _JobFileLoader(yaml.SafeLoader):
+    """YAML as people write job files: `5e-5` is a number (YAML 1.1 would make it the string
+    "5e-5", which the API's strict JSON numbers refuse); YAML 1.2 reads it as a float."""
+
+
+_JobFileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_job_file(text: str) -> Any:
+    """A job file, YAML or JSON (JSON is YAML)."""
+    return yaml.load(text, Loader=_JobFileLoader)
 
 
 def stage_text(stage: dict[str, Any]) -> str:

@@ -59,3 +59,11 @@ def test_a_terminal_gets_a_rich_bar_left_on_screen_when_the_job_ends(
     show({**job, "state": "succeeded", "stage": "done", "progress": 100.0})
     out = capsys.readouterr().out
     assert "succeeded" in out and "100%" in out and "done" in out
+
+
+def test_a_job_file_reads_exponents_as_numbers() -> None:
+    """YAML 1.1 reads `5e-5` as a string, which the API's strict numbers refuse."""
+    from app.cli.output import read_job_file
+
+    body = read_job_file("params: {learning_rate: 5e-5, max_steps: 1e2, name: e5, q: '5e-5'}")
+    assert body["params"] == {"learning_rate": 5e-5, "max_steps": 100.0, "name": "e5", "q": "5e-5"}
