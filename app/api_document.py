@@ -14,6 +14,7 @@ FastAPI's generated document is patched in five ways it cannot express itself:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,21 +71,27 @@ def _problem_content(schemas: dict[str, Any]) -> dict[str, Any]:
     return {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
-def _require_discriminators(node: Any, schemas: dict[str, Any]) -> None:
+def _every_object(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in the document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _every_object(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _every_object(value)
+
+
+def _require_discriminators(document: dict[str, Any], schemas: dict[str, Any]) -> None:
     """A union discriminated by `kind` needs the tag in the body (pydantic cannot pick a
     member without it), but each member gives it a default, so pydantic's schema leaves it
     optional: declare it required in every member the mapping names."""
-    if isinstance(node, dict):
-        tag = (node.get("discriminator") or {}).get("propertyName")
-        for ref in (node.get("discriminator") or {}).get("mapping", {}).values():
+    for node in _every_object(document):
+        discriminator = node.get("discriminator") or {}
+        for ref in discriminator.get("mapping", {}).values():
             member = schemas[ref.rsplit("/", 1)[-1]]
-            if tag not in member.setdefault("required", []):
-                member["required"].append(tag)
-        for value in node.values():
-            _require_discriminators(value, schemas)
-    elif isinstance(node, list):
-        for value in node:
-            _require_discriminators(value, schemas)
+            if discriminator["propertyName"] not in member.setdefault("required", []):
+                member["required"].append(discriminator["propertyName"])
 
 
 # Postgres text and jsonb cannot hold NUL, so the server refuses it in every string (422
@@ -92,22 +99,16 @@ def _require_discriminators(node: Any, schemas: dict[str, Any]) -> None:
 NO_NUL = r"^[^\u0000]*$"
 
 
-def _declare_no_nul(node: Any) -> None:
-    if isinstance(node, dict):
+def _declare_no_nul(document: dict[str, Any]) -> None:
+    for node in _every_object(document):
         if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(node):
             node["pattern"] = NO_NUL
-        for value in node.values():
-            _declare_no_nul(value)
-    elif isinstance(node, list):
-        for value in node:
-            _declare_no_nul(value)
 
 
 def patch_document(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     _require_discriminators(document, schemas)
-    _declare_no_nul(document["paths"])
-    _declare_no_nul(schemas)
+    _declare_no_nul(document)
     problem = _problem_content(schemas)
     for operations in document["paths"].values():
         for operation in operations.values():

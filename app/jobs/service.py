@@ -158,9 +158,7 @@ def read_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Jo
     job = repository.get_job(session, job_id, tenant_id)
     if job is None:
         return None
-    return to_read(job).model_copy(
-        update={"queue_position": repository.queue_position(session, job)}
-    )
+    return to_read(job, queue_position=repository.queue_position(session, job))
 
 
 async def read_job_pg(
@@ -177,11 +175,11 @@ async def read_job_pg(
 # filter still applies.
 CURSOR_PATTERN = r"^[0-9]{1,18}-[0-9a-f]{32}$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def encode_cursor(job: Job) -> str:
-    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
-    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)  # UTCDateTime: aware
     return f"{micros}-{job.id.hex}"
 
 
@@ -189,8 +187,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise InvalidInput("malformed cursor: pass a page's next_cursor", field="cursor")
     micros, job_id = cursor.split("-")
-    latest = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
-    created = _EPOCH + timedelta(microseconds=min(int(micros), latest))
+    created = _EPOCH + timedelta(microseconds=min(int(micros), _LATEST_MICROS))
     return created, uuid.UUID(hex=job_id)
 
 
@@ -257,7 +254,9 @@ def list_events(
     return rows, rows[-1].id if len(rows) == limit else None
 
 
-def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
+def to_read(
+    job: Job, labels: dict[str, str] | None = None, *, queue_position: int | None = None
+) -> JobRead:
     """From an ORM job, or from a status row (`labels` given, attributes as columns)."""
     base = f"/v1/jobs/{job.id}"
     error = (
@@ -269,6 +268,7 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
         device=job.device,
         queue=job.queue,
         priority=job.priority,
+        queue_position=queue_position,
         labels=labels if labels is not None else {lab.key: lab.value for lab in job.labels},
         model=job.spec["model"],
         recipe=job.spec["recipe"],
@@ -296,8 +296,8 @@ def to_read(job: Job, labels: dict[str, str] | None = None) -> JobRead:
 
 def row_to_read(row: dict[str, Any]) -> JobRead:
     """A row of repository.JOB_STATUS_SQL (job columns + `label_map`) as a JobRead."""
-    read = to_read(SimpleNamespace(**row), row["label_map"])  # type: ignore[arg-type]
-    return read.model_copy(update={"queue_position": row.get("queue_position")})
+    job = SimpleNamespace(**row)
+    return to_read(job, row["label_map"], queue_position=row["queue_position"])  # type: ignore[arg-type]
 
 
 def event_to_read(event: JobEvent) -> EventRead:

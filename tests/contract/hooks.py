@@ -16,10 +16,9 @@ from typing import Any
 import schemathesis
 from schemathesis.generation.meta import TestPhase
 
-from app.jobs.schemas import WEBHOOK_URL_PATTERN
+from app.jobs.schemas import LABEL_KEY_RE, WEBHOOK_URL_PATTERN
 
 HOOK = "https://hooks.example.com"  # WEBHOOK_ALLOWED_HOSTS in test_openapi_contract.py
-LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
 def acceptable_job(body: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def acceptable_job(body: dict[str, Any]) -> dict[str, Any]:
         "labels": {
             k: v
             for k, v in labels.items()
-            if LABEL_KEY.match(k) and "\x00" not in v and len(v) <= 255
+            if LABEL_KEY_RE.match(k) and "\x00" not in v and len(v) <= 255
         },
         "priority": body.get("priority", 5),
         "device": "gpu",  # parked: no worker consumes this test's gpu queue
