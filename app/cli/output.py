@@ -70,7 +70,7 @@ def echo_events(items: list[dict[str, Any]], after: int) -> int:
 def table_cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
-    if column.endswith("bytes"):
+    if "bytes" in column:  # size_bytes, checkpoint_bytes_bf16, …
         return human_bytes(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -162,7 +162,7 @@ def print_outcome(client: SquashClient, job: dict[str, Any]) -> None:
     for key, value in client.report(job["id"])["summary"].items():
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             continue  # nested figures are in `squash report`
-        if key.endswith("_bytes") and isinstance(value, int | float):
+        if "_bytes" in key and isinstance(value, int | float):  # also *_bytes_bf16
             shown = human_bytes(value)
         elif isinstance(value, float):
             shown = f"{value:.4g}"

@@ -67,3 +67,9 @@ def test_a_job_file_reads_exponents_as_numbers() -> None:
 
     body = read_job_file("params: {learning_rate: 5e-5, max_steps: 1e2, name: e5, q: '5e-5'}")
     assert body["params"] == {"learning_rate": 5e-5, "max_steps": 100.0, "name": "e5", "q": "5e-5"}
+
+
+def test_every_byte_count_reads_as_a_size() -> None:
+    from app.cli.output import table_cell
+
+    assert table_cell("original_checkpoint_bytes_bf16", 269_060_552) == "269.1 MB"
