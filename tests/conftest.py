@@ -31,6 +31,14 @@ def tiny_model_dir(models_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_smol_dir(models_root: Path) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (GGUF conversion needs a known one)."""
+    from tests.support.tiny_model import build_tiny_smollm_tokenized
+
+    return build_tiny_smollm_tokenized(models_root / "tiny-smol")
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher_dir(models_root: Path, tiny_model_dir: Path) -> Path:
     from tests.support.tiny_model import train_tiny_teacher
 

@@ -20,6 +20,7 @@ from app.recipes.distillation import (
     ModelStudent,
     PreviousStudent,
 )
+from app.recipes.gguf import GgufParams
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
     MagnitudeParams,
@@ -55,6 +56,7 @@ __all__ = [
     "DerivedStudent",
     "DistillParams",
     "Fp8Params",
+    "GgufParams",
     "GptqParams",
     "IntBits",
     "LayerOverride",

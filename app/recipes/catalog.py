@@ -24,6 +24,7 @@ from app.recipes.composition import (
     why_cannot_follow,
 )
 from app.recipes.distillation import DistillParams, PreviousStudent
+from app.recipes.gguf import GgufParams
 from app.recipes.low_rank import LowRankParams
 from app.recipes.pruning import (
     MagnitudeParams,
@@ -113,6 +114,14 @@ METHODS: dict[str, MethodSpec] = {
             "quantization",
             "Ternary (1.58-bit) absmean weights, stored packed at 2 bits.",
             TernaryParams,
+        ),
+        _spec(
+            "gguf",
+            "quantization",
+            "quantization",
+            "llama.cpp GGUF file (Q8_0, Q4_0/1, Q5_0/1, k-quants Q2_K_S…Q6_K) with an "
+            "importance matrix from the calibration data: for llama.cpp, Ollama, LM Studio.",
+            GgufParams,
         ),
         _spec(
             "rotate",

@@ -102,6 +102,12 @@ class QuantizedStorage(_Model):
     quantized_weights: int
     quantized_bytes: int
     bits_per_weight: float
+    tensor_types: dict[str, int] | None = Field(
+        default=None, description="GGUF: quantized tensors per llama.cpp type, as written"
+    )
+    all_bits_per_weight: float | None = Field(
+        default=None, description="GGUF: bits per parameter over every tensor in the file"
+    )
 
 
 class TensorSize(_Model):
@@ -117,7 +123,9 @@ class UnquantizedTensors(_Model):
 
 
 class CompressedModel(MeasuredModel):
-    checkpoint_bytes: int = Field(description="the artifact's safetensors files, as saved")
+    checkpoint_bytes: int = Field(
+        description="the artifact's weight files (safetensors, or the GGUF file), as saved"
+    )
     artifact_bytes: int = Field(description="every file of the artifact")
     weight_files: int | None = Field(
         default=None, description="safetensors files (shards: output.max_shard_bytes)"

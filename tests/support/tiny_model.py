@@ -98,3 +98,35 @@ def teacher_text(model_dir: Path, eval_tokens: int) -> dict[str, Any]:
         "calibration": [calibration[i : i + 64] for i in range(0, 64 * 8, 64)],
         "eval": held_out[:eval_tokens],
     }
+
+
+def build_tiny_smollm_tokenized(target: Path, *, hidden: int = 256, seed: int = 0) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (read from the built-in GGUF file), for
+    what needs a tokenizer llama.cpp's converter recognizes (it identifies a BPE pre-tokenizer
+    by hashing how it splits a fixed text, so a freshly trained one is refused). Rows of 256
+    let the k-quants apply."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from workers.models.sources import builtin_gguf
+
+    gguf = builtin_gguf("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

@@ -13,8 +13,8 @@ from workers.models.hf import pretrained, tied_output_name
 
 
 def weight_bytes(path: Path) -> int:
-    """Bytes of the weight files (safetensors) in a model directory."""
-    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    """Bytes of the weight files (safetensors, or a GGUF file) in a model directory."""
+    return sum(f.stat().st_size for f in [*path.glob("*.safetensors"), *path.glob("*.gguf")])
 
 
 def directory_bytes(path: Path) -> int:
@@ -168,8 +168,13 @@ def quantized_weight_storage(path: Path) -> dict[str, float | int]:
 
     from safetensors import safe_open
 
+    from workers.formats import gguf
+
     manifest = path / "squash_format.json"
-    sparse = json.loads(manifest.read_text()).get("tensors", {}) if manifest.exists() else {}
+    layout = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if layout.get("format") == gguf.FORMAT:
+        return gguf.storage(gguf.artifact_file(path))
+    sparse = layout.get("tensors", {})
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:
@@ -209,8 +214,13 @@ def unquantized_tensors(path: Path, largest: int = 5) -> dict[str, object]:
 
     from safetensors import safe_open
 
+    from workers.formats import gguf
+
     manifest = path / "squash_format.json"
-    sparse = json.loads(manifest.read_text()).get("tensors", {}) if manifest.exists() else {}
+    layout = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if layout.get("format") == gguf.FORMAT:
+        return gguf.float_tensors(gguf.artifact_file(path), largest)
+    sparse = layout.get("tensors", {})
     shapes: dict[str, tuple[list[int], str]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from workers.formats import low_rank, sparse_bitmask
+from workers.formats import gguf, low_rank, sparse_bitmask
 
 PLAIN = "transformers"
 # True only inside a job whose model source an operator allow-listed for remote code
@@ -49,6 +49,8 @@ def load_pretrained(
     found = artifact_format(path)
     if found == low_rank.FORMAT:
         return low_rank.load(path, dtype)
+    if found == gguf.FORMAT:
+        return gguf.load(path, dtype, trust_remote_code=trust_remote_code(), **kwargs)
     options = {
         "dtype": dtype,
         "trust_remote_code": trust_remote_code(),

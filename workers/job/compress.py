@@ -26,6 +26,7 @@ from workers.evaluation.measure import (
     weight_bytes,
 )
 from workers.evaluation.suite import EvalPlan, evaluate
+from workers.formats import gguf
 from workers.formats.loader import PLAIN, artifact_format
 from workers.job import progress
 from workers.job.environment import load_model
@@ -61,10 +62,14 @@ def compress(run: JobRun) -> Compressed:
         outcome = run_recipe(run)
     # Counted on the compressed model before saving: its weights are plain tensors here (a
     # reloaded quantized model holds packed integers, where counting elements means nothing).
-    counts = {
-        "parameters": parameter_count(outcome.model),
-        "nonzero_parameters": nonzero_parameter_count(outcome.model),
-    }
+    counts = (
+        {key: outcome.stage_notes[-1][key] for key in ("parameters", "nonzero_parameters")}
+        if outcome.layout == gguf.FORMAT  # the exporter freed the weights it packed
+        else {
+            "parameters": parameter_count(outcome.model),
+            "nonzero_parameters": nonzero_parameter_count(outcome.model),
+        }
+    )
     ctx.progress("save", progress.SAVE.start)
     out_dir = run.scratch / "model"
     with ctx.timed("save"):
@@ -90,7 +95,7 @@ def compress(run: JobRun) -> Compressed:
         **counts,
         "checkpoint_bytes": checkpoint_bytes,
         "artifact_bytes": directory_bytes(out_dir),
-        "weight_files": len(list(out_dir.glob("*.safetensors"))),
+        "weight_files": len([*out_dir.glob("*.safetensors"), *out_dir.glob("*.gguf")]),
         "effective_bits_per_parameter": round(8 * checkpoint_bytes / counts["parameters"], 4),
         "quantized_storage": quantized_weight_storage(out_dir),
         "unquantized_tensors": unquantized_tensors(out_dir),
@@ -179,6 +184,16 @@ def run_recipe(run: JobRun) -> RecipeOutcome:
     )
 
 
+def loader_name(layout: str, *, offloaded: bool) -> str:
+    if offloaded:
+        return OFFLOADED_LOADER
+    if layout == PLAIN:
+        return "transformers.AutoModelForCausalLM.from_pretrained"
+    if layout == gguf.FORMAT:
+        return "transformers.AutoModelForCausalLM.from_pretrained(gguf_file=…), dequantized"
+    return "squash.load_pretrained"
+
+
 def check_loads(
     source: Source, out_dir: Path, plan: EvalPlan, scratch: Path
 ) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
@@ -206,11 +221,7 @@ def check_loads(
     load_check = {
         "ok": True,
         "artifact_format": layout,
-        "loader": OFFLOADED_LOADER
-        if source.offloaded
-        else "transformers.AutoModelForCausalLM.from_pretrained"
-        if layout == PLAIN
-        else "squash.load_pretrained",
+        "loader": loader_name(layout, offloaded=source.offloaded),
         "seconds": round(time.perf_counter() - started, 3),
     }
     return loaded, load_check, generations

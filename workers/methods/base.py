@@ -46,8 +46,10 @@ class StageResult:
     # stores them sparse (workers/formats/sparse_bitmask.py).
     masked_layers: list[str] = field(default_factory=list)
     sparse_storage: bool = False
-    # "low-rank": factored layers, saved by workers/formats/low_rank.py.
+    # "low-rank": factored layers, saved by workers/formats/low_rank.py; "gguf": the stage
+    # wrote the whole artifact itself, as `written` (workers/formats/gguf.py places it).
     layout: str | None = None
+    written: Path | None = None
 
 
 class CompressionMethod(ABC, Generic[P]):

@@ -17,6 +17,7 @@ from workers.methods.pruning.wanda import Wanda
 from workers.methods.quantization.autoround import AutoRound
 from workers.methods.quantization.awq import Awq
 from workers.methods.quantization.fp8 import Fp8
+from workers.methods.quantization.gguf import Gguf
 from workers.methods.quantization.gptq import Gptq
 from workers.methods.quantization.rotate import Rotate
 from workers.methods.quantization.rtn import RoundToNearest
@@ -32,6 +33,7 @@ IMPLEMENTATIONS: tuple[type[CompressionMethod[Any]], ...] = (
     W8A8,
     Fp8,
     Ternary,
+    Gguf,
     Magnitude,
     Wanda,
     SparseGpt,

@@ -13,7 +13,7 @@ import torch
 
 from app.recipes import METHODS, MethodParams
 from workers.context import JobContext
-from workers.formats import low_rank, sparse_bitmask
+from workers.formats import gguf, low_rank, sparse_bitmask
 from workers.methods.base import StageInput
 from workers.methods.catalog import get_method
 from workers.methods.shared.masks import capture_masks, reapply_masks
@@ -66,12 +66,15 @@ class RecipeOutcome:
     stage_notes: list[dict[str, Any]] = field(default_factory=list)
     sparse_layers: list[str] = field(default_factory=list)
     layout: str | None = None
+    written: Path | None = None
 
     @property
     def artifact_format(self) -> str:
         """What loads the artifact: plain transformers, or squash.load_pretrained."""
         if self.layout == "low-rank":
             return low_rank.FORMAT
+        if self.layout == gguf.FORMAT:
+            return gguf.FORMAT
         return sparse_bitmask.FORMAT if self.sparse_layers else "transformers"
 
 
@@ -127,6 +130,7 @@ def run_stages(
         if result.save_format != "dense":
             outcome.save_format = result.save_format
         outcome.layout = result.layout or outcome.layout
+        outcome.written = result.written or outcome.written
         outcome.stage_notes.append(notes)
         if on_stage_done:
             on_stage_done(index, notes, outcome.model)
@@ -155,6 +159,9 @@ def save_artifact(
         save_offloaded(outcome.model, out_dir, max_shard_bytes=shard_bytes, dtype=STORAGE_DTYPE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out_dir))
+        return
+    if outcome.layout == gguf.FORMAT and outcome.written:  # the file carries its tokenizer
+        gguf.place(outcome.written, out_dir, str(outcome.stage_notes[-1]["type"]))
         return
     cast_for_storage(outcome.model, STORAGE_DTYPE)
     if outcome.layout == "low-rank":
