@@ -59,6 +59,13 @@ class Efficiency(_Model):
     device: str
     dtype: str
     threads: int
+    runtime: str = Field(
+        default="transformers", description="what served it: transformers or llama.cpp (GGUF)"
+    )
+    runtime_version: str | None = None
+    runtime_note: str | None = Field(
+        default=None, description="why this runtime is not the one the format is made for"
+    )
 
 
 class TaskResult(_Model):

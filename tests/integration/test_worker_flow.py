@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,42 @@ def test_a_model_over_max_shard_bytes_ships_in_verified_shards(
     assert report["compressed"]["weight_files"] == len(shards)
     measured = perplexity_of(model, model_dir, report["evaluation"])
     assert measured == pytest.approx(report["compressed"]["perplexity"], rel=1e-4)
+
+
+def test_a_gguf_job_ships_one_gguf_file_that_transformers_loads(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, tiny_smol_dir: Path, tmp_path: Path
+) -> None:
+    body = tiny_job(labels={"flow": "gguf"}, model={"kind": "local", "path": tiny_smol_dir.name})
+    body["recipe"] = [{"method": "gguf", "params": {"type": "Q8_0", "imatrix": False}}]
+    body["evaluation"] |= {"layer_error_tokens": 0}
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+
+    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
+    files = {i["path"]: i for i in listing["items"] if i["path"].startswith("model/")}
+    assert sorted(files) == ["model/model-Q8_0.gguf", "model/squash_format.json"]
+    content = httpx.get(files["model/model-Q8_0.gguf"]["url"]).raise_for_status().content
+    (tmp_path / "model-Q8_0.gguf").write_bytes(content)
+
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    compressed = report["compressed"]
+    assert compressed["checkpoint_bytes"] == len(content)
+    assert compressed["quantized_storage"]["bits_per_weight"] == 8.5
+    assert compressed["quantized_storage"]["tensor_types"] == {"Q8_0": 15}
+    assert "gguf_file" in report["load_check"]["loader"]
+    # The report's perplexity is the file's, as transformers reads it.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="model-Q8_0.gguf", dtype=torch.float32
+    )
+    measured = perplexity_of(model, tiny_smol_dir, report["evaluation"])
+    assert measured == pytest.approx(compressed["perplexity"], rel=1e-4)
+    # Speed in llama.cpp where the worker has it; otherwise transformers, and the report says
+    # that is not the GGUF's runtime.
+    efficiency = compressed["efficiency"]
+    if importlib.util.find_spec("llama_cpp"):
+        assert efficiency["runtime"] == "llama.cpp"
+    else:
+        assert efficiency["runtime"] == "transformers" and "llama.cpp" in efficiency["runtime_note"]

@@ -136,13 +136,47 @@ def measure(
 
 
 def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Load the model and measure it (runs in the fresh process)."""
-    from workers.formats.loader import load_pretrained
+    """Load the model and measure it (runs in the fresh process): a GGUF artifact in
+    llama.cpp where the worker has it, everything else in transformers."""
+    from workers.evaluation import serving_llama_cpp
+    from workers.formats import gguf
+    from workers.formats.loader import artifact_format
     from workers.methods.shared.storage_dtype import compute_dtype
 
     device = torch.device(device_name)
     dtype = compute_dtype(device)
+    is_gguf = artifact_format(model_dir) == gguf.FORMAT
     rss_before = rss_bytes()
+    if is_gguf and serving_llama_cpp.available():
+        # llama.cpp allocates outside torch: its memory is the process's peak RSS (on a GPU,
+        # host memory only), load included.
+        result = serving_llama_cpp.measure(
+            gguf.artifact_file(model_dir),
+            gpu=device.type == "cuda",
+            threads=torch.get_num_threads(),
+            **spec,
+        )
+        peak_rss = peak_rss_bytes()
+        memory = {
+            "peak_memory_bytes": peak_rss - rss_before,
+            "peak_rss_bytes": peak_rss,
+            "memory_measure": "peak RSS of the process, load included (llama.cpp)",
+        }
+        return {**result, **memory, "device": str(device), "threads": torch.get_num_threads()}
+    result = probe_transformers(model_dir, device, dtype, spec, rss_before)
+    if is_gguf:
+        result["runtime_note"] = (
+            "GGUF measured in transformers, which dequantizes it on load: not the speed "
+            "llama.cpp gives (this worker has no llama-cpp-python)"
+        )
+    return result
+
+
+def probe_transformers(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, spec: dict[str, Any], rss_before: int
+) -> dict[str, Any]:
+    from workers.formats.loader import load_pretrained
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -165,6 +199,7 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
             else "peak RSS of the process, load included",
         }
     return {
+        "runtime": "transformers",
         **result,
         **memory,
         "load_seconds": round(load_seconds, 3),
