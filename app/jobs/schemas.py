@@ -96,17 +96,29 @@ class TaskSpec(_Strict):
 
 
 class EfficiencySpec(_Strict):
-    """Serving speed and memory, measured on the worker's device in a fresh process."""
+    """Serving speed and memory, measured on the worker's device in a fresh process (in
+    llama.cpp for a GGUF artifact where the worker has it).
+
+    Sized so a job's evaluation does not dwarf its compression: after `warmup` runs, up to
+    `repetitions` timed runs, stopping once they have taken `max_seconds` (at least 3 runs).
+    For figures to publish, ask for more: `bench/latency_stability.py` shows 30 repetitions
+    keep two runs within 10 % at the median on a noisy 2-vCPU machine, 5 did not (13-24 %).
+    """
 
     enabled: bool = True
     prompt_tokens: int = Field(default=128, ge=1, le=8192)
-    new_tokens: int = Field(default=32, ge=2, le=1024)
-    batch_size: int = Field(default=8, ge=1, le=256, description="the larger batch")
-    # Defaults are what bench/latency_stability.py proves stable (two runs within 10 % at the
-    # median on a noisy 2-vCPU machine); 5 repetitions were not (13-24 % apart there).
-    warmup: int = Field(default=2, ge=0, le=10, description="unmeasured runs first")
+    new_tokens: int = Field(default=16, ge=2, le=1024)
+    batch_size: int = Field(default=4, ge=1, le=256, description="the larger batch")
+    warmup: int = Field(default=1, ge=0, le=10, description="unmeasured runs first")
     repetitions: int = Field(
-        default=30, ge=1, le=50, description="timed runs; the report gives median and p90"
+        default=30, ge=1, le=50, description="timed runs at most; the report gives median and p90"
+    )
+    max_seconds: float | None = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="stop the timed runs once they took this long (after at least 3); "
+        "null = always all repetitions",
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from app.reports.points import Point, pareto_frontier
+from app.reports.points import ORIGINAL, Point, pareto_frontier
 from app.reports.schema import LayerErrorRow
 
 
@@ -69,7 +69,13 @@ def scatter(points: list[Point], current: str | None) -> str:
         x, y = px(point)
         mine = point.job_id == current
         on_front = any(point is f for f in frontier)
-        colour = "#d1495b" if mine else ("#1a7f37" if on_front else "#8895a7")
+        colour = (
+            "#d1495b"
+            if mine
+            else "#222222"
+            if point.job_id == ORIGINAL
+            else ("#1a7f37" if on_front else "#8895a7")
+        )
         dots.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if mine else 4}" fill="{colour}">'
             f"<title>{escape(point.label)} ({escape(point.job_id)}): "
@@ -89,8 +95,10 @@ def scatter(points: list[Point], current: str | None) -> str:
     line = f'<polyline points="{path}" fill="none" stroke="#1a7f37" stroke-dasharray="4 3"/>'
     legend = (
         '<p class="muted"><span style="color:#d1495b">●</span> this job · '
+        '<span style="color:#222222">●</span> the original · '
         '<span style="color:#1a7f37">●</span> Pareto frontier (no other job is both smaller '
-        'and better) · <span style="color:#8895a7">●</span> other jobs</p>'
+        'and better) · <span style="color:#8895a7">●</span> other jobs on the same evaluation '
+        "data and settings</p>"
     )
     return (
         f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -10,8 +11,16 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs import repository
 from app.jobs.state import JobState
-from app.reports.points import pareto_frontier, point_of
-from app.reports.schema import CompressSummary, EvaluateSummary, JobSummary, parse_summary
+from app.recipes import StageIn
+from app.reports.points import pareto_frontier, point_of, recipe_label
+from app.reports.schema import (
+    CompressSummary,
+    EvaluateSummary,
+    JobSummary,
+    MeasuredOn,
+    parse_summary,
+)
+from app.schema_types import DocumentedAs
 
 MAX_JOBS = 20
 
@@ -19,18 +28,43 @@ MAX_JOBS = 20
 class CompareRow(BaseModel):
     job_id: uuid.UUID
     kind: str = Field(description="compress, or evaluate (the model as it is)")
-    recipe: list[str] = Field(description="methods in order")
+    recipe: Annotated[list[dict[str, Any]], DocumentedAs(list[StageIn])] = Field(
+        description="the stages as run, every parameter filled in"
+    )
+    recipe_label: str = Field(
+        description="the recipe in one line, with the parameters that differ from the "
+        "defaults: `rtn(bits=8)`"
+    )
+    series: int = Field(
+        description="index into `series`: rows compare (and share a Pareto frontier) only "
+        "within one"
+    )
     labels: dict[str, str]
     metrics: dict[str, int | float] = Field(
         description="size_bytes, parameters, nonzero_parameters, perplexity, "
         "compression_ratio, effective_bits_per_parameter, decode_tokens_per_second_b1, "
         "throughput_tokens_per_second, ttft_ms, peak_memory_bytes, `<task>.<metric>`"
     )
-    on_pareto_frontier: bool = Field(description="no other row is both smaller and better")
+    on_pareto_frontier: bool = Field(
+        description="no other row of its series is both smaller and better"
+    )
+
+
+class Series(BaseModel):
+    measured_on: MeasuredOn | None = Field(
+        description="evaluation data and settings of its rows' perplexities (null: a job "
+        "from before they were recorded)"
+    )
+    jobs: list[uuid.UUID]
 
 
 class CompareTable(BaseModel):
     base_model: str = Field(description="sha256 of the input model's weights")
+    series: list[Series] = Field(
+        description="rows grouped by what their perplexity was measured on; more than one "
+        "means some rows do not compare (see `warnings`)"
+    )
+    warnings: list[str]
     original: dict[str, int | float] | None = Field(
         description="The input model's figures, as the compress jobs measured them"
     )
@@ -99,14 +133,24 @@ def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> Com
             code="different_base_models",
             field="jobs",
         )
-    methods = {job.id: [stage["method"] for stage in job.spec["recipe"]] for job in jobs}
-    points = [p for job in jobs if (p := point_of(str(job.id), methods[job.id], summaries[job.id]))]
-    frontier = {p.job_id for p in pareto_frontier(points)}
+    groups = series_of(summaries)
+    series_index = {job_id: i for i, group in enumerate(groups) for job_id in group.jobs}
+    frontier: set[str] = set()
+    for group in groups:  # a frontier across unlike perplexities would mean nothing
+        points = [
+            p
+            for job in jobs
+            if job.id in group.jobs
+            and (p := point_of(str(job.id), job.spec["recipe"], summaries[job.id]))
+        ]
+        frontier |= {p.job_id for p in pareto_frontier(points)}
     rows = [
         CompareRow(
             job_id=job.id,
             kind=job.spec.get("kind", "compress"),
-            recipe=methods[job.id],
+            recipe=job.spec["recipe"],
+            recipe_label=recipe_label(job.spec["recipe"]),
+            series=series_index[job.id],
             labels={label.key: label.value for label in job.labels},
             metrics=row_metrics(summaries[job.id]),
             on_pareto_frontier=str(job.id) in frontier,
@@ -123,5 +167,39 @@ def compare(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> Com
         original = {"size_bytes_bf16": measured[0].original_checkpoint_bytes_bf16}
         original |= measured[0].original.figures()
     return CompareTable(
-        base_model=next(iter(bases.values())), original=original, columns=columns, rows=rows
+        base_model=next(iter(bases.values())),
+        series=groups,
+        warnings=series_warnings(groups),
+        original=original,
+        columns=columns,
+        rows=rows,
     )
+
+
+def series_of(summaries: dict[uuid.UUID, JobSummary]) -> list[Series]:
+    """Jobs grouped by the evaluation data and settings of their perplexity, in row order."""
+    groups: dict[Any, Series] = {}
+    for job_id, summary in summaries.items():
+        on = summary.measured_on
+        key = on.perplexity_key() if on else None
+        groups.setdefault(key, Series(measured_on=on, jobs=[])).jobs.append(job_id)
+    return list(groups.values())
+
+
+def series_warnings(groups: list[Series]) -> list[str]:
+    if len(groups) < 2:
+        return []
+
+    def describe(on: MeasuredOn | None) -> str:
+        if on is None:
+            return "unrecorded settings"
+        return (
+            f"{on.tokens} tokens of dataset {on.dataset_sha256[:12]}, context "
+            f"{on.context_length}, stride {on.stride}"
+        )
+
+    parts = "; ".join(f"series {i}: {describe(g.measured_on)}" for i, g in enumerate(groups))
+    return [
+        "perplexities measured on different evaluation data or settings do not compare: "
+        f"the rows form {len(groups)} series, each with its own Pareto frontier ({parts})"
+    ]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.recipes import StageIn
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 class _Model(BaseModel):
@@ -51,7 +51,11 @@ class Efficiency(_Model):
     prompt_tokens: int
     new_tokens: int
     warmup: int
-    repetitions: int
+    repetitions: int = Field(description="timed runs the figures rest on")
+    requested_repetitions: int | None = None
+    stopped_by_time_budget: bool | None = Field(
+        default=None, description="fewer runs than requested: evaluation.efficiency.max_seconds"
+    )
     peak_memory_bytes: int
     peak_rss_bytes: int | None = None
     memory_measure: str
@@ -287,8 +291,26 @@ class Headline(_Model):
         return {name: value for name, value in self if value is not None}
 
 
+class MeasuredOn(_Model):
+    """What a summary's perplexity depends on besides the model: two jobs' perplexities compare
+    only when these are equal (`/v1/compare` separates them otherwise). Speed figures also
+    depend on the device and runtime."""
+
+    dataset_sha256: str
+    tokens: int
+    context_length: int
+    stride: int
+    device: str | None = None
+
+    def perplexity_key(self) -> tuple[str, int, int, int]:
+        return (self.dataset_sha256, self.tokens, self.context_length, self.stride)
+
+
 class CompressSummary(_Model):
     base_model: str = Field(description="sha256 of the input model's weights")
+    measured_on: MeasuredOn | None = Field(
+        default=None, description="the evaluation settings (absent in jobs before report v3)"
+    )
     original_checkpoint_bytes_bf16: int
     compressed_checkpoint_bytes: int
     compression_ratio: float
@@ -305,6 +327,7 @@ class CompressSummary(_Model):
 
 class EvaluateSummary(_Model):
     base_model: str = Field(description="sha256 of the model's weights")
+    measured_on: MeasuredOn | None = None
     checkpoint_bytes_bf16: int
     parameters: int
     nonzero_parameters: int
@@ -332,7 +355,7 @@ class ModelProvenance(_Model):
 
 
 class Report(_Model):
-    version: Literal[2] = 2  # REPORT_VERSION
+    version: Literal[3] = 3  # REPORT_VERSION
     job_id: str
     kind: Literal["compress", "evaluate"]
     model: ModelProvenance

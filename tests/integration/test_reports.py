@@ -303,6 +303,24 @@ def test_baseline_cache_compare_and_evaluate_jobs(
     smallest = min(table["rows"], key=lambda r: r["metrics"]["size_bytes"])
     assert smallest["on_pareto_frontier"] is True
     assert "size_bytes" in table["columns"]
+    # Rows show their recipe in full: two RTN jobs at different bits read differently.
+    assert rows[second["id"]]["recipe"][0]["params"]["bits"] == 8
+    assert rows[second["id"]]["recipe_label"] == "rtn(bits=8, group_size=null)"
+    assert rows[first["id"]]["recipe_label"] == "rtn(bits=4, group_size=32)"
+    assert len(table["series"]) == 1 and table["warnings"] == []
+
+    # A job measured on other evaluation settings is a series of its own, with a warning and
+    # its own frontier: its perplexity is on another scale.
+    other_body = tiny_job()
+    other_body["evaluation"] |= {"max_tokens": 512, "efficiency": {"enabled": False}}
+    unlike = submit(api, tenant_a, other_body, worker)
+    mixed = api.get(
+        "/v1/compare", params={"jobs": f"{first['id']},{unlike['id']}"}, headers=tenant_a
+    ).json()
+    assert [row["series"] for row in mixed["rows"]] == [0, 1]
+    assert [s["measured_on"]["tokens"] for s in mixed["series"]] == [1024, 512]
+    assert "do not compare" in mixed["warnings"][0]
+    assert all(row["on_pareto_frontier"] for row in mixed["rows"])  # alone in its series
 
     # Errors: another tenant's job is not found, a bad id names the field, an evaluate job
     # with a recipe is refused.

@@ -63,3 +63,40 @@ def test_bf16_size_of_a_float32_model_keeps_tied_weights_shared(
     copy.save_pretrained(tmp_path)
     assert measured == (tmp_path / "model.safetensors").stat().st_size
     assert quantized_weight_storage(tmp_path)["quantized_layers"] == 0
+
+
+def test_estimate_counts_generation_and_the_serving_probe_within_its_budget(
+    model: torch.nn.Module,
+) -> None:
+    from app.jobs.schemas import EfficiencySpec
+    from workers.methods.estimate import EvaluationWork, artifact_decode_factor
+
+    def with_serving(stages: list, **spec: object) -> Estimate:
+        cpu = torch.device("cpu")
+        work = EvaluationWork(
+            prompts=3,
+            max_new_tokens=16,
+            efficiency=EfficiencySpec(**spec).model_dump(),  # type: ignore[arg-type]
+            artifact_decode_factor=artifact_decode_factor(stages, cpu),
+        )
+        return estimate_job(
+            model,
+            stages,
+            calibration_samples=0,
+            calibration_length=0,
+            eval_tokens=4096,
+            evaluate_original=True,
+            device=cpu,
+            dtype=torch.float32,
+            evaluation=work,
+        )
+
+    pruned = with_serving([("magnitude", MagnitudeParams())], max_seconds=None)
+    quantized = with_serving([("rtn", RtnParams())], max_seconds=None)
+    bounded = with_serving([("rtn", RtnParams())], max_seconds=1.0, repetitions=50)
+    # A compressed-tensors artifact decodes slower in transformers on CPU: both counted.
+    assert quantized.breakdown_s["generations"] > pruned.breakdown_s["generations"] > 0
+    assert quantized.breakdown_s["efficiency"] > pruned.breakdown_s["efficiency"]
+    # The time budget bounds the timed runs: two models, each process start + warm-up + ~budget.
+    unbounded = with_serving([("rtn", RtnParams())], max_seconds=None, repetitions=50)
+    assert bounded.breakdown_s["efficiency"] < unbounded.breakdown_s["efficiency"] / 3

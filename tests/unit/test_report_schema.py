@@ -66,7 +66,7 @@ def report() -> dict[str, Any]:
         "efficiency": EFFICIENCY,
     }
     return {
-        "version": 2,
+        "version": 3,
         "job_id": "00000000-0000-0000-0000-000000000001",
         "kind": "compress",
         "model": {
@@ -227,7 +227,10 @@ def test_compare_rows_come_from_typed_summary_fields() -> None:
     )
     assert isinstance(evaluate, EvaluateSummary)
     assert row_metrics(evaluate)["size_bytes"] == 2000
-    point = point_of("j", ["rtn"], compress)
-    assert point is not None and (point.bytes, point.perplexity, point.label) == (800, 11.0, "rtn")
+    stages = [{"method": "rtn", "params": {"bits": 8, "group_size": None, "symmetric": True}}]
+    point = point_of("j", stages, compress)
+    assert point is not None and (point.bytes, point.perplexity) == (800, 11.0)
+    # The label names the parameters that differ from the method's defaults.
+    assert point.label == "rtn(bits=8, group_size=null)"
     with pytest.raises(ValidationError):  # a task metric must be a number
         parse_summary({**summary(), "compressed": {"mine.acc": "high"}})

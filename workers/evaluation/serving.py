@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ import torch
 
 from workers.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from workers.models.hf import hf_config
+
+MIN_TIMED_RUNS = 3
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,6 +91,48 @@ def time_generation(
     return streamer.first_token_at - started, ended - streamer.first_token_at
 
 
+@dataclass
+class TimedRuns:
+    """`warmup` unmeasured runs, then up to `repetitions` timed ones, stopping early once the
+    timed runs have taken `max_seconds` (after at least MIN_TIMED_RUNS): a slow format on a
+    slow device costs a bounded time, and the result says how many runs it rests on."""
+
+    warmup: int
+    repetitions: int
+    max_seconds: float | None = None
+    on_run: Callable[[int, int], None] | None = None
+    timed: int = 0
+    started: float = 0.0
+
+    def __iter__(self) -> Iterator[bool]:
+        """Yields, per run, whether it is timed."""
+        total = self.warmup + self.repetitions
+        for run in range(total):
+            if run == self.warmup:
+                self.started = time.perf_counter()
+            yield run >= self.warmup
+            if run >= self.warmup:
+                self.timed += 1
+            if self.on_run:
+                self.on_run(run + 1, total)
+            if self.over_budget:
+                return
+
+    @property
+    def over_budget(self) -> bool:
+        enough = self.timed >= min(MIN_TIMED_RUNS, self.repetitions)
+        spent = time.perf_counter() - self.started
+        return self.max_seconds is not None and enough and spent > self.max_seconds
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "warmup": self.warmup,
+            "repetitions": self.timed,
+            "requested_repetitions": self.repetitions,
+            "stopped_by_time_budget": self.timed < self.repetitions,
+        }
+
+
 def measure(
     model: torch.nn.Module,
     *,
@@ -96,10 +141,8 @@ def measure(
     prompt_tokens: int,
     new_tokens: int,
     batch_size: int,
-    warmup: int,
-    repetitions: int,
+    runs: TimedRuns,
     seed: int = 0,
-    on_run: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Latency and throughput of greedy generation from a fixed random prompt."""
     generator = torch.Generator().manual_seed(seed)
@@ -109,16 +152,13 @@ def measure(
     ).to(device)
     batch = prompt.expand(batch_size, -1).contiguous()
     ttft, per_token, per_step = [], [], []
-    total = warmup + repetitions
-    for run in range(total):
+    for timed in runs:
         first, rest = time_generation(model, prompt, new_tokens, device)
         _, batch_rest = time_generation(model, batch, new_tokens, device)
-        if run >= warmup:
+        if timed:
             ttft.append(first * 1000)
             per_token.append(rest * 1000 / (new_tokens - 1))
             per_step.append(batch_rest * 1000 / (new_tokens - 1))
-        if on_run:
-            on_run(run + 1, total)
     decode = spread(per_token)
     step = spread(per_step)
     return {
@@ -130,12 +170,24 @@ def measure(
         "throughput_tokens_per_second": round(batch_size * 1000 / step["median"], 3),
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
-        "warmup": warmup,
-        "repetitions": repetitions,
+        **runs.as_json(),
     }
 
 
-def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def progress_writer(path: Path | None) -> Callable[[int, int], None] | None:
+    """The child's "run i of n", in a file the parent reads while it waits."""
+    if path is None:
+        return None
+
+    def write(done: int, total: int) -> None:
+        path.write_text(f"{done} {total}\n")
+
+    return write
+
+
+def probe(
+    model_dir: Path, device_name: str, spec: dict[str, Any], progress_file: Path | None = None
+) -> dict[str, Any]:
     """Load the model and measure it (runs in the fresh process): a GGUF artifact in
     llama.cpp where the worker has it, everything else in transformers."""
     from workers.evaluation import serving_llama_cpp
@@ -146,6 +198,13 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
     device = torch.device(device_name)
     dtype = compute_dtype(device)
     is_gguf = artifact_format(model_dir) == gguf.FORMAT
+    spec = dict(spec)
+    runs = TimedRuns(
+        spec.pop("warmup"),
+        spec.pop("repetitions"),
+        spec.pop("max_seconds", None),
+        on_run=progress_writer(progress_file),
+    )
     rss_before = rss_bytes()
     if is_gguf and serving_llama_cpp.available():
         # llama.cpp allocates outside torch: its memory is the process's peak RSS (on a GPU,
@@ -154,6 +213,7 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
             gguf.artifact_file(model_dir),
             gpu=device.type == "cuda",
             threads=torch.get_num_threads(),
+            runs=runs,
             **spec,
         )
         peak_rss = peak_rss_bytes()
@@ -163,7 +223,7 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
             "memory_measure": "peak RSS of the process, load included (llama.cpp)",
         }
         return {**result, **memory, "device": str(device), "threads": torch.get_num_threads()}
-    result = probe_transformers(model_dir, device, dtype, spec, rss_before)
+    result = probe_transformers(model_dir, device, dtype, spec, runs, rss_before)
     if is_gguf:
         result["runtime_note"] = (
             "GGUF measured in transformers, which dequantizes it on load: not the speed "
@@ -173,7 +233,12 @@ def probe(model_dir: Path, device_name: str, spec: dict[str, Any]) -> dict[str, 
 
 
 def probe_transformers(
-    model_dir: Path, device: torch.device, dtype: torch.dtype, spec: dict[str, Any], rss_before: int
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    spec: dict[str, Any],
+    runs: TimedRuns,
+    rss_before: int,
 ) -> dict[str, Any]:
     from workers.formats.loader import load_pretrained
 
@@ -185,7 +250,7 @@ def probe_transformers(
     gc.collect()
     serving_only = device.type == "cpu" and reset_peak_rss()
     vocab = int(hf_config(model).vocab_size)
-    result = measure(model, device=device, vocab_size=vocab, **spec)
+    result = measure(model, device=device, vocab_size=vocab, runs=runs, **spec)
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated())
         memory = {"peak_memory_bytes": peak, "memory_measure": "torch.cuda.max_memory_allocated"}
@@ -216,30 +281,41 @@ def measure_in_subprocess(
     *,
     timeout_s: float,
     check: Callable[[], None] | None = None,
+    on_run: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run `probe` in a fresh interpreter; `check` (the job's cancel/lease check point) is
-    called every second and the child is killed when it raises."""
-    command = [
-        sys.executable,
-        "-m",
-        "workers.evaluation.serving",
-        str(model_dir),
-        "--device",
-        str(device),
-        "--spec",
-        json.dumps(spec),
-    ]
+    called every second and the child is killed when it raises; `on_run` hears "run i of n"
+    from the child's progress file."""
     # Files, not pipes: nobody reads a pipe while the child runs, and a child that logs more
     # than a pipe holds (progress bars, warnings) would block on it until the timeout.
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+    with (
+        tempfile.TemporaryDirectory(prefix="squash-serving-") as folder,
+        tempfile.TemporaryFile("w+") as stdout,
+        tempfile.TemporaryFile("w+") as stderr,
+    ):
+        progress_file = Path(folder) / "progress"
+        command = [
+            sys.executable,
+            "-m",
+            "workers.evaluation.serving",
+            str(model_dir),
+            "--device",
+            str(device),
+            "--spec",
+            json.dumps(spec),
+            "--progress",
+            str(progress_file),
+        ]
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
         deadline = time.monotonic() + timeout_s
+        reported = ""
         try:
             while child.poll() is None:
                 if check:
                     check()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"serving measurement took longer than {timeout_s:.0f} s")
+                reported = _relay_progress(progress_file, reported, on_run)
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
         finally:
             if child.poll() is None:
@@ -253,13 +329,26 @@ def measure_in_subprocess(
         return json.loads(stdout.read().strip().splitlines()[-1])
 
 
+def _relay_progress(path: Path, reported: str, on_run: Callable[[int, int], None] | None) -> str:
+    try:
+        line = path.read_text().strip()
+    except OSError:
+        return reported
+    if on_run and line and line != reported:
+        done, total = (int(part) for part in line.split())
+        on_run(done, total)
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--spec", required=True, help="JSON: prompt_tokens, new_tokens, …")
+    parser.add_argument("--progress", type=Path, default=None, help="file for 'run i of n'")
     args = parser.parse_args()
-    print(json.dumps(probe(args.model_dir, args.device, json.loads(args.spec))))  # noqa: T201 - the parent reads this line
+    found = probe(args.model_dir, args.device, json.loads(args.spec), args.progress)
+    print(json.dumps(found))  # noqa: T201 - the parent reads this line
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.evaluation.serving import TimedRuns
 
 RUNTIME = "llama.cpp"
 
@@ -29,10 +31,8 @@ def measure(
     threads: int,
     prompt_tokens: int,
     new_tokens: int,
-    warmup: int,
-    repetitions: int,
+    runs: TimedRuns,
     seed: int = 0,
-    on_run: Callable[[int, int], None] | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     import random
@@ -56,8 +56,7 @@ def measure(
     # Token ids from the middle of the vocabulary, as the transformers probe: no special tokens.
     prompt = [rng.randrange(vocab // 4, vocab // 2) for _ in range(prompt_tokens)]
     ttft, per_token = [], []
-    total = warmup + repetitions
-    for run in range(total):
+    for timed in runs:
         # Forget the last run's tokens: generate() would otherwise reuse the prompt's cached
         # prefix and time a one-token prefill.
         llm.reset()
@@ -71,11 +70,9 @@ def measure(
             if produced == new_tokens:
                 break
         ended = time.perf_counter()
-        if run >= warmup:
+        if timed:
             ttft.append((first_at - started) * 1000)
             per_token.append((ended - first_at) * 1000 / (new_tokens - 1))
-        if on_run:
-            on_run(run + 1, total)
     decode = spread(per_token)
     return {
         "runtime": RUNTIME,
@@ -88,8 +85,7 @@ def measure(
         "throughput_tokens_per_second": round(1000 / decode["median"], 3),
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
-        "warmup": warmup,
-        "repetitions": repetitions,
+        **runs.as_json(),
         "load_seconds": round(load_seconds, 3),
         "dtype": file.stem.rpartition("-")[2],  # the GGUF type in the artifact's file name
     }

@@ -208,10 +208,14 @@ def evaluate(
 
         out["tasks"] = run_tasks(ctx, attempts, label, model, tokenizer, plan, on_task)
     if plan.efficiency is not None:
-        progress(
-            "efficiency", 0.0, {"runs": plan.efficiency["warmup"] + plan.efficiency["repetitions"]}
-        )
-        measured = serving_efficiency(ctx, attempts, label, model, model_dir, plan, device)
+        runs = plan.efficiency["warmup"] + plan.efficiency["repetitions"]
+        progress("efficiency", 0.0, {"run": 0, "runs": runs})
+
+        def on_run(done: int, total: int) -> None:
+            # The time budget may end the runs early: the bar moves by the runs planned.
+            progress("efficiency", done / total, {"run": done, "runs": total})
+
+        measured = serving_efficiency(ctx, attempts, label, model, model_dir, plan, device, on_run)
         if measured is not None:
             out["efficiency"] = measured
     return out
@@ -225,6 +229,7 @@ def serving_efficiency(
     model_dir: Path,
     plan: EvalPlan,
     device: torch.device,
+    on_run: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any] | None:
     """The saved model served in a fresh process; skipped for a disk-offloaded job (the probe
     holds the model in memory: what that mode exists to avoid)."""
@@ -242,6 +247,7 @@ def serving_efficiency(
             spec,
             timeout_s=SERVING_TIMEOUT_S,
             check=ctx.check if ctx else None,
+            on_run=on_run,
         ),
     )
     return found

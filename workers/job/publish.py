@@ -18,7 +18,7 @@ from app.artifacts.manifest import (
 )
 from app.db import session_scope
 from app.reports.html import render as render_html
-from app.reports.points import peer_points, point_of
+from app.reports.points import original_point, peer_points, point_of
 from app.reports.schema import Report
 from app.storage import ObjectStore, make_store, sha256_file
 from workers.context import JobContext
@@ -44,8 +44,11 @@ def finish(run: JobRun, report: Report, *, model_dir: Path | None) -> dict[str, 
         "libraries": report.libraries,
     }
     with session_scope(ctx.settings.database_url) as session:
-        points = peer_points(session, ctx.job_id, report.summary.base_model)
-    mine = point_of(report.job_id, report.methods, report.summary)
+        points = peer_points(session, ctx.job_id, report.summary)
+    stages = [stage.model_dump(mode="json") for stage in report.recipe]
+    mine = point_of(report.job_id, stages, report.summary)
+    origin = original_point(report.summary)
+    points = [*([origin] if origin else []), *points]
     published = publish(
         ctx,
         staging=run.scratch,

@@ -23,6 +23,10 @@ def compress_report(
     run: JobRun, common: dict[str, Any], original: dict[str, Any], compressed: Compressed
 ) -> Report:
     metrics = compressed.metrics
+    note = slower_runtime_note(original, metrics, compressed.save_format)
+    if note:
+        metrics["efficiency"]["runtime_note"] = note
+        run.ctx.warn(note)
     prompts = run.plan.prompts
     generations = side_by_side(prompts, original.get("generations"), metrics["generations"])
     return Report.model_validate(
@@ -36,9 +40,33 @@ def compress_report(
             "generations": generations,
             "layer_error": compressed.layer_error,
             "load_check": compressed.load_check,
-            "summary": summary(original, metrics, common["model"]),
+            "summary": summary(original, metrics, common["model"], measured_on(common)),
             **closing(run),
         }
+    )
+
+
+def slower_runtime_note(
+    original: dict[str, Any], compressed: dict[str, Any], save_format: str
+) -> str | None:
+    """Say plainly when the artifact serves slower than the original in the runtime measured:
+    transformers unpacks compressed-tensors weights in every forward (what vLLM's kernels do
+    not), so on CPU a smaller model decodes slower there."""
+    mine, theirs = compressed.get("efficiency"), original.get("efficiency")
+    if not mine or not theirs or mine.get("runtime") != theirs.get("runtime"):
+        return None
+    ratio = theirs["decode_tokens_per_second_b1"] / mine["decode_tokens_per_second_b1"]
+    if ratio <= 1.1:
+        return None
+    where = (
+        "transformers unpacks compressed-tensors weights in every forward; the format is made "
+        "for vLLM on a GPU, whose kernels read the packed integers directly"
+        if save_format == "compressed-tensors"
+        else "the format's speed-up needs a runtime with kernels for it"
+    )
+    return (
+        f"decodes {ratio:.1f}x slower than the original in {mine.get('runtime', 'transformers')} "
+        f"on {mine.get('device', 'this device')}: {where}"
     )
 
 
@@ -49,7 +77,7 @@ def evaluate_report(run: JobRun, common: dict[str, Any], measured: dict[str, Any
             "kind": "evaluate",
             "model_metrics": measured,
             "stages": [],
-            "summary": evaluate_summary(measured, common["model"]),
+            "summary": evaluate_summary(measured, common["model"], measured_on(common)),
             **closing(run),
         }
     )
@@ -126,11 +154,21 @@ def headline(measured: dict[str, Any]) -> dict[str, Any]:
     return Headline.model_validate(out).to_json()
 
 
+def measured_on(common: dict[str, Any]) -> dict[str, Any]:
+    evaluation = common["evaluation"]
+    keys = ("dataset_sha256", "tokens", "context_length", "stride")
+    return {**{key: evaluation[key] for key in keys}, "device": common["device_name"]}
+
+
 def summary(
-    original: dict[str, Any], compressed: dict[str, Any], model: dict[str, Any]
+    original: dict[str, Any],
+    compressed: dict[str, Any],
+    model: dict[str, Any],
+    settings: dict[str, Any],
 ) -> CompressSummary:
     result: dict[str, Any] = {
         "base_model": model["weights_sha256"],
+        "measured_on": settings,
         "original_checkpoint_bytes_bf16": original["checkpoint_bytes_bf16"],
         "compressed_checkpoint_bytes": compressed["checkpoint_bytes"],
         "compression_ratio": round(
@@ -156,11 +194,14 @@ def summary(
     return CompressSummary.model_validate(result)
 
 
-def evaluate_summary(measured: dict[str, Any], model: dict[str, Any]) -> EvaluateSummary:
+def evaluate_summary(
+    measured: dict[str, Any], model: dict[str, Any], settings: dict[str, Any]
+) -> EvaluateSummary:
     """An evaluate job's metrics: the model as it is, in the shape /v1/compare reads."""
     return EvaluateSummary.model_validate(
         {
             "base_model": model["weights_sha256"],
+            "measured_on": settings,
             "checkpoint_bytes_bf16": measured["checkpoint_bytes_bf16"],
             "parameters": measured["parameters"],
             "nonzero_parameters": measured["nonzero_parameters"],

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from app.planning.memory_plan import MemoryPlan
 from workers.job.run import JobRun
-from workers.methods.estimate import Estimate, estimate_job
+from workers.methods.estimate import (
+    Estimate,
+    EvaluationWork,
+    artifact_decode_factor,
+    estimate_job,
+)
 from workers.methods.shared.storage_dtype import compute_dtype
 
 
@@ -16,6 +21,15 @@ def estimate_resources(run: JobRun, memory_plan: MemoryPlan | None) -> Estimate:
         gpu = memory_plan.device == "gpu"
         memory = memory_plan.device_peak_bytes if gpu else memory_plan.host_peak_bytes
         budget = memory_plan.budget.device_bytes if gpu else memory_plan.budget.host_bytes
+    evaluation = job.spec.evaluation
+    efficiency = evaluation.efficiency
+    work = EvaluationWork(
+        prompts=len(evaluation.prompts),
+        max_new_tokens=evaluation.max_new_tokens,
+        efficiency=efficiency.model_dump() if efficiency.enabled else None,
+        compare_original=evaluation.compare_original or job.evaluate_only,
+        artifact_decode_factor=artifact_decode_factor(job.stages, source.device),
+    )
     estimate = estimate_job(
         source.model,
         job.stages,
@@ -27,6 +41,7 @@ def estimate_resources(run: JobRun, memory_plan: MemoryPlan | None) -> Estimate:
         dtype=compute_dtype(source.device),
         memory_bytes=memory,
         available_bytes=budget,
+        evaluation=work,
     )
     ctx.event("info", "estimated resources", estimate.as_json())
     return estimate

@@ -11,7 +11,15 @@ machine estimates slower). Work counted, from each stage's cost (`app/recipes/co
   (2 x tokens x in^2) and AWQ re-runs each smoothed block once per grid point;
 - training stages (distill): per trained token a teacher forward and a student forward and
   backward (~3 forwards), i.e. 4 forwards, capped by the stage's wall-clock budget (GKD's
-  sampling is not counted).
+  sampling is not counted);
+- generation (the report's side-by-side texts, the load check's, every serving run): decoding
+  one token at batch 1 is not bound by arithmetic but by per-layer overhead (kernel launches,
+  Python), measured at ~3.8 ms per decoder layer per token for transformers on a 2-core CPU
+  (SmolLM2's 30 layers: 8.8 tokens/s), ~0.3 ms on a GPU; a compressed-tensors quantized model
+  decodes ~3.5x slower still in transformers on CPU (its weights are unpacked in every
+  forward: 2.8 tokens/s at INT8, 1.9 at INT4), a GGUF in llama.cpp ~10x faster;
+- serving efficiency: per model a fresh process (~6 s to import and load), the warm-up runs,
+  then the timed runs up to the spec's `max_seconds` (at least 3 runs).
 
 The report puts the estimate beside the measured timings, so its error is visible per job.
 """
@@ -35,6 +43,22 @@ PROBE_SECONDS = 0.3
 # under the measured times (GPTQ 32x512: 103 s estimated vs 179-227 s; AWQ 16x512, n_grid 10:
 # 164 s vs 350-370 s; two 16k-token evaluations: ~75 s vs ~180 s).
 EFFICIENCY = 0.5
+DECODE_S_PER_LAYER = {"cpu": 0.0038, "cuda": 0.0003}
+SLOWER_DECODE_IN_TRANSFORMERS_CPU = 3.5  # compressed-tensors quantized artifacts
+FASTER_DECODE_IN_LLAMA_CPP = 0.1
+PROCESS_START_S = 6.0
+MIN_TIMED_RUNS = 3  # workers/evaluation/serving.py
+
+
+@dataclass(frozen=True)
+class EvaluationWork:
+    """What the job's evaluation generates, beside the perplexity tokens."""
+
+    prompts: int = 0
+    max_new_tokens: int = 0
+    efficiency: dict[str, Any] | None = None  # the job's EfficiencySpec (None: disabled)
+    compare_original: bool = True
+    artifact_decode_factor: float = 1.0  # how much slower the artifact decodes than the input
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,59 @@ def available_memory(device: torch.device) -> int | None:
     return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else None
 
 
+def _evaluation_breakdown(
+    work: EvaluationWork,
+    config: Any,
+    stages: list[tuple[str, MethodParams]],
+    evaluate_original: bool,
+    device: torch.device,
+    token_flops_s: float,
+) -> dict[str, float]:
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    per_token = max(token_flops_s, DECODE_S_PER_LAYER.get(device.type, 0.0038) * layers)
+    # The models generated from: the original (if compared), the artifact (if any).
+    factors = [1.0] * (evaluate_original and work.compare_original) + [
+        work.artifact_decode_factor
+    ] * bool(stages)
+    generated = work.prompts * work.max_new_tokens
+    found = {"generations": sum(generated * per_token * f for f in factors)}
+    if work.efficiency is not None:
+        found["efficiency"] = sum(
+            serving_seconds(work.efficiency, per_token * f, token_flops_s) for f in factors
+        )
+    return found
+
+
+def serving_seconds(spec: dict[str, Any], token_s: float, prefill_token_s: float) -> float:
+    """One model's serving probe: process start, warm-up, timed runs up to the budget (each
+    run: the prompt and new tokens at batch 1, then at the larger batch, whose decode step
+    costs about the same per step on a CPU's overhead-bound decode)."""
+    batch = int(spec.get("batch_size", 1))
+    prompt, new = int(spec["prompt_tokens"]), int(spec["new_tokens"])
+    per_run = prompt * (1 + batch) * prefill_token_s + 2 * new * token_s
+    repetitions = int(spec["repetitions"])
+    timed = repetitions * per_run
+    budget = spec.get("max_seconds")
+    if budget is not None:
+        timed = min(timed, max(float(budget) + per_run, min(MIN_TIMED_RUNS, repetitions) * per_run))
+    return PROCESS_START_S + int(spec["warmup"]) * per_run + timed
+
+
+def artifact_decode_factor(stages: list[tuple[str, MethodParams]], device: torch.device) -> float:
+    """How much slower (or faster) the artifact decodes than the input model, in the runtime
+    the job measures it in."""
+    import importlib.util
+
+    from app.recipes import METHODS
+
+    quantizers = [name for name, _ in stages if METHODS[name].kind == "quantization"]
+    if not quantizers:
+        return 1.0
+    if quantizers[-1] == "gguf":
+        return FASTER_DECODE_IN_LLAMA_CPP if importlib.util.find_spec("llama_cpp") else 1.0
+    return SLOWER_DECODE_IN_TRANSFORMERS_CPU if device.type == "cpu" else 1.0
+
+
 def _decoder_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     output_embeddings = getattr(model, "get_output_embeddings", None)
     head = output_embeddings() if output_embeddings is not None else None
@@ -93,6 +170,7 @@ def estimate_job(
     dtype: torch.dtype,
     memory_bytes: int | None = None,
     available_bytes: int | None = None,
+    evaluation: EvaluationWork | None = None,
 ) -> Estimate:
     """The job's time; `memory_bytes` / `available_bytes` are the memory plan's peak and
     budget, carried into the report beside it."""
@@ -109,6 +187,12 @@ def estimate_job(
     breakdown: dict[str, float] = {}
     passes = 2 if evaluate_original else 1
     breakdown["evaluate"] = forward_flops(eval_tokens) * passes / rate
+    if evaluation is not None:
+        breakdown.update(
+            _evaluation_breakdown(
+                evaluation, config, stages, evaluate_original, device, forward_flops(1) / rate
+            )
+        )
 
     calibration_tokens = calibration_samples * calibration_length
     for index, (name, stage_params) in enumerate(stages):
