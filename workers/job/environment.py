@@ -13,7 +13,17 @@ from workers.formats.loader import load_pretrained
 from workers.methods.shared.storage_dtype import compute_dtype
 from workers.models.offloaded import open_offloaded
 
-LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "llmcompressor",
+    "compressed-tensors",
+    "lm_eval",
+    # GGUF output and its serving figures (llama-cpp-python is optional on a worker).
+    "auto-round",
+    "gguf",
+    "llama_cpp_python",
+)
 
 
 def pick_device(preference: str) -> torch.device:
