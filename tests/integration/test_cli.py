@@ -136,7 +136,9 @@ def test_submit_wait_then_list_events_and_download(
     assert table.exit_code == 0, table.output
     header, original, row = table.output.splitlines()
     assert header.startswith("job") and "size_bytes" in header
-    assert original.startswith("original") and row.startswith(f"{job_id[:8]}   rtn*")
+    # The row names its recipe with the parameters that set it, frontier marked.
+    assert original.startswith("original")
+    assert row.startswith(f"{job_id[:8]}   rtn(bits=4, group_size=32)*"), row
 
     target = tmp_path / "artifact"
     fetched = run("download", job_id, "--to", str(target), "--url", api_url, env=env)
