@@ -47,14 +47,14 @@ bench: install
 	$(BIN)/python -m bench.status_load
 	$(BIN)/python -m bench.api_load
 	$(BIN)/python -m bench.chaos
-	$(BIN)/python -m bench.default_job
+	$(BIN)/python -m bench.default_job --demo
 
 # GGUF rows (bench/results/formats.json): their speed is llama.cpp's, through llama-cpp-python,
 # which builds llama.cpp from source (~9 min on 2 cores): bench only, not in the lock.
 bench-formats: install
 	$(BIN)/pip install -q "llama-cpp-python==0.3.36"
 	$(BIN)/python -m bench.formats
-	$(BIN)/python -m bench.default_job
+	$(BIN)/python -m bench.default_job --demo
 
 clean:
 	rm -rf $(VENV) .squash

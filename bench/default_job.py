@@ -2,6 +2,11 @@
 embedded stack (no converted model, no cached baseline), timed from submission to `succeeded`.
 
     .venv/bin/python -m bench.default_job            # ~5 min on 2 CPU cores
+    .venv/bin/python -m bench.default_job --demo     # also times `squash demo` (~4 min)
+
+`--demo` runs `squash demo` as a user does after `make install`, in a new data directory (so
+the model's conversion and the original's evaluation are included), and records its wall time
+as `demo_seconds` (target <= 4 minutes).
 
 Targets (issue 23; exits 1 if broken): the job finishes in <= 5 minutes with its report
 complete (perplexity of both models, generations, serving figures in the runtime that fits the
@@ -24,6 +29,7 @@ from bench.common import RESULTS_DIR
 
 RESULTS = RESULTS_DIR / "formats.json"
 TARGET_SECONDS = 300.0
+DEMO_TARGET_SECONDS = 240.0
 JOB: dict[str, Any] = {
     "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
     "recipe": [{"method": "rtn", "params": {"bits": 8}}],
@@ -65,7 +71,28 @@ def complete(report: dict[str, Any]) -> list[str]:
     return missing
 
 
+def time_demo() -> float:
+    import subprocess
+    import sys
+
+    squash = Path(sys.executable).with_name("squash")
+    with tempfile.TemporaryDirectory(prefix="squash-demo-") as data_dir:
+        started = time.perf_counter()
+        subprocess.run(
+            [str(squash), "demo", "--data-dir", data_dir, "--port", str(free_port())],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--demo", action="store_true", help="also time `squash demo`")
+    args = parser.parse_args()
+    demo_seconds = time_demo() if args.demo else None
     found = run_default_job()
     job, wall, report = found["job"], found["wall"], found["report"]
     failures: list[str] = []
@@ -87,7 +114,13 @@ def main() -> None:
         failures.append(f"took {wall:.0f} s > {TARGET_SECONDS:.0f} s")
     if not 0.5 <= ratio <= 2.0:
         failures.append(f"estimate off by {ratio:.2f}x")
+    if demo_seconds is not None:
+        print(f"squash demo: {demo_seconds:.1f} s")
+        if demo_seconds > DEMO_TARGET_SECONDS:
+            failures.append(f"squash demo took {demo_seconds:.0f} s > {DEMO_TARGET_SECONDS:.0f} s")
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if demo_seconds is not None:
+        previous["demo_seconds"] = round(demo_seconds, 1)
     previous.update(
         default_job_seconds=round(wall, 1),
         estimate_ratio=round(ratio, 3),

@@ -105,7 +105,8 @@ def quantization_aware_errors(
                 {
                     "field": f"{where}.method",
                     "message": f"quantization-aware distillation trains weight-only integer "
-                    f"grids, not {quantized!r} (activation quantization); supported: "
+                    f"grids, not {quantized!r} (activation quantization or a GGUF file, which "
+                    "is written last); supported: "
                     f"{sorted(QUANTIZATION_AWARE_METHODS)}",
                     "choices": sorted(QUANTIZATION_AWARE_METHODS),
                 }

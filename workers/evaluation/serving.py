@@ -332,10 +332,10 @@ def measure_in_subprocess(
 def _relay_progress(path: Path, reported: str, on_run: Callable[[int, int], None] | None) -> str:
     try:
         line = path.read_text().strip()
-    except OSError:
-        return reported
-    if on_run and line and line != reported:
         done, total = (int(part) for part in line.split())
+    except (OSError, ValueError):  # not written yet, or caught mid-write: next second
+        return reported
+    if on_run and line != reported:
         on_run(done, total)
     return line
 

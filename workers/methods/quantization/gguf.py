@@ -14,6 +14,7 @@ there first (the stage may follow pruning or distillation: it converts what they
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,19 @@ class Gguf(CompressionMethod[GgufParams]):
         if not context.is_supported(architecture):
             raise JobFailure(
                 ErrorCode.UNSUPPORTED,
-                f"recipe[].method: llama.cpp's converter has no GGUF mapping for {architecture}",
+                f"gguf: llama.cpp's converter has no GGUF mapping for {architecture}",
             )
         return []
 
     def apply(self, stage: StageInput, params: GgufParams) -> StageResult:
         from auto_round import AutoRound
 
-        scratch = stage.scratch or Path("/tmp")
+        scratch = stage.scratch or Path(tempfile.mkdtemp(prefix="squash-gguf-"))
         source_dir = scratch / f"gguf-source-{stage.index}"
         out_dir = scratch / f"gguf-out-{stage.index}"
         lm = pretrained(stage.model)
-        lm.save_pretrained(str(source_dir))
+        # Config and tokenizer only: the converter takes the tensors from the model in memory.
+        lm.config.save_pretrained(str(source_dir))
         if stage.tokenizer is not None:
             stage.tokenizer.save_pretrained(str(source_dir))
         lm.config._name_or_path = str(source_dir)  # where the converter reads config/tokenizer
@@ -68,10 +70,10 @@ class Gguf(CompressionMethod[GgufParams]):
             "nonzero_parameters": nonzero_parameter_count(stage.model),
         }
         options: dict[str, Any] = {"iters": 0, "disable_opt_rtn": not params.imatrix}
+        device = next(stage.model.parameters()).device
         if params.imatrix:
             samples = require_calibration(self.name, stage)
             length = min(len(s) for s in samples)
-            device = next(stage.model.parameters()).device
             options.update(
                 dataset=[torch.tensor([s[:length]], device=device) for s in samples],
                 nsamples=len(samples),
@@ -79,7 +81,6 @@ class Gguf(CompressionMethod[GgufParams]):
                 batch_size=1,
             )
             notes.update(calibration_notes(samples))
-        device = next(stage.model.parameters()).device
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         compressor = AutoRound(
