@@ -32,8 +32,8 @@ class CompareRow(BaseModel):
         description="the stages as run, every parameter filled in"
     )
     recipe_label: str = Field(
-        description="the recipe in one line, with the parameters that differ from the "
-        "defaults: `rtn(bits=8)`"
+        description="the recipe in one line: the parameters that differ from the "
+        "defaults, headline ones always: `rtn(bits=8, group_size=null)`"
     )
     series: int = Field(
         description="index into `series`: rows compare (and share a Pareto frontier) only "

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from app.recipes import MethodParams
+from workers.evaluation.serving import MIN_TIMED_RUNS
 from workers.models.hf import hf_config
 
 PROBE_SIZE = 512
@@ -47,7 +48,6 @@ DECODE_S_PER_LAYER = {"cpu": 0.0038, "cuda": 0.0003}
 SLOWER_DECODE_IN_TRANSFORMERS_CPU = 3.5  # compressed-tensors quantized artifacts
 FASTER_DECODE_IN_LLAMA_CPP = 0.1
 PROCESS_START_S = 6.0
-MIN_TIMED_RUNS = 3  # workers/evaluation/serving.py
 
 
 @dataclass(frozen=True)
