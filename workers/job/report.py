@@ -24,8 +24,9 @@ def compress_report(
 ) -> Report:
     metrics = compressed.metrics
     note = slower_runtime_note(original, metrics, compressed.save_format)
-    if note:
-        metrics["efficiency"]["runtime_note"] = note
+    if note:  # beside a note the probe already wrote (a GGUF measured in transformers)
+        earlier = metrics["efficiency"].get("runtime_note")
+        metrics["efficiency"]["runtime_note"] = f"{earlier}; {note}" if earlier else note
         run.ctx.warn(note)
     prompts = run.plan.prompts
     generations = side_by_side(prompts, original.get("generations"), metrics["generations"])
