@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from html import escape
 from typing import Any
 
 from markupsafe import Markup
-from pydantic import BaseModel
 
 from app.reports.charts import layer_error_chart, scatter_chart, summarize_layers
 from app.reports.csp import CSP
 from app.reports.page_cells import REGRESSION_PCT, cell, fmt, measured_sides, metric_rows
-from app.reports.points import Point
+from app.reports.points import Point, set_params
 from app.reports.schema import (
     CompressedModel,
     CompressSummary,
@@ -92,7 +90,7 @@ def render(
             stage_rows=stage_rows(report),
             layers=layer_section(report.layer_error),
             **timing_context(report),
-            memory_table=Markup(memory_table(report)),
+            memory=memory_context(report),
             scatter=Markup(scatter_chart(points, report.job_id)),
             generations=report.generations or [],
             artifacts=[
@@ -242,19 +240,12 @@ def model_facts(report: Report) -> dict[str, str]:
 
 
 def recipe_rows(report: Report) -> list[dict[str, Any]]:
-    from app.recipes import METHODS
-
     rows = []
     for index, stage in enumerate(report.recipe):
-        fields = METHODS[stage.method].params.model_fields if stage.method in METHODS else {}
-        params = []
-        for name, value in stage.params.items():
-            field = fields.get(name)
-            default = field.get_default(call_default_factory=True) if field else None
-            if isinstance(default, BaseModel):
-                default = default.model_dump(mode="json")
-            shown = value if isinstance(value, str) else json.dumps(value)
-            params.append((name, shown, field is None or value != default))
+        params = [
+            (name, value if isinstance(value, str) else json.dumps(value), changed)
+            for name, value, changed in set_params(stage.method, stage.params)
+        ]
         notes = report.stages[index].model_extra if index < len(report.stages) else None
         noted = [
             (k, v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))[:120])
@@ -264,47 +255,36 @@ def recipe_rows(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
-def cell_html(key: str, value: Any, unit: str = "") -> str:
-    if value is None:
-        return '<td class="n muted">—</td>'
-    data = escape(json.dumps(value), quote=True)
-    text = escape(fmt(value, unit))
-    return f'<td class="n" data-key="{escape(key)}" data-value="{data}">{text}</td>'
-
-
-def memory_table(report: Report) -> str:
-    # Built as escaped HTML here (every value through `escape`/`cell_html`); the template
-    # inlines it as Markup.
+def memory_context(report: Report) -> dict[str, Any] | None:
     """Each phase's time and measured peak memory, beside the plan made before loading."""
     memory = report.memory
     if memory is None or not memory.phases:
-        return ""
+        return None
     plan = memory.plan
     gpu = plan is not None and plan.device == "gpu"
-    parts = ["<h2>Time and memory by phase</h2><table><tr><th>phase</th><th>seconds</th>"]
-    parts.append("<th>peak RSS above the job's start</th><th>planned</th><th>CUDA peak</th>")
-    parts.append("<th>planned (GPU)</th></tr>" if gpu else "</tr>")
+    rows = []
     for name, figures in memory.phases.items():
-        parts.append(f"<tr><td>{escape(name)}</td>")
-        parts.append(cell_html(f"timings_s/{name}", report.timings_s.get(name)))
         key = f"memory/phases/{name}"
         planned = plan.phases.get(name) if plan else None
-        parts.append(
-            cell_html(f"{key}/peak_above_start_bytes", figures.peak_above_start_bytes, "bytes")
-        )
-        host = planned.host_bytes if planned else None
-        parts.append(cell_html(f"memory/plan/phases/{name}/host_bytes", host, "bytes"))
-        parts.append(cell_html(f"{key}/cuda_peak_bytes", figures.cuda_peak_bytes, "bytes"))
+        cells = [
+            cell(f"timings_s/{name}", report.timings_s.get(name)),
+            cell(f"{key}/peak_above_start_bytes", figures.peak_above_start_bytes, "bytes"),
+            cell(
+                f"memory/plan/phases/{name}/host_bytes",
+                planned.host_bytes if planned else None,
+                "bytes",
+            ),
+            cell(f"{key}/cuda_peak_bytes", figures.cuda_peak_bytes, "bytes"),
+        ]
         if gpu:
             device = planned.device_bytes if planned else None
-            parts.append(cell_html(f"memory/plan/phases/{name}/device_bytes", device, "bytes"))
-        parts.append("</tr>")
-    parts.append("</table>")
+            cells.append(cell(f"memory/plan/phases/{name}/device_bytes", device, "bytes"))
+        rows.append((name, cells))
     reset = "" if memory.peak_reset_per_phase else " (peaks could not be reset between phases)"
     budget = fmt(report.estimate.available_bytes, "bytes")
-    mode = f"mode {escape(plan.mode)}, " if plan else ""
-    parts.append(
-        f'<p class="muted">Planned before the weights loaded ({mode}checked against {budget})'
-        f"{reset}.</p>"
-    )
-    return "".join(parts)
+    mode = f"mode {plan.mode}, " if plan else ""
+    return {
+        "gpu": gpu,
+        "rows": rows,
+        "note": f"Planned before the weights loaded ({mode}checked against {budget}){reset}.",
+    }

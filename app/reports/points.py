@@ -19,21 +19,31 @@ from app.reports.schema import EvaluateSummary, JobSummary, parse_summary
 HEADLINE_PARAMS = ("bits", "group_size", "type", "sparsity")
 
 
-def stage_label(stage: dict[str, Any]) -> str:
-    """`rtn(bits=8, group_size=null)`: the method with its headline parameters and those that
-    differ from its defaults, so two jobs of one method at different settings read
-    differently."""
-    method, params = stage["method"], stage.get("params") or {}
+def set_params(method: str, params: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    """Each parameter of a stage as run, and whether the job set it (it differs from the
+    method's default): what the page highlights and the compare label names."""
     spec = METHODS.get(method)
     fields = spec.params.model_fields if spec else {}
-    shown = []
+    found = []
     for name, value in params.items():
         field = fields.get(name)
         default = field.get_default(call_default_factory=True) if field else None
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
-        if field is None or value != default or name in HEADLINE_PARAMS:
-            shown.append(f"{name}={_short(value)}")
+        found.append((name, value, field is None or value != default))
+    return found
+
+
+def stage_label(stage: dict[str, Any]) -> str:
+    """`rtn(bits=8, group_size=null)`: the method with its headline parameters and those that
+    differ from its defaults, so two jobs of one method at different settings read
+    differently."""
+    method = stage["method"]
+    shown = [
+        f"{name}={_short(value)}"
+        for name, value, changed in set_params(method, stage.get("params") or {})
+        if changed or name in HEADLINE_PARAMS
+    ]
     return f"{method}({', '.join(shown)})" if shown else method
 
 

@@ -140,15 +140,14 @@ def serving_seconds(spec: dict[str, Any], token_s: float, prefill_token_s: float
 def artifact_decode_factor(stages: list[tuple[str, MethodParams]], device: torch.device) -> float:
     """How much slower (or faster) the artifact decodes than the input model, in the runtime
     the job measures it in."""
-    import importlib.util
-
     from app.recipes import METHODS
+    from workers.evaluation import serving_llama_cpp
 
     quantizers = [name for name, _ in stages if METHODS[name].kind == "quantization"]
     if not quantizers:
         return 1.0
     if quantizers[-1] == "gguf":
-        return FASTER_DECODE_IN_LLAMA_CPP if importlib.util.find_spec("llama_cpp") else 1.0
+        return FASTER_DECODE_IN_LLAMA_CPP if serving_llama_cpp.available() else 1.0
     return SLOWER_DECODE_IN_TRANSFORMERS_CPU if device.type == "cpu" else 1.0
 
 
