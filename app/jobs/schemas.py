@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.jobs.state import JobState
 from app.json_paths import integral_floats_as_ints
-from app.recipes import StageIn
+from app.recipes import GgufParams, StageIn
 from app.reports.schema import JobSummary
 from app.schema_types import DocumentedAs
 from app.sources import BuiltinDataset, DatasetSource, ModelSource, S3Uri
@@ -169,6 +169,26 @@ class OutputSpec(_Strict):
         "shard uploaded in parallel parts and listed in the manifest. A sparse or low-rank "
         "artifact is one file.",
     )
+    gguf: list[GgufParams] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Also write the model as GGUF files for llama.cpp / Ollama, one per type, "
+        "beside the recipe's artifact: converted from the model the recipe's quantization "
+        "stage starts from (after any pruning, distillation or rotation; the input model when "
+        "quantization comes first), so llama.cpp's types round the 16-bit weights, not the "
+        "artifact's integers. Each is uploaded as `gguf/model-<TYPE>.gguf`; the report lists "
+        "its size, tensor types and perplexity (transformers, dequantized). Not for evaluate "
+        "jobs, nor recipes with a stage after quantization.",
+        examples=[[{"type": "Q4_K_M"}, {"type": "Q8_0", "imatrix": False}]],
+    )
+
+    @field_validator("gguf")
+    @classmethod
+    def _one_file_per_type(cls, value: list[GgufParams]) -> list[GgufParams]:
+        types = [item.type for item in value]
+        if len(set(types)) != len(types):
+            raise ValueError("each GGUF type once")
+        return value
 
 
 class JobCreate(_Strict):

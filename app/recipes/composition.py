@@ -136,3 +136,29 @@ def rotation_errors(kinds: list[tuple[int, str]], field: str) -> list[dict[str, 
             "quantization stage after it (e.g. gptq)",
         }
     ]
+
+
+def gguf_beside_errors(
+    stages: list[tuple[str, str]], field: str = "output.gguf"
+) -> list[dict[str, Any]]:
+    """For (method, kind) of a recipe's stages: GGUF files beside its artifact are converted
+    from the model its (first) quantization stage starts from, so every stage must run before
+    that point, and each must be one a quantization may follow."""
+    first = next((i for i, (_, kind) in enumerate(stages) if kind == "quantization"), None)
+    errors = []
+    if first is not None and first < len(stages) - 1:
+        method = stages[first + 1][0]
+        errors.append(
+            {
+                "field": field,
+                "message": f"the GGUF files are converted from the model recipe[{first}] "
+                f"starts from; recipe[{first + 1}] ({method}) runs after it and would not be in "
+                "them: end the recipe with a gguf stage instead",
+            }
+        )
+    for index, (method, kind) in enumerate(stages[:first]):
+        why = why_cannot_follow(kind, "quantization")
+        if why:
+            message = f"recipe[{index}] ({method}) cannot be written as GGUF: {why}"
+            errors.append({"field": field, "message": message})
+    return errors

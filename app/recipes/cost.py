@@ -25,6 +25,9 @@ class StageCost:
     # memory at a time) and save its artifact shard by shard: weight quantization through
     # llm-compressor whose artifact is a plain compressed-tensors checkpoint.
     offloadable: bool = False
+    # Whether every weight block's scales are searched under activation-weighted error
+    # (auto-round's OPT-RTN, the GGUF importance matrix): work per weight, not per token.
+    scale_search: bool = False
 
     @property
     def calibrated(self) -> bool:

@@ -62,4 +62,4 @@ class GgufParams(MethodParams):
 
     def cost(self) -> StageCost:
         # One forward over the calibration samples for the activation statistics.
-        return StageCost(calibration_passes=1.0) if self.imatrix else StageCost()
+        return StageCost(calibration_passes=1.0, scale_search=True) if self.imatrix else StageCost()

@@ -87,6 +87,7 @@ def render(
             unquantized=unquantized(report),
             failed=[(k, v.error) for k, v in report.evaluations.items() if v.status != "ok"],
             load_check=load_check(report),
+            gguf_outputs=gguf_rows(report),
             stage_rows=stage_rows(report),
             layers=layer_section(report.layer_error),
             **timing_context(report),
@@ -139,6 +140,27 @@ def load_check(report: Report) -> dict[str, Any] | None:
         "format": check.artifact_format,
         "seconds": cell("load_check/seconds", check.seconds),
     }
+
+
+def gguf_rows(report: Report) -> list[dict[str, Any]]:
+    """The GGUF files beside the artifact; a perplexity change above REGRESSION_PCT marked."""
+    rows = []
+    for i, out in enumerate(report.gguf_outputs or []):
+        change = out.perplexity_change_pct
+        rows.append(
+            {
+                "type": out.type,
+                "path": out.path,
+                "imatrix": "yes" if out.imatrix else "no",
+                "size": cell(f"gguf_outputs/{i}/bytes", out.bytes, "bytes"),
+                "bits": cell(f"gguf_outputs/{i}/bits_per_weight", out.bits_per_weight),
+                "types": ", ".join(f"{k} {v}" for k, v in out.tensor_types.items()),
+                "perplexity": cell(f"gguf_outputs/{i}/perplexity", out.perplexity),
+                "change": cell(f"gguf_outputs/{i}/perplexity_change_pct", change, "pct"),
+                "change_class": "bad" if change is not None and change > REGRESSION_PCT else "",
+            }
+        )
+    return rows
 
 
 def stage_rows(report: Report) -> list[dict[str, Any]]:

@@ -15,18 +15,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from app.recipes import StageIn
+from app.reports.base import ReportModel as _Model
+from app.reports.summary import (
+    CompressSummary,
+    EvaluateSummary,
+    Headline,
+    JobSummary,
+    MeasuredOn,
+    parse_summary,
+)
 
 REPORT_VERSION = 3
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True)
+__all__ = [
+    "REPORT_VERSION",
+    "CompressSummary",
+    "EvaluateSummary",
+    "Headline",
+    "JobSummary",
+    "MeasuredOn",
+    "Report",
+    "parse_summary",
+]
 
 
 # -- measured figures of one model --------------------------------------------------------------
@@ -260,6 +273,23 @@ class LoadCheck(_Model):
     seconds: float
 
 
+class GgufOutput(_Model):
+    """One GGUF file written beside the recipe's artifact (the job's `output.gguf`)."""
+
+    type: str = Field(description="llama.cpp type, e.g. Q4_K_M")
+    imatrix: bool
+    path: str = Field(description="where it is in the job's artifacts: gguf/model-<TYPE>.gguf")
+    bytes: int
+    bits_per_weight: float = Field(description="over the quantized tensors, read from the file")
+    all_bits_per_weight: float = Field(description="over every tensor in the file")
+    tensor_types: dict[str, int] = Field(description="tensors per llama.cpp type, as written")
+    perplexity: float | None = Field(
+        default=None, description="transformers on the dequantized file, the job's settings"
+    )
+    perplexity_change_pct: float | None = Field(default=None, description="against the original")
+    seconds: float = Field(description="conversion and measurement")
+
+
 class Generation(_Model):
     prompt: str
     original: str | None
@@ -270,78 +300,6 @@ class EvaluationStatus(_Model):
     status: Literal["ok", "failed"]
     error: str | None = None
     cached: bool | None = None
-
-
-# -- the job summary (jobs.metrics) ----------------------------------------------------------------
-class Headline(_Model):
-    """The figures `/v1/compare` and the job's `metrics` show for one model. Task metrics are
-    extra fields named `<task>.<metric>` (floats)."""
-
-    model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, float] = Field(init=False)
-
-    perplexity: float | None = None
-    decode_tokens_per_second_b1: float | None = None
-    throughput_tokens_per_second: float | None = None
-    ttft_ms: float | None = None
-    peak_memory_bytes: int | None = None
-
-    def figures(self) -> dict[str, float | int]:
-        """Every measured figure by name, typed fields first, then the task metrics."""
-        return {name: value for name, value in self if value is not None}
-
-
-class MeasuredOn(_Model):
-    """What a summary's perplexity depends on besides the model: two jobs' perplexities compare
-    only when these are equal (`/v1/compare` separates them otherwise). Speed figures also
-    depend on the device and runtime."""
-
-    dataset_sha256: str
-    tokens: int
-    context_length: int
-    stride: int
-    device: str | None = None
-
-    def perplexity_key(self) -> tuple[str, int, int, int]:
-        return (self.dataset_sha256, self.tokens, self.context_length, self.stride)
-
-
-class CompressSummary(_Model):
-    base_model: str = Field(description="sha256 of the input model's weights")
-    measured_on: MeasuredOn | None = Field(
-        default=None, description="the evaluation settings (absent in jobs before report v3)"
-    )
-    original_checkpoint_bytes_bf16: int
-    compressed_checkpoint_bytes: int
-    compression_ratio: float
-    parameters: int
-    nonzero_parameters: int
-    effective_bits_per_parameter: float
-    bits_per_quantized_weight: float | None = None
-    original_perplexity: float | None = None
-    compressed_perplexity: float | None = None
-    perplexity_change_pct: float | None = None
-    compressed: Headline
-    original: Headline
-
-
-class EvaluateSummary(_Model):
-    base_model: str = Field(description="sha256 of the model's weights")
-    measured_on: MeasuredOn | None = None
-    checkpoint_bytes_bf16: int
-    parameters: int
-    nonzero_parameters: int
-    evaluated: Headline
-
-
-JobSummary = CompressSummary | EvaluateSummary
-
-
-def parse_summary(metrics: dict[str, Any]) -> JobSummary:
-    """A job row's `metrics` (stored without a kind tag: an evaluate job's has `evaluated`)."""
-    if "evaluated" in metrics:
-        return EvaluateSummary.model_validate(metrics)
-    return CompressSummary.model_validate(metrics)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -373,6 +331,9 @@ class Report(_Model):
     generations: list[Generation] | None = None
     layer_error: LayerError | None = None
     load_check: LoadCheck | None = None
+    gguf_outputs: list[GgufOutput] | None = Field(
+        default=None, description="GGUF files beside the artifact (the job's output.gguf)"
+    )
     # evaluate jobs: the model as it is
     model_metrics: OriginalModel | None = None
     summary: CompressSummary | EvaluateSummary

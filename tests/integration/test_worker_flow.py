@@ -269,3 +269,51 @@ def test_a_gguf_job_ships_one_gguf_file_that_transformers_loads(
         assert efficiency["runtime"] == "llama.cpp"
     else:
         assert efficiency["runtime"] == "transformers" and "llama.cpp" in efficiency["runtime_note"]
+
+
+def test_gguf_files_beside_a_compressed_tensors_artifact_come_from_the_unquantized_model(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, tiny_smol_dir: Path, tmp_path: Path
+) -> None:
+    """Pruned, then RTN (compressed-tensors), with a Q8_0 GGUF beside it: the GGUF is converted
+    from the pruned 16-bit model (its zeros are there), uploaded under gguf/ and measured."""
+    from transformers import AutoModelForCausalLM
+
+    body = tiny_job(
+        labels={"flow": "gguf-beside"}, model={"kind": "local", "path": tiny_smol_dir.name}
+    )
+    body["recipe"] = [
+        {"method": "magnitude", "params": {"sparsity": 0.5}},
+        {"method": "rtn", "params": {"bits": 8}},
+    ]
+    body["output"] = {"gguf": [{"type": "Q8_0", "imatrix": False}]}
+    body["evaluation"] |= {"layer_error_tokens": 0, "efficiency": {"enabled": False}}
+    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+
+    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
+    files = {item["path"]: item for item in listing["items"]}
+    assert any(p.startswith("model/") and p.endswith(".safetensors") for p in files)
+    assert "gguf/model-Q8_0.gguf" in files
+    content = httpx.get(files["gguf/model-Q8_0.gguf"]["url"]).raise_for_status().content
+    assert hashlib.sha256(content).hexdigest() == files["gguf/model-Q8_0.gguf"]["sha256"]
+    (tmp_path / "model-Q8_0.gguf").write_bytes(content)
+
+    report = api.get(f"/v1/jobs/{job['id']}/report", headers=tenant_a).json()
+    [row] = report["gguf_outputs"]
+    assert row["path"] == "gguf/model-Q8_0.gguf" and row["bytes"] == len(content)
+    assert row["tensor_types"] == {"Q8_0": 15}
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="model-Q8_0.gguf", dtype=torch.float32
+    )
+    assert perplexity_of(loaded, tiny_smol_dir, report["evaluation"]) == pytest.approx(
+        row["perplexity"], rel=1e-4
+    )
+    change = 100 * (row["perplexity"] / report["original"]["perplexity"] - 1)
+    assert row["perplexity_change_pct"] == pytest.approx(change, abs=0.01)
+    # Converted after the pruning stage: half of each pruned layer's weights are zero in it
+    # (the input model has none), and Q8_0 keeps a zero a zero.
+    pruned = loaded.model.layers[0].self_attn.q_proj.weight
+    assert (pruned == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    page = httpx.get(files["report.html"]["url"]).raise_for_status().text
+    assert 'id="gguf-outputs"' in page and "gguf/model-Q8_0.gguf" in page

@@ -287,3 +287,44 @@ def test_a_default_group_size_that_does_not_fit_is_lowered_to_one_that_does(meth
     assert stage.params.group_size == 64  # type: ignore[attr-defined]
     (unsized,) = validate_recipe([StageIn(method=method)])
     assert unsized.params.group_size == 128  # type: ignore[attr-defined]
+
+
+def _gguf_beside(recipe: list[dict], kind: str = "compress", gguf: list | None = None) -> list:
+    from app.jobs.schemas import JobCreate
+    from app.jobs.service import checked_stages
+
+    body = JobCreate.model_validate(
+        {
+            "kind": kind,
+            "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+            "recipe": recipe,
+            "output": {"gguf": gguf or [{"type": "Q4_K_M"}]},
+        }
+    )
+    return checked_stages(body)
+
+
+def test_gguf_files_beside_the_artifact_are_refused_where_they_could_not_be_made() -> None:
+    from pydantic import ValidationError
+
+    magnitude = {"method": "magnitude", "params": {"sparsity": 0.5}}
+    rtn = {"method": "rtn", "params": {"bits": 8}}
+    distill = {"method": "distill", "params": {"max_steps": 2}}
+    low_rank = {"method": "low_rank", "params": {"param_ratio": 0.7}}
+    # Accepted: quantization first, pruning before it, or no quantization at all.
+    assert [s.method for s in _gguf_beside([rtn])] == ["rtn"]
+    assert [s.method for s in _gguf_beside([magnitude, rtn])] == ["magnitude", "rtn"]
+    assert [s.method for s in _gguf_beside([magnitude])] == ["magnitude"]
+    # A stage after quantization would not be in the files; a low-rank model has no GGUF.
+    for recipe, words in (([rtn, distill], "recipe[1] (distill) runs after"), ([low_rank], "low")):
+        with pytest.raises(InvalidInput) as refused:
+            _gguf_beside(recipe)
+        assert refused.value.errors[0]["field"] == "output.gguf"
+        assert words in refused.value.errors[0]["message"]
+    with pytest.raises(InvalidInput) as refused:
+        _gguf_beside([], kind="evaluate")
+    assert refused.value.field == "output.gguf"
+    with pytest.raises(ValidationError, match="each GGUF type once"):
+        _gguf_beside([rtn], gguf=[{"type": "Q8_0"}, {"type": "Q8_0", "imatrix": False}])
+    with pytest.raises(ValidationError, match="Q4_K_M"):
+        _gguf_beside([rtn], gguf=[{"type": "Q4_K_X"}])

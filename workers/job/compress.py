@@ -28,7 +28,7 @@ from workers.evaluation.measure import (
 from workers.evaluation.suite import EvalPlan, evaluate
 from workers.formats import gguf
 from workers.formats.loader import PLAIN, artifact_format
-from workers.job import progress
+from workers.job import gguf_outputs, progress
 from workers.job.environment import load_model
 from workers.job.evaluate import stage_metrics
 from workers.job.run import JobRun
@@ -50,6 +50,7 @@ class Compressed:
     metrics: dict[str, Any]
     load_check: dict[str, Any]
     layer_error: dict[str, Any] | None
+    gguf_source: Path | None = None  # the dense model the job's output.gguf files convert
 
 
 def compress(run: JobRun) -> Compressed:
@@ -59,7 +60,7 @@ def compress(run: JobRun) -> Compressed:
     if not source.offloaded:  # an offloaded model already computes in that dtype
         source.model.to(compute_dtype(source.device))
     with ctx.timed("stages"):
-        outcome = run_recipe(run)
+        outcome, gguf_source = run_recipe(run)
     # Counted on the compressed model before saving: its weights are plain tensors here (a
     # reloaded quantized model holds packed integers, where counting elements means nothing).
     counts = (
@@ -126,7 +127,9 @@ def compress(run: JobRun) -> Compressed:
                     "layer_error", partial(layer_error.measure, loaded, captured, origin)
                 )
     del loaded
-    return Compressed(stage_notes, save_format, out_dir, compressed, load_check, errors)
+    return Compressed(
+        stage_notes, save_format, out_dir, compressed, load_check, errors, gguf_source
+    )
 
 
 def capture_layers(run: JobRun) -> layer_error.Capture | None:
@@ -146,12 +149,16 @@ def capture_layers(run: JobRun) -> layer_error.Capture | None:
     )
 
 
-def run_recipe(run: JobRun) -> RecipeOutcome:
+def run_recipe(run: JobRun) -> tuple[RecipeOutcome, Path | None]:
     """The stages in order, each timed and noted in the job's events; figures after every
-    stage but the last (whose figures are the compressed model's, measured after loading)."""
+    stage but the last (whose figures are the compressed model's, measured after loading).
+    With `output.gguf`, also where the dense model those files convert from is."""
     ctx, job, plan = run.ctx, run.job, run.plan
     stages = job.stages
     started: dict[int, float] = {}
+    wants_gguf = bool(job.spec.output.gguf)
+    snapshot_after = gguf_outputs.snapshot_after(stages) if wants_gguf else None
+    gguf_source = run.source.resolved.path if wants_gguf and snapshot_after is None else None
     per_stage = job.spec.evaluation.per_stage and plan.perplexity and len(stages) > 1
 
     def on_stage(index: int, name: str) -> None:
@@ -160,14 +167,20 @@ def run_recipe(run: JobRun) -> RecipeOutcome:
         started[index] = time.perf_counter()
 
     def on_stage_done(index: int, notes: dict[str, Any], current: torch.nn.Module) -> None:
+        nonlocal gguf_source
         seconds = time.perf_counter() - started[index]
         ctx.timings[f"stage_{index}_{notes['method']}"] = round(seconds, 3)
         worker_metrics.phase_done("stage", seconds, None, method=notes["method"])
         if per_stage and index < len(stages) - 1:
             notes["metrics_after"] = stage_metrics(run, current, index)
         ctx.event("stage", f"stage {index} ({notes['method']}) done", notes)
+        if index == snapshot_after:
+            with ctx.timed("gguf_source"):
+                gguf_source = gguf_outputs.save_snapshot(
+                    current, run.source.tokenizer, run.scratch / gguf_outputs.SNAPSHOT
+                )
 
-    return run_stages(
+    outcome = run_stages(
         run.source.model,
         run.source.tokenizer,
         stages,
@@ -182,6 +195,7 @@ def run_recipe(run: JobRun) -> RecipeOutcome:
         seed=job.spec.seed,
         progress_span=progress.STAGES.bounds,
     )
+    return outcome, gguf_source
 
 
 def loader_name(layout: str, *, offloaded: bool) -> str:

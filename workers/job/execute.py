@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
+from app.jobs.state import ErrorCode
 from workers.context import JobContext
+from workers.errors import JobFailure
 from workers.evaluation.suite import EvalPlan
-from workers.job import progress
+from workers.job import gguf_outputs, progress
 from workers.job.compress import compress
 from workers.job.data import prepare_data
 from workers.job.environment import pick_device
@@ -52,6 +54,12 @@ def execute(
         f"model {'opened disk-offloaded' if offloaded else 'loaded'} on {source.device}",
         {"architecture": architecture, "offloaded": offloaded},
     )
+    if offloaded and job.spec.output.gguf:
+        raise JobFailure(
+            ErrorCode.UNSUPPORTED,
+            "output.gguf: GGUF files of a model this large (held disk-offloaded) are not "
+            "written yet; end the recipe with a gguf stage on a worker with more memory",
+        )
     # Every stage checked against the real model before any heavy work.
     for warning in preflight(source.model, job.stages):
         ctx.warn(warning)
@@ -71,6 +79,9 @@ def execute(
         return finish(run, evaluate_report(run, common, original), model_dir=None)
 
     compressed = compress(run)
+    beside: tuple[list[dict[str, Any]], list[tuple[str, Path]]] = ([], [])
+    if job.spec.output.gguf and compressed.gguf_source is not None:
+        beside = gguf_outputs.write_all(run, compressed.gguf_source, original.get("perplexity"))
     ctx.progress("upload", progress.UPLOAD.start)
-    report = compress_report(run, common, original, compressed)
-    return finish(run, report, model_dir=compressed.model_dir)
+    report = compress_report(run, common, original, compressed, gguf_rows=beside[0])
+    return finish(run, report, model_dir=compressed.model_dir, extra_files=beside[1])

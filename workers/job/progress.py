@@ -28,7 +28,8 @@ EVALUATE_ORIGINAL = Span(10.0, 35.0)
 STAGES = Span(35.0, 60.0)  # split evenly between the recipe's stages
 SAVE = Span(60.0, 65.0)
 LOAD_CHECK = Span(65.0, 70.0)
-EVALUATE_COMPRESSED = Span(70.0, 90.0)
+EVALUATE_COMPRESSED = Span(70.0, 88.0)
+GGUF_OUTPUTS = Span(88.0, 90.0)  # the job's output.gguf files, if any
 UPLOAD = Span(90.0, 99.0)  # the last point is the manifest and the final commit (100)
 
 RESOLVE_STARTED = RESOLVE.at(0.1)

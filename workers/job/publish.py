@@ -29,12 +29,20 @@ from workers.job import progress
 from workers.job.run import JobRun
 
 UPLOAD_TRIES = 3
+PAGE_ITSELF = frozenset({RECIPE_NAME, REPORT_NAME, REPORT_HTML_NAME})  # the page lists the rest
 UPLOAD_BACKOFF_S = 1.0
 
 
-def finish(run: JobRun, report: Report, *, model_dir: Path | None) -> dict[str, Any]:
-    """Publish the report (and the model, for a compress job). Returns the job-row values:
-    the artifacts, their prefix and the summary as the job's `metrics`."""
+def finish(
+    run: JobRun,
+    report: Report,
+    *,
+    model_dir: Path | None,
+    extra_files: list[tuple[str, Path]] | None = None,
+) -> dict[str, Any]:
+    """Publish the report (and the model, for a compress job; `extra_files`, as (artifact
+    path, local file), beside it). Returns the job-row values: the artifacts, their prefix and
+    the summary as the job's `metrics`."""
     ctx, data = run.ctx, run.data
     provenance = {
         "model": report.model.to_json(),
@@ -55,6 +63,7 @@ def finish(run: JobRun, report: Report, *, model_dir: Path | None) -> dict[str, 
         ctx,
         staging=run.scratch,
         model_dir=model_dir,
+        extra_files=extra_files or [],
         report=report.to_json(),
         render_page=partial(render_html, report, [*points, mine] if mine else points),
         recipe=[stage.model_dump(mode="json") for stage in report.recipe],
@@ -68,6 +77,7 @@ def publish(
     *,
     staging: Path,
     model_dir: Path | None,
+    extra_files: list[tuple[str, Path]] | None = None,
     report: dict[str, Any],
     render_page: Callable[[list[dict[str, Any]]], str],
     recipe: list[dict[str, Any]],
@@ -91,11 +101,12 @@ def publish(
         if model_dir is not None
         else []
     )
+    local_files += extra_files or []
     local_files += [(name, staged / name) for name in (RECIPE_NAME, REPORT_NAME, REPORT_HTML_NAME)]
     files: list[dict[str, Any]] = []
     for index, (path, local) in enumerate(local_files):
         if path == REPORT_HTML_NAME:
-            local.write_text(render_page([f for f in files if f["path"].startswith("model/")]))
+            local.write_text(render_page([f for f in files if f["path"] not in PAGE_ITSELF]))
         ctx.check()
         key = f"{prefix}/{path}"
         size, digest = local.stat().st_size, sha256_file(local)

@@ -20,7 +20,12 @@ from workers.models.datasets import CALIBRATION_SHARE
 
 
 def compress_report(
-    run: JobRun, common: dict[str, Any], original: dict[str, Any], compressed: Compressed
+    run: JobRun,
+    common: dict[str, Any],
+    original: dict[str, Any],
+    compressed: Compressed,
+    *,
+    gguf_rows: list[dict[str, Any]] | None = None,
 ) -> Report:
     metrics = compressed.metrics
     note = slower_runtime_note(original, metrics, compressed.save_format)
@@ -41,6 +46,7 @@ def compress_report(
             "generations": generations,
             "layer_error": compressed.layer_error,
             "load_check": compressed.load_check,
+            **({"gguf_outputs": gguf_rows} if gguf_rows else {}),
             "summary": summary(original, metrics, common["model"], measured_on(common)),
             **closing(run),
         }

@@ -42,6 +42,7 @@ def estimate_resources(run: JobRun, memory_plan: MemoryPlan | None) -> Estimate:
         memory_bytes=memory,
         available_bytes=budget,
         evaluation=work,
+        extra_outputs=job.gguf_outputs,
     )
     ctx.event("info", "estimated resources", estimate.as_json())
     return estimate

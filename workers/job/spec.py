@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from app.errors import InvalidInput
 from app.jobs.schemas import JobSpec
 from app.jobs.state import ErrorCode
-from app.recipes import MethodParams, validate_recipe
+from app.recipes import METHODS, MethodParams, validate_recipe
+from app.recipes.composition import gguf_beside_errors
 from workers.errors import JobFailure
 
 
@@ -23,6 +24,11 @@ class ReadSpec:
     def evaluate_only(self) -> bool:
         return self.spec.kind == "evaluate"
 
+    @property
+    def gguf_outputs(self) -> list[tuple[str, MethodParams]]:
+        """The `output.gguf` files as the stages that write them."""
+        return [("gguf", params) for params in self.spec.output.gguf]
+
 
 def read_spec(raw: dict[str, Any]) -> ReadSpec:
     """A spec that no longer validates (written by another version, or by hand) fails the job
@@ -30,6 +36,14 @@ def read_spec(raw: dict[str, Any]) -> ReadSpec:
     try:
         spec = JobSpec.model_validate(raw)
         stages = validate_recipe(spec.recipe) if spec.kind == "compress" else []
+        if spec.output.gguf:
+            errors = (
+                gguf_beside_errors([(s.method, METHODS[s.method].kind) for s in stages])
+                if stages
+                else [{"field": "output.gguf", "message": "an evaluate job writes no model"}]
+            )
+            if errors:
+                raise InvalidInput("output.gguf", errors=errors)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -18,6 +18,10 @@ machine estimates slower). Work counted, from each stage's cost (`app/recipes/co
   (SmolLM2's 30 layers: 8.8 tokens/s), ~0.3 ms on a GPU; a compressed-tensors quantized model
   decodes ~3.5x slower still in transformers on CPU (its weights are unpacked in every
   forward: 2.8 tokens/s at INT8, 1.9 at INT4), a GGUF in llama.cpp ~10x faster;
+- GGUF scale search (the importance matrix, `scale_search`): ~0.7 us per weight on a 2-core
+  CPU (SmolLM2, 135M weights: 81-107 s per type); not yet measured on a GPU, assumed 10x less;
+- GGUF files beside the artifact (`output.gguf`): each its stage's work, a load and one
+  perplexity pass;
 - serving efficiency: per model a fresh process (~6 s to import and load), the warm-up runs,
   then the timed runs up to the spec's `max_seconds` (at least 3 runs).
 
@@ -48,6 +52,7 @@ DECODE_S_PER_LAYER = {"cpu": 0.0038, "cuda": 0.0003}
 SLOWER_DECODE_IN_TRANSFORMERS_CPU = 3.5  # compressed-tensors quantized artifacts
 FASTER_DECODE_IN_LLAMA_CPP = 0.1
 PROCESS_START_S = 6.0
+SCALE_SEARCH_S_PER_WEIGHT = {"cpu": 0.7e-6, "cuda": 0.07e-6}
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ def estimate_job(
     memory_bytes: int | None = None,
     available_bytes: int | None = None,
     evaluation: EvaluationWork | None = None,
+    extra_outputs: list[tuple[str, MethodParams]] | None = None,
 ) -> Estimate:
     """The job's time; `memory_bytes` / `available_bytes` are the memory plan's peak and
     budget, carried into the report beside it."""
@@ -194,9 +200,17 @@ def estimate_job(
         )
 
     calibration_tokens = calibration_samples * calibration_length
-    for index, (name, stage_params) in enumerate(stages):
+    all_params = sum(p.numel() for p in model.parameters())
+    work_items = [(f"stage_{i}_{name}", p) for i, (name, p) in enumerate(stages)]
+    for name, stage_params in extra_outputs or []:
+        # Each file beside the artifact: a fresh load, its stage, one perplexity pass.
+        work_items.append((f"{name}_{getattr(stage_params, 'type', '')}", stage_params))
+        breakdown[work_items[-1][0]] = PROCESS_START_S + forward_flops(eval_tokens) / rate
+    for key, stage_params in work_items:
         cost = stage_params.cost()
-        seconds = 0.0
+        seconds = breakdown.pop(key, 0.0)
+        if cost.scale_search:
+            seconds += SCALE_SEARCH_S_PER_WEIGHT.get(device.type, 0.7e-6) * all_params
         if cost.calibrated:
             work = cost.calibration_passes * 2.0 * body_params * calibration_tokens
             if cost.hessians:
@@ -206,7 +220,7 @@ def estimate_job(
             training = 4 * forward_flops(cost.training_tokens) / rate
             seconds += min(training, cost.max_seconds) if cost.max_seconds else training
         if seconds:
-            breakdown[f"stage_{index}_{name}"] = seconds
+            breakdown[key] = seconds
     return Estimate(
         memory_bytes=memory_bytes,
         available_bytes=available_bytes,
