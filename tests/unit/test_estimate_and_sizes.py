@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.recipes import DistillParams, GptqParams, MagnitudeParams, RtnParams
+from app.recipes import DistillParams, GgufParams, GptqParams, MagnitudeParams, RtnParams
 from workers.evaluation.measure import quantized_weight_storage, saved_checkpoint_bytes
 from workers.methods.estimate import Estimate, estimate_job
 
@@ -39,6 +39,31 @@ def test_estimate_counts_calibration_work(model: torch.nn.Module) -> None:
     assert gptq.seconds > rtn.seconds > 0
     assert bigger.breakdown_s["stage_0_gptq"] > gptq.breakdown_s["stage_0_gptq"]
     assert gptq.device_gflops > 0
+
+
+def test_estimate_counts_gguf_files_beside_the_artifact(model: torch.nn.Module) -> None:
+    rtn = [("rtn", RtnParams())]
+    alone = estimate(model, rtn)
+    searched, plain = GgufParams(type="Q4_K_M"), GgufParams(type="Q8_0", imatrix=False)
+    beside = estimate_job(
+        model,
+        rtn,
+        calibration_samples=16,
+        calibration_length=512,
+        eval_tokens=4096,
+        evaluate_original=True,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extra_outputs=[("gguf", searched), ("gguf", plain)],
+    )
+    extra = {k: v for k, v in beside.breakdown_s.items() if k not in alone.breakdown_s}
+    assert set(extra) == {"gguf_Q4_K_M", "gguf_Q8_0"}
+    # Each: a load and a perplexity pass; the importance matrix adds its calibration pass and
+    # a scale search over every weight.
+    assert extra["gguf_Q8_0"] > beside.breakdown_s["evaluate"] / 2
+    weights = sum(p.numel() for p in model.parameters())
+    assert extra["gguf_Q4_K_M"] - extra["gguf_Q8_0"] > 0.7e-6 * weights
+    assert beside.seconds == pytest.approx(sum(beside.breakdown_s.values()), abs=0.01)
 
 
 def test_estimate_counts_training_work_and_its_cap(
