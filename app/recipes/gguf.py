@@ -34,6 +34,9 @@ GgufType = Literal[
     "Q3_K_S",
     "Q2_K_S",
 ]
+# llama.cpp quantizes Q8_0 without reading an importance matrix (its 256 levels leave nothing
+# for one to weigh); auto-round's search would take minutes on a CPU to the same end.
+IGNORES_IMATRIX = frozenset({"Q8_0"})
 K_QUANTS = frozenset(
     {"Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K_S"}
 )
@@ -57,9 +60,17 @@ class GgufParams(MethodParams):
     imatrix: bool = Field(
         default=True,
         description="Search block scales weighted by activation energy on the calibration data "
-        "(k-quants and Q4/Q5 types); false = plain round-to-nearest, no calibration data read",
+        "(k-quants and Q4/Q5 types; Q8_0 ignores it, as llama.cpp does); false = plain "
+        "round-to-nearest, no calibration data read",
     )
+
+    @property
+    def searches_scales(self) -> bool:
+        """Whether the importance matrix is used (read and searched) for this type."""
+        return self.imatrix and self.type not in IGNORES_IMATRIX
 
     def cost(self) -> StageCost:
         # One forward over the calibration samples for the activation statistics.
-        return StageCost(calibration_passes=1.0, scale_search=True) if self.imatrix else StageCost()
+        if not self.searches_scales:
+            return StageCost()
+        return StageCost(calibration_passes=1.0, scale_search=True)

@@ -102,3 +102,13 @@ def test_gguf_may_follow_pruning() -> None:
         [StageIn(method="magnitude", params={"sparsity": 0.5}), StageIn(method="gguf")]
     )
     assert [s.method for s in stages] == ["magnitude", "gguf"]
+
+
+def test_q8_0_reads_no_calibration_data_as_llama_cpp_ignores_an_importance_matrix() -> None:
+    from app.recipes import GgufParams
+    from workers.methods.catalog import get_method
+
+    gguf = get_method("gguf")
+    assert not gguf.needs_calibration(GgufParams(type="Q8_0"))  # imatrix true by default
+    assert gguf.needs_calibration(GgufParams(type="Q4_K_M"))
+    assert not gguf.needs_calibration(GgufParams(type="Q4_K_M", imatrix=False))

@@ -74,7 +74,7 @@ def write_all(
             file = gguf.artifact_file(out_dir)
             row: dict[str, Any] = {
                 "type": params.type,
-                "imatrix": params.imatrix,
+                "imatrix": params.searches_scales,
                 "path": f"{ARTIFACT_FOLDER}/{file.name}",
                 "bytes": file.stat().st_size,
                 **storage_figures(file),

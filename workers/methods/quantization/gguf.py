@@ -65,13 +65,13 @@ class Gguf(CompressionMethod[GgufParams]):
         # Counted now: the exporter frees each layer's weights once it has packed them.
         notes: dict[str, Any] = {
             "type": params.type,
-            "imatrix": params.imatrix,
+            "imatrix": params.searches_scales,
             "parameters": parameter_count(stage.model),
             "nonzero_parameters": nonzero_parameter_count(stage.model),
         }
-        options: dict[str, Any] = {"iters": 0, "disable_opt_rtn": not params.imatrix}
+        options: dict[str, Any] = {"iters": 0, "disable_opt_rtn": not params.searches_scales}
         device = next(stage.model.parameters()).device
-        if params.imatrix:
+        if params.searches_scales:
             samples = require_calibration(self.name, stage)
             length = min(len(s) for s in samples)
             options.update(
