@@ -106,7 +106,7 @@ def test_killed_worker_resumes_distillation_from_its_last_checkpoint(
     settings: Settings,
     tiny_teacher_dir: Path,
 ) -> None:
-    steps, every = 150, 25
+    steps, every = 80, 20
     # The uninterrupted reference runs on the cpu-queue worker.
     reference = api.post("/v1/jobs", json=distill_job(steps, every), headers=tenant_a).json()
 

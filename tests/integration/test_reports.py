@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.reports.schema import Report
 from tests.support.fixtures import BUCKET
-from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.jobs import TINY_EFFICIENCY, tiny_job, wait_for_state
 from tests.support.reports import typed_value, validate_against_published_schema
 from tests.support.services import WorkerProcess
 
@@ -44,7 +44,7 @@ def report_of(api: TestClient, headers: dict, job_id: str) -> dict[str, Any]:
 
 def with_tasks(tasks: list[dict[str, Any]], **evaluation: Any) -> dict[str, Any]:
     body = tiny_job()
-    body["evaluation"] = {**body["evaluation"], "tasks": tasks, **evaluation}
+    body["evaluation"] |= {"tasks": tasks, "efficiency": TINY_EFFICIENCY, **evaluation}
     return body
 
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings, WorkerPool
 from app.main import create_app
-from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.jobs import TINY_EFFICIENCY, tiny_job, wait_for_state
 from tests.support.services import WorkerProcess
 
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
@@ -141,7 +141,9 @@ def test_a_worker_told_to_offload_runs_the_job_disk_offloaded_to_the_same_artifa
     from workers.formats.loader import load_pretrained
     from workers.methods.recipe import parse_stages, run_stages, save_artifact
 
-    job = submit(pooled_api, auth, device="cpu")
+    # With the serving probe asked for: the offloaded job skips it, saying so.
+    evaluation = tiny_job()["evaluation"] | {"efficiency": TINY_EFFICIENCY}
+    job = submit(pooled_api, auth, device="cpu", evaluation=evaluation)
     offloading = settings.model_copy(
         update={"worker_pools": POOLS, "worker_execution_mode": "disk_offloaded"}
     )

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from tests.support.evaluation import perplexity_of
 from tests.support.fixtures import BUCKET
-from tests.support.jobs import slow_job, tiny_job, wait_for_stage, wait_for_state
+from tests.support.jobs import TINY_EFFICIENCY, slow_job, tiny_job, wait_for_stage, wait_for_state
 from tests.support.services import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -195,7 +195,7 @@ def test_a_model_over_max_shard_bytes_ships_in_verified_shards(
     body = tiny_job(labels={"flow": "shards"})
     body["recipe"] = [{"method": "rtn", "params": {"bits": 8}}]
     body["output"] = {"max_shard_bytes": 2**16}  # the tiny model's int8 weights: several shards
-    body["evaluation"] |= {"efficiency": {"enabled": False}, "layer_error_tokens": 0}
+    body["evaluation"] |= {"layer_error_tokens": 0}
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
     done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "succeeded", done["error"]
@@ -237,7 +237,7 @@ def test_a_gguf_job_ships_one_gguf_file_that_transformers_loads(
 ) -> None:
     body = tiny_job(labels={"flow": "gguf"}, model={"kind": "local", "path": tiny_smol_dir.name})
     body["recipe"] = [{"method": "gguf", "params": {"type": "Q8_0", "imatrix": False}}]
-    body["evaluation"] |= {"layer_error_tokens": 0}
+    body["evaluation"] |= {"layer_error_tokens": 0, "efficiency": TINY_EFFICIENCY}
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
     done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "succeeded", done["error"]
@@ -286,7 +286,7 @@ def test_gguf_files_beside_a_compressed_tensors_artifact_come_from_the_unquantiz
         {"method": "rtn", "params": {"bits": 8}},
     ]
     body["output"] = {"gguf": [{"type": "Q8_0", "imatrix": False}]}
-    body["evaluation"] |= {"layer_error_tokens": 0, "efficiency": {"enabled": False}}
+    body["evaluation"] |= {"layer_error_tokens": 0}
     job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
     done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
     assert done["state"] == "succeeded", done["error"]

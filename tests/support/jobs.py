@@ -44,6 +44,10 @@ def wait_for_stage(api: Any, headers: dict[str, str], job_id: str, stage: str) -
     )
 
 
+# Small but real serving measurement: a fresh process per model, 2 timed runs.
+TINY_EFFICIENCY = {"prompt_tokens": 16, "new_tokens": 4, "batch_size": 2, "repetitions": 2}
+
+
 def tiny_job(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"kind": "local", "path": "tiny-llama"},
@@ -53,8 +57,9 @@ def tiny_job(**overrides: Any) -> dict[str, Any]:
             "context_length": 128,
             "prompts": ["def f(x):"],
             "max_new_tokens": 4,
-            # Small but real: a fresh serving process per model, 2 timed runs.
-            "efficiency": {"prompt_tokens": 16, "new_tokens": 4, "batch_size": 2, "repetitions": 2},
+            # Off: the probe starts a fresh process per model (seconds each, twice a job, in
+            # every test). Tests that read its figures ask for TINY_EFFICIENCY.
+            "efficiency": {"enabled": False},
             "layer_error_tokens": 64,
         },
         "device": "cpu",
