@@ -18,6 +18,7 @@ from workers.search.recipe import stage_params
 from workers.search.sensitivity import LayerScores, Setting, rounding_error, score_layers
 
 SETTINGS = [Setting(2, 32), Setting(3, 32), Setting(4, 32), Setting(8, 32)]
+CHANNEL = Setting(4)  # one scale per output channel: its bits per weight depend on the layer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def scored(tiny_teacher_dir: Path) -> tuple[torch.nn.Module, list[list[int]], li
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir, dtype=torch.float32).eval()
     samples = [pool[i : i + 128] for i in range(0, 128 * 8, 128)]
     evaluation = [held_out[i : i + 128] for i in range(0, 128 * 8, 128)]
-    return model, evaluation, score_layers(model, samples, SETTINGS)
+    return model, evaluation, score_layers(model, samples, [*SETTINGS, CHANNEL])
 
 
 def loss(model: torch.nn.Module, samples: list[list[int]]) -> float:
@@ -64,18 +65,21 @@ def test_the_allocation_is_the_exact_optimum_within_the_budget() -> None:
     small, big = Setting(2, 32), Setting(4, 32)
     top = Setting(8, 32)
     layers = [
-        LayerScores("a", 100, 64, {small: 9.0, big: 2.0, top: 0.1}),
-        LayerScores("b", 300, 64, {small: 4.0, big: 1.0, top: 0.0}),
+        LayerScores("a", 100, 64, {small: 9.0, big: 2.0, top: 0.1, CHANNEL: 2.5}),
+        LayerScores("b", 300, 128, {small: 4.0, big: 1.0, top: 0.0, CHANNEL: 1.1}),
         LayerScores("c", 50, 64, {small: 30.0, big: 5.0, top: 1.0}),
     ]
     total = sum(row.parameters for row in layers)
-    for budget in (2.5, 3.0, 4.25, 5.0, 6.5, 8.5):
+    for budget in (2.5, 3.0, 4.2, 4.25, 5.0, 6.5, 8.5):
         found = allocate(layers, budget)
         assert found.bits_per_weight <= budget + 1e-9
         best = min(
             sum(row.scores[s] for row, s in zip(layers, combo, strict=True))
             for combo in itertools.product(*(sorted(row.scores) for row in layers))
-            if sum(row.parameters * s.bits_per_weight for row, s in zip(layers, combo, strict=True))
+            if sum(
+                row.parameters * s.bits_per_weight(row.in_features)
+                for row, s in zip(layers, combo, strict=True)
+            )
             <= budget * total + 1e-9
         )
         assert found.score == pytest.approx(best)
@@ -93,8 +97,10 @@ def test_the_recipe_names_exactly_the_allocated_settings(scored) -> None:
     chosen = targeted_linears(model, list(params.targets), list(params.ignore))
     assert sorted(name for name, _ in chosen) == sorted(found.settings)
     for name, setting in found.settings.items():
-        resolved = (params.bits, params.group_size)
+        bits, group = params.bits, params.group_size  # None: one scale per output channel
         for override in params.overrides:  # the last matching override wins
             if matches(name, list(override.targets)):
-                resolved = (override.bits, override.group_size)
-        assert resolved == (setting.bits, setting.group_size), name
+                bits = override.bits
+                if override.group_size is not None:
+                    group = None if override.group_size == "channel" else override.group_size
+        assert (bits, group) == (setting.bits, setting.group_size or None), name

@@ -32,7 +32,10 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
 
     choices = [(i, setting) for i, row in enumerate(layers) for setting in sorted(row.scores)]
     total = sum(row.parameters for row in layers)
-    cheapest = sum(row.parameters * min(s.bits_per_weight for s in row.scores) for row in layers)
+    cheapest = sum(
+        row.parameters * min(s.bits_per_weight(row.in_features) for s in row.scores)
+        for row in layers
+    )
     if cheapest > max_bits_per_weight * total + 1e-6:
         raise BudgetTooSmall(
             f"the cheapest settings already average {cheapest / total:.3f} bits per weight, "
@@ -44,7 +47,8 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
     one_each = np.zeros((len(layers), len(choices)))
     for column, (i, _) in enumerate(choices):
         one_each[i, column] = 1.0
-    bits = np.array([[layers[i].parameters * s.bits_per_weight / total for i, s in choices]])
+    share = [layers[i].parameters * s.bits_per_weight(layers[i].in_features) for i, s in choices]
+    bits = np.array([share]) / total
     result = milp(
         c=cost,
         integrality=np.ones(len(choices)),
@@ -62,6 +66,12 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
         if x > 0.5
     }
     by_name = {row.name: row for row in layers}
-    average = sum(by_name[n].parameters * s.bits_per_weight for n, s in picked.items()) / total
+    average = (
+        sum(
+            by_name[n].parameters * s.bits_per_weight(by_name[n].in_features)
+            for n, s in picked.items()
+        )
+        / total
+    )
     score = sum(by_name[n].scores[s] for n, s in picked.items())
     return Allocation(picked, round(average, 4), score)

@@ -41,13 +41,18 @@ def stage_params(allocation: Allocation, base: dict[str, Any]) -> dict[str, Any]
         if setting != common:
             others[setting].append(name)
     overrides = [
-        {"targets": layer_patterns(names), "bits": s.bits, "group_size": s.group_size}
+        {"targets": layer_patterns(names), "bits": s.bits, "group_size": group_size(s)}
         for s, names in sorted(others.items())
     ]
     return {
         **base,
         "bits": common.bits,
-        "group_size": common.group_size,
+        "group_size": common.group_size or None,
         "targets": layer_patterns(sorted(allocation.settings)),
         "overrides": overrides,
     }
+
+
+def group_size(setting: Setting) -> int | str:
+    """An override's group size: `channel` is the recipe's word for one scale per row."""
+    return setting.group_size or "channel"

@@ -27,18 +27,21 @@ SCALE_BITS = 16  # one bf16 scale per group (symmetric: no zero point stored)
 
 @dataclass(frozen=True, order=True)
 class Setting:
-    """Symmetric integer weights, `bits` wide, one scale per `group_size` weights."""
+    """Symmetric integer weights, `bits` wide, one scale per `group_size` weights (0: one per
+    output channel, i.e. per row of `in_features` weights)."""
 
     bits: int
-    group_size: int
+    group_size: int = 0
 
-    @property
-    def bits_per_weight(self) -> float:
-        return self.bits + SCALE_BITS / self.group_size
+    def bits_per_weight(self, in_features: int) -> float:
+        return self.bits + SCALE_BITS / (self.group_size or in_features)
+
+    def fits(self, in_features: int) -> bool:
+        return not self.group_size or in_features % self.group_size == 0
 
     @property
     def label(self) -> str:
-        return f"W{self.bits} g{self.group_size}"
+        return f"W{self.bits} {f'g{self.group_size}' if self.group_size else 'channel'}"
 
 
 @dataclass
@@ -91,15 +94,12 @@ def rounding_error(weight: torch.Tensor, setting: Setting) -> torch.Tensor:
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
     from compressed_tensors.quantization.utils import calculate_qparams
 
-    args = QuantizationArgs(
-        num_bits=setting.bits,
-        type="int",
-        symmetric=True,
-        strategy="group",
-        group_size=setting.group_size,
-    )
     w = weight.detach().float()
-    groups = w.reshape(w.shape[0], -1, setting.group_size)
+    group = setting.group_size or w.shape[1]
+    args = QuantizationArgs(
+        num_bits=setting.bits, type="int", symmetric=True, strategy="group", group_size=group
+    )
+    groups = w.reshape(w.shape[0], -1, group)
     scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
     return fake_quantize(w, scale, zero, args) - w
 
@@ -122,7 +122,7 @@ def score_layers(
     for name, module in layers:
         row = LayerScores(name, module.weight.numel(), module.in_features)
         for setting in settings:
-            if module.in_features % setting.group_size:
+            if not setting.fits(module.in_features):
                 continue
             error = rounding_error(module.weight, setting)
             row.scores[setting] = float(0.5 * (fisher[name] * error.square()).sum())
