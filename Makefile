@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/squash demo
 
 test: install lint
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=20
 
 # Style, architecture (import-linter contracts in pyproject.toml) and types (strict for app/).
 lint:
