@@ -192,12 +192,18 @@ class OutputSpec(_Strict):
 
 
 class JobCreate(_Strict):
-    # What `kind` implies for `recipe` (checked in service.checked_stages), declared so
+    # What `kind` implies for `recipe` and `output.gguf` (checked in service.checked_stages),
+    # declared so
     # a body valid under the document is one the server accepts.
     model_config = ConfigDict(
         json_schema_extra={
             "if": {"properties": {"kind": {"const": "evaluate"}}, "required": ["kind"]},
-            "then": {"properties": {"recipe": {"maxItems": 0}}},
+            "then": {
+                "properties": {
+                    "recipe": {"maxItems": 0},
+                    "output": {"properties": {"gguf": {"maxItems": 0}}},
+                }
+            },
             "else": {"properties": {"recipe": {"minItems": 1}}, "required": ["recipe"]},
         }
     )

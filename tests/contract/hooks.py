@@ -65,7 +65,9 @@ CROSS_FIELD_RULES = {
     "recipe order": re.compile(
         r"cannot follow|distills the output of earlier stages|starts a new model|"
         r"a rotate stage prepares the weights|learn_scales trains the scales of an earlier|"
-        r"quantization-aware distillation trains|LoRA after a quantization stage"
+        r"quantization-aware distillation trains|LoRA after a quantization stage|"
+        # GGUF files beside the artifact: what the recipe does before its quantization stage.
+        r"would not be in them|cannot be written as GGUF"
     ),
     # The built-in model's layer sizes (app/recipes/shapes.py, catalog._shape_errors).
     "model shape": re.compile(
@@ -77,7 +79,7 @@ CROSS_FIELD_RULES = {
         r"set at least one of|set drop_layers and/or mlp_channels|task names must be unique|"
         r"mask_structure N:M needs|contradicts mask_structure|layer_sparsity needs an unstructured|"
         r"warmup_steps must be below|prompt_tokens must be below|stride must not exceed|"
-        r"invalid regular expression"
+        r"invalid regular expression|each GGUF type once"
     ),
     # The server's state: a key reused with another body (IETF idempotency-key draft: 422).
     "idempotency key reused": re.compile(r"Idempotency-Key was already used"),
