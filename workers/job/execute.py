@@ -60,8 +60,8 @@ def execute(
             "output.gguf: GGUF files of a model this large (held disk-offloaded) are not "
             "written yet; end the recipe with a gguf stage on a worker with more memory",
         )
-    # Every stage checked against the real model before any heavy work.
-    for warning in preflight(source.model, job.stages):
+    # Every stage (and GGUF file) checked against the real model before any heavy work.
+    for warning in preflight(source.model, [*job.stages, *job.gguf_outputs]):
         ctx.warn(warning)
     ctx.progress("prepare_data", progress.DATA_STARTED)
     data = prepare_data(ctx, job, source.tokenizer, scratch)
