@@ -4,18 +4,17 @@ exact bits allocation under a budget, and the candidates it yields, against unif
     .venv/bin/python -m bench.search        # ~25 min on 2 CPU cores
 
 For each budget (4.25 and 3.25 average bits per quantized weight, as the files store them):
-score every decoder Linear at W2/W3/W4/W8 x channel/g32/g64/g128 (Fisher-weighted rounding
-error, `workers/search/sensitivity.py`, on 8 calibration samples), allocate exactly
+score every decoder Linear at W2/W3/W4/W8 x g32/g64 (Fisher-weighted rounding error,
+`workers/search/sensitivity.py`, on 8 calibration samples), allocate exactly
 (`workers/search/allocation.py`), and run the allocation as a GPTQ stage with per-layer
 overrides through the worker's own stage and save code, then measure it as `bench.quality`
 does (same corpora, calibration and evaluation tokens: in-domain held-out text and the Debian
 license texts no recipe reads). Candidates per budget: the allocation with GPTQ's defaults
-(what the allocation alone buys), rotate + the allocation with the imatrix scale search
-(scored on the rotated model), and rotate + the uniform setting at the budget (W4 g64 or W3
-g64) with the imatrix search (what the allocation adds over the better methods). The pick is
-the candidate with the lowest in-domain perplexity whose stored bits hold the budget. The
-uniform GPTQ rows (W4 g64, W3 g64) are read from bench/results/quality.json when it was
-measured on the same original and corpora (the figures are deterministic), else measured here.
+(what the allocation alone buys), and rotate + the allocation with the imatrix scale search
+(computed on the rotated model). The pick is the candidate with the lowest in-domain
+perplexity whose stored bits hold the budget. The uniform GPTQ rows (W4 g64, W3 g64) are read
+from bench/results/quality.json when it was measured on the same original and corpora (the
+figures are deterministic), else measured here.
 
 Gap closed = (uniform - pick) / (uniform - original), in-domain perplexity. Targets: >= 40 % at
 4.25 bits, >= 50 % at 3.25. Not measured yet: the fan-out across workers (the search job kind
@@ -46,17 +45,13 @@ from workers.search.recipe import stage_params
 from workers.search.sensitivity import Setting, score_layers
 
 RESULTS = RESULTS_DIR / "search.json"
-# 0 = one scale per output channel; a group that does not divide a layer's rows is not offered
-# there (SmolLM2's 576-wide layers take no g128).
-SETTINGS = [Setting(bits, group) for bits in (2, 3, 4, 8) for group in (0, 32, 64, 128)]
+SETTINGS = [Setting(bits, group) for bits in (2, 3, 4, 8) for group in (32, 64)]
 # key -> (bits budget, the uniform row it must beat, share of that row's gap to close, %)
 BUDGETS = {
     "4_25": (4.25, "baseline gptq w4 g64", 40.0),
     "3_25": (3.25, "baseline gptq w3 g64", 50.0),
 }
 FISHER_SAMPLES = 8
-# (rotate first, GPTQ's scale search, allocated per layer or uniform at the budget)
-CANDIDATES = ((False, "minmax", True), (True, "imatrix", True), (True, "imatrix", False))
 Recipe = list[tuple[str, MethodParams]]
 
 
@@ -139,24 +134,18 @@ def main() -> None:
     for key in args.budgets.split(","):
         budget, baseline, target = BUDGETS[key]
         picks = []
-        for rotate, scale_search, allocated in CANDIDATES:
-            how = "allocated" if allocated else f"uniform w{int(budget)} g64"
-            name = f"{'rotate + ' if rotate else ''}{how} gptq {scale_search} <= {budget} b/w"
-            if allocated:
-                recipe, notes = allocated_recipe(
-                    source, tokenizer, data, budget, rotate=rotate, scale_search=scale_search
-                )
-            else:
-                uniform_params = {"bits": int(budget), "group_size": 64}
-                params = GptqParams.model_validate(uniform_params | {"scale_search": scale_search})
-                recipe, notes = [("rotate", RotateParams()), ("gptq", params)], {}
+        for rotate, scale_search in ((False, "minmax"), (True, "imatrix")):
+            name = f"{'rotate + ' if rotate else ''}allocated gptq {scale_search} <= {budget} b/w"
+            recipe, notes = allocated_recipe(
+                source, tokenizer, data, budget, rotate=rotate, scale_search=scale_search
+            )
             row = run_row(name, recipe, source, tokenizer, data) | notes | {"budget": budget}
             add_changes(row, original)
             row["budget_held"] = row["bits_per_quantized_weight"] <= budget + SHAPE_BITS
             result["candidates"].append(row)
             picks.append(row)
             shown = ("variant", "perplexity", "change_pct", "bits_per_quantized_weight")
-            print(json.dumps({k: row.get(k) for k in (*shown, "layers_per_setting")}), flush=True)
+            print(json.dumps({k: row[k] for k in (*shown, "layers_per_setting")}), flush=True)
         within = [r for r in picks if r["budget_held"]]
         held.append(len(within) == len(picks))
         pick = min(within, key=lambda r: r["perplexity"]) if within else None
