@@ -176,6 +176,34 @@ def corpora(tokenizer: Any, tokens: int, samples: int, length: int) -> Corpora:
     return Corpora(pool[:tokens], second, calibration, sha)
 
 
+def smollm2_and_original(
+    tokens: int, samples: int, length: int
+) -> tuple[Path, Any, Corpora, dict[str, float]]:
+    """SmolLM2's checkpoint directory, its tokenizer, the two corpora and the calibration
+    samples, and the original's perplexity on both corpora (what every quality row is read
+    against)."""
+    from transformers import AutoTokenizer
+
+    from app.config import Settings
+
+    torch.manual_seed(0)
+    settings = Settings(work_dir=Path(".squash") / "bench-work")
+    with tempfile.TemporaryDirectory() as scratch:
+        source = resolve_model(
+            {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
+        ).path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    data = corpora(tokenizer, tokens, samples, length)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    original = {
+        "perplexity": round(ppl(model, data.in_domain), 3),
+        "second_corpus_perplexity": round(ppl(model, data.second), 3),
+    }
+    del model
+    print(f"original: {original}", flush=True)
+    return source, tokenizer, data, original
+
+
 def ppl(model: torch.nn.Module, ids: list[int]) -> float:
     return perplexity(model, ids, context_length=CONTEXT, stride=CONTEXT).perplexity
 
@@ -346,25 +374,9 @@ def main() -> None:
     if args.table:
         print(markdown_table(json.loads(RESULTS.read_text())))
         return
-    torch.manual_seed(0)
-    from transformers import AutoTokenizer
-
-    from app.config import Settings
-
-    settings = Settings(work_dir=Path(".squash") / "bench-work")
-    with tempfile.TemporaryDirectory() as scratch:
-        source = resolve_model(
-            {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
-        ).path
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    data = corpora(tokenizer, args.tokens, args.calibration_samples, args.calibration_length)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    original = {
-        "perplexity": round(ppl(model, data.in_domain), 3),
-        "second_corpus_perplexity": round(ppl(model, data.second), 3),
-    }
-    del model
-    print(f"original: {original}", flush=True)
+    source, tokenizer, data, original = smollm2_and_original(
+        args.tokens, args.calibration_samples, args.calibration_length
+    )
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     rows: dict[str, dict[str, Any]] = {
         r["variant"]: r for r in previous.get("rows", []) if previous.get("original") == original

@@ -25,21 +25,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from app.config import Settings
 from app.recipes import GptqParams, MethodParams, RotateParams
 from bench.common import RESULTS_DIR, write_results
 from bench.quality import RESULTS as QUALITY_RESULTS
-from bench.quality import SECOND_CORPUS, SHAPE_BITS, Corpora, add_changes, corpora, ppl, run_row
+from bench.quality import (
+    SECOND_CORPUS,
+    SHAPE_BITS,
+    Corpora,
+    add_changes,
+    run_row,
+    smollm2_and_original,
+)
 from workers.methods.recipe import run_stages
-from workers.models.sources import resolve_model
 from workers.search.allocation import allocate
 from workers.search.recipe import stage_params
 from workers.search.sensitivity import Setting, score_layers
@@ -103,21 +107,9 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--budgets", default=",".join(BUDGETS))
     args = parser.parse_args()
-    torch.manual_seed(0)
-    settings = Settings(work_dir=Path(".squash") / "bench-work")
-    with tempfile.TemporaryDirectory() as scratch:
-        source = resolve_model(
-            {"kind": "builtin", "name": "smollm2-135m-instruct"}, settings, Path(scratch)
-        ).path
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    data = corpora(tokenizer, args.tokens, args.calibration_samples, 512)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    original = {
-        "perplexity": round(ppl(model, data.in_domain), 3),
-        "second_corpus_perplexity": round(ppl(model, data.second), 3),
-    }
-    del model
-    print(f"original: {original}", flush=True)
+    source, tokenizer, data, original = smollm2_and_original(
+        args.tokens, args.calibration_samples, 512
+    )
     uniform = baselines(original, data, source, tokenizer)
     result: dict[str, Any] = {
         "model": "SmolLM2-135M-Instruct",

@@ -23,6 +23,17 @@ from tests.support.services import WorkerProcess, wait_until
 pytestmark = pytest.mark.integration
 
 
+def succeeded_with_files(
+    api: TestClient, headers: dict, body: dict[str, Any], worker: WorkerProcess
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Submit, wait for the job to succeed, and list its artifacts by path."""
+    job = api.post("/v1/jobs", json=body, headers=headers).json()
+    done = wait_for_state(api, headers, job["id"], {"succeeded", "failed"}, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=headers).json()
+    return job, {item["path"]: item for item in listing["items"]}
+
+
 def test_job_runs_on_worker_and_publishes_verified_artifacts(
     api: TestClient, tenant_a: dict, worker: WorkerProcess, settings: Settings, tmp_path: Path
 ) -> None:
@@ -196,12 +207,7 @@ def test_a_model_over_max_shard_bytes_ships_in_verified_shards(
     body["recipe"] = [{"method": "rtn", "params": {"bits": 8}}]
     body["output"] = {"max_shard_bytes": 2**16}  # the tiny model's int8 weights: several shards
     body["evaluation"] |= {"layer_error_tokens": 0}
-    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
-    assert done["state"] == "succeeded", done["error"]
-
-    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
-    files = {item["path"]: item for item in listing["items"]}
+    job, files = succeeded_with_files(api, tenant_a, body, worker)
     shards = sorted(p for p in files if p.startswith("model/") and p.endswith(".safetensors"))
     assert len(shards) >= 2 and "model/model.safetensors" not in files
     index = json.loads(httpx.get(files["model/model.safetensors.index.json"]["url"]).content)
@@ -238,12 +244,8 @@ def test_a_gguf_job_ships_one_gguf_file_that_transformers_loads(
     body = tiny_job(labels={"flow": "gguf"}, model={"kind": "local", "path": tiny_smol_dir.name})
     body["recipe"] = [{"method": "gguf", "params": {"type": "Q8_0", "imatrix": False}}]
     body["evaluation"] |= {"layer_error_tokens": 0, "efficiency": TINY_EFFICIENCY}
-    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
-    assert done["state"] == "succeeded", done["error"]
-
-    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
-    files = {i["path"]: i for i in listing["items"] if i["path"].startswith("model/")}
+    job, listed = succeeded_with_files(api, tenant_a, body, worker)
+    files = {path: item for path, item in listed.items() if path.startswith("model/")}
     assert sorted(files) == ["model/model-Q8_0.gguf", "model/squash_format.json"]
     content = httpx.get(files["model/model-Q8_0.gguf"]["url"]).raise_for_status().content
     (tmp_path / "model-Q8_0.gguf").write_bytes(content)
@@ -287,12 +289,7 @@ def test_gguf_files_beside_a_compressed_tensors_artifact_come_from_the_unquantiz
     ]
     body["output"] = {"gguf": [{"type": "Q8_0", "imatrix": False}]}
     body["evaluation"] |= {"layer_error_tokens": 0}
-    job = api.post("/v1/jobs", json=body, headers=tenant_a).json()
-    done = wait_for_state(api, tenant_a, job["id"], {"succeeded", "failed"}, worker=worker)
-    assert done["state"] == "succeeded", done["error"]
-
-    listing = api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant_a).json()
-    files = {item["path"]: item for item in listing["items"]}
+    job, files = succeeded_with_files(api, tenant_a, body, worker)
     assert any(p.startswith("model/") and p.endswith(".safetensors") for p in files)
     assert "gguf/model-Q8_0.gguf" in files
     content = httpx.get(files["gguf/model-Q8_0.gguf"]["url"]).raise_for_status().content
