@@ -21,8 +21,7 @@ from app.jobs.schemas import EventRead, JobCreate, JobError, JobLinks, JobRead, 
 from app.jobs.state import TERMINAL, JobState
 from app.json_paths import walk
 from app.planning.submission import route_submission
-from app.recipes import BUILTIN_SHAPES, METHODS, Stage, validate_recipe
-from app.recipes.composition import gguf_beside_errors
+from app.recipes import BUILTIN_SHAPES, Stage, check_gguf_outputs, validate_recipe
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
 from app.status_pool import StatusPool
@@ -97,18 +96,11 @@ def checked_stages(body: JobCreate) -> list[Stage]:
                 field="recipe",
             )
         if body.output.gguf:
-            raise InvalidInput(
-                "an evaluate job writes no model: GGUF files come from a compress job",
-                code="invalid_recipe",
-                field="output.gguf",
-            )
+            check_gguf_outputs([], evaluate=True)
         return []
     stages = validate_recipe(body.recipe, shape=shape)
     if body.output.gguf:
-        errors = gguf_beside_errors([(s.method, METHODS[s.method].kind) for s in stages])
-        if errors:
-            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-            raise InvalidInput(detail, code="invalid_recipe", errors=errors)
+        check_gguf_outputs(stages)
     return stages
 
 

@@ -9,6 +9,7 @@ from app.recipes.catalog import (
     MethodSpec,
     Stage,
     StageIn,
+    check_gguf_outputs,
     describe_methods,
     validate_recipe,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "W8A8Params",
     "WandaParams",
     "WeightQuantParams",
+    "check_gguf_outputs",
     "check_patterns",
     "describe_methods",
     "parse_mask_structure",

@@ -19,6 +19,7 @@ from app.errors import InvalidInput
 from app.recipes.common import MethodParams
 from app.recipes.composition import (
     Kind,
+    gguf_beside_errors,
     quantization_aware_errors,
     rotation_errors,
     why_cannot_follow,
@@ -323,3 +324,22 @@ def describe_methods() -> list[dict[str, Any]]:
         }
         for spec in METHODS.values()
     ]
+
+
+GGUF_OUTPUTS_FIELD = "output.gguf"
+
+
+def check_gguf_outputs(stages: list[Stage], *, evaluate: bool = False) -> None:
+    """Whether GGUF files can be written beside this recipe's artifact (a job's `output.gguf`):
+    a 422 naming that field when they cannot (an evaluate job writes no model)."""
+    if evaluate:
+        raise InvalidInput(
+            "an evaluate job writes no model: GGUF files come from a compress job",
+            code="invalid_recipe",
+            field=GGUF_OUTPUTS_FIELD,
+        )
+    kinds = [(stage.method, METHODS[stage.method].kind) for stage in stages]
+    errors = gguf_beside_errors(kinds, GGUF_OUTPUTS_FIELD)
+    if errors:
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidInput(detail, code="invalid_recipe", errors=errors)

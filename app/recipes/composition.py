@@ -139,7 +139,7 @@ def rotation_errors(kinds: list[tuple[int, str]], field: str) -> list[dict[str, 
 
 
 def gguf_beside_errors(
-    stages: list[tuple[str, str]], field: str = "output.gguf"
+    stages: list[tuple[str, Kind]], field: str = "output.gguf"
 ) -> list[dict[str, Any]]:
     """For (method, kind) of a recipe's stages: GGUF files beside its artifact are converted
     from the model its (first) quantization stage starts from, so every stage must run before

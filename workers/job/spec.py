@@ -10,8 +10,7 @@ from pydantic import ValidationError
 from app.errors import InvalidInput
 from app.jobs.schemas import JobSpec
 from app.jobs.state import ErrorCode
-from app.recipes import METHODS, MethodParams, validate_recipe
-from app.recipes.composition import gguf_beside_errors
+from app.recipes import MethodParams, check_gguf_outputs, validate_recipe
 from workers.errors import JobFailure
 
 
@@ -37,13 +36,7 @@ def read_spec(raw: dict[str, Any]) -> ReadSpec:
         spec = JobSpec.model_validate(raw)
         stages = validate_recipe(spec.recipe) if spec.kind == "compress" else []
         if spec.output.gguf:
-            errors = (
-                gguf_beside_errors([(s.method, METHODS[s.method].kind) for s in stages])
-                if stages
-                else [{"field": "output.gguf", "message": "an evaluate job writes no model"}]
-            )
-            if errors:
-                raise InvalidInput("output.gguf", errors=errors)
+            check_gguf_outputs(stages, evaluate=spec.kind == "evaluate")
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
