@@ -34,3 +34,8 @@ class JobCancelled(Exception):
 
 class LeaseLost(Exception):
     """Another process now owns the job (we were presumed dead): stop and write nothing."""
+
+
+class Suspended(Exception):
+    """The attempt handed its job on (a search whose candidates now run as child jobs): the
+    move that left `running` has committed; the runner writes nothing more."""

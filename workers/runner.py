@@ -22,7 +22,7 @@ from app.jobs.state import ErrorCode, JobState
 from workers import faults
 from workers import metrics as worker_metrics
 from workers.context import JobContext
-from workers.errors import JobCancelled, JobFailure, LeaseLost, TransientFailure
+from workers.errors import JobCancelled, JobFailure, LeaseLost, Suspended, TransientFailure
 from workers.scratch import scratch_dir, sweep_quietly
 
 log = structlog.get_logger()
@@ -60,6 +60,8 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
         published = execute(ctx, job.spec, device_pref=job.device, scratch=scratch)
         ctx.fault_point("before_commit")
         _finish(settings, ctx, JobState.SUCCEEDED, "job succeeded", **published)
+    except Suspended as handed_on:
+        log.info("job.suspended", job_id=str(job_id), detail=str(handed_on))
     except JobCancelled:
         _finish(settings, ctx, JobState.CANCELLED, "cancelled by user")
     except LeaseLost:

@@ -66,6 +66,12 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     # Object-store prefix of the published attempt (set with `succeeded`).
     artifact_prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # A search's candidates point at their search (cancelled with it, listed under it).
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    # A search job's state between its two attempts (workers/search/job.py writes it).
+    search: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

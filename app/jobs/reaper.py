@@ -8,6 +8,8 @@ compare-and-set on the job's lease generation, so only one reaper (or worker) wi
 - A queued job whose message never reached the broker is sent; one whose message vanished from
   it (looked up there: app/broker_inventory.py) is re-sent. A message that is still waiting,
   however long, is left alone, so a backlog is never multiplied.
+- A waiting search whose candidates have all ended, or whose time budget is spent, is queued
+  for its second attempt (app/search/wake.py).
 - Sending stops at a round's first broker failure: the lease checks of the next round are not
   held up by a broker that is down (the rest is sent when it is back).
 """
@@ -29,6 +31,7 @@ from app.jobs import repository
 from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
 from app.queue import pool_queues
+from app.search.wake import wake_once
 
 log = structlog.get_logger()
 
@@ -103,6 +106,9 @@ def reap_once(settings: Settings) -> dict[str, int]:
             if not enqueue(session, settings, job_id, queue=queue, priority=priority):
                 counts["send_failed"] = len(to_send) - index
                 break
+    # Searches whose candidates have ended (app/search/wake.py): after the moves above, so a
+    # candidate that just ran out of attempts counts as ended in this same round.
+    counts.update(wake_once(settings))
     if any(counts.values()):
         log.info("reaper.round", **counts)
     return counts

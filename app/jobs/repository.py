@@ -93,8 +93,9 @@ JOB_STATUS_SQL = """
 SELECT j.id, j.state, j.device, j.queue, j.priority, j.stage, j.progress, j.progress_detail,
        j.attempts, j.max_attempts,
        j.error_code, j.error_message, j.metrics, j.created_at, j.updated_at, j.started_at,
-       j.finished_at, j.webhook_url,
-       json_build_object('model', j.spec->'model', 'recipe', j.spec->'recipe') AS spec,
+       j.finished_at, j.webhook_url, j.parent_id,
+       json_build_object('model', j.spec->'model', 'recipe', j.spec->'recipe',
+                         'kind', j.spec->'kind') AS spec,
        coalesce((SELECT json_object_agg(l.key, l.value) FROM job_labels l WHERE l.job_id = j.id),
                 '{}'::json) AS label_map,
        CASE WHEN j.state = 'queued' THEN
@@ -147,13 +148,10 @@ def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:
 
 
 def count_active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
-    active = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.CANCEL_REQUESTED.value]
-    return int(
-        session.scalar(
-            select(func.count()).where(Job.tenant_id == tenant_id, Job.state.in_(active))
-        )
-        or 0
-    )
+    """A search's candidates are its own work: the search counts, they do not."""
+    active = [s.value for s in (*LEASED, JobState.QUEUED, JobState.WAITING)]
+    mine = [Job.tenant_id == tenant_id, Job.state.in_(active), Job.parent_id.is_(None)]
+    return int(session.scalar(select(func.count()).where(*mine)) or 0)
 
 
 def get_job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
@@ -172,9 +170,12 @@ def list_jobs(
     labels: dict[str, str],
     before: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    parent_id: uuid.UUID | None = None,
 ) -> list[Job]:
     """Newest first; keyset pagination on (created_at, id) stays stable under inserts."""
     query = select(Job).where(Job.tenant_id == tenant_id)
+    if parent_id is not None:
+        query = query.where(Job.parent_id == parent_id)
     if states:
         query = query.where(Job.state.in_(states))
     for key, value in labels.items():

@@ -82,10 +82,19 @@ async def list_jobs(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    parent_id: Annotated[
+        uuid.UUID | None, Query(description="Only this search's candidates")
+    ] = None,
 ) -> JobPage:
     def work(session: Session) -> JobPage:
         jobs, next_cursor = service.list_jobs(
-            session, tenant_id=tenant_id, states=state, labels=label, cursor=cursor, limit=limit
+            session,
+            tenant_id=tenant_id,
+            states=state,
+            labels=label,
+            cursor=cursor,
+            limit=limit,
+            parent_id=parent_id,
         )
         return JobPage(items=[service.to_read(job) for job in jobs], next_cursor=next_cursor)
 

@@ -7,13 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from app.jobs.state import JobState
 from app.json_paths import integral_floats_as_ints
 from app.recipes import GgufParams, StageIn
 from app.reports.schema import JobSummary
 from app.schema_types import DocumentedAs
+from app.search.spec import SearchSpec
 from app.sources import BuiltinDataset, DatasetSource, ModelSource, S3Uri
 
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -191,28 +192,45 @@ class OutputSpec(_Strict):
         return value
 
 
-class JobCreate(_Strict):
-    # What `kind` implies for `recipe` and `output.gguf` (checked in service.checked_stages),
-    # declared so
-    # a body valid under the document is one the server accepts.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "if": {"properties": {"kind": {"const": "evaluate"}}, "required": ["kind"]},
-            "then": {
-                "properties": {
-                    "recipe": {"maxItems": 0},
-                    "output": {"properties": {"gguf": {"maxItems": 0}}},
-                }
-            },
-            "else": {"properties": {"recipe": {"minItems": 1}}, "required": ["recipe"]},
-        }
-    )
+_NO_RECIPE: dict[str, JsonValue] = {
+    "recipe": {"maxItems": 0},
+    "output": {"properties": {"gguf": {"maxItems": 0}}},
+}
+KIND_RULES: list[JsonValue] = [
+    {
+        "if": {"properties": {"kind": {"const": "evaluate"}}, "required": ["kind"]},
+        "then": {"properties": {**_NO_RECIPE, "search": {"type": "null"}}},
+    },
+    {
+        "if": {"properties": {"kind": {"const": "search"}}, "required": ["kind"]},
+        "then": {"properties": _NO_RECIPE, "required": ["search"]},
+    },
+    {
+        "if": {
+            "properties": {"kind": {"enum": ["evaluate", "search"]}},
+            "required": ["kind"],
+        },
+        "else": {
+            "properties": {"recipe": {"minItems": 1}, "search": {"type": "null"}},
+            "required": ["recipe"],
+        },
+    },
+]
 
-    kind: Literal["compress", "evaluate"] = Field(
+
+class JobCreate(_Strict):
+    # What `kind` implies for `recipe`, `search` and `output.gguf` (checked in
+    # service.checked_stages), declared so a body valid under the document is one the server
+    # accepts.
+    model_config = ConfigDict(json_schema_extra={"allOf": KIND_RULES})
+
+    kind: Literal["compress", "evaluate", "search"] = Field(
         default="compress",
         description="evaluate: measure `model` as it is (no recipe, no model artifact, only "
-        "the report)",
+        "the report). search: no recipe; give `search` (a budget and a tolerance): the "
+        "service tries candidate recipes as child jobs and publishes the best one",
     )
+    search: SearchSpec | None = Field(default=None, description="For kind `search` only")
     model: ModelSource
     recipe: list[StageIn] = Field(default_factory=list, max_length=16)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
@@ -263,7 +281,8 @@ class JobSpec(_Strict):
     labels, priority, device, webhook; the recipe with every default filled in). The worker
     validates it again before it does anything (a row written by an older API, or by hand)."""
 
-    kind: Literal["compress", "evaluate"] = "compress"
+    kind: Literal["compress", "evaluate", "search"] = "compress"
+    search: SearchSpec | None = None
     model: ModelSource
     recipe: list[StageIn] = Field(default_factory=list, max_length=16)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
@@ -290,10 +309,17 @@ class JobLinks(BaseModel):
     artifacts: str
     report: str
     cancel: str
+    children: str | None = Field(
+        default=None, description="A search's candidates: GET /v1/jobs?parent_id=…"
+    )
 
 
 class JobRead(BaseModel):
     id: uuid.UUID
+    kind: Literal["compress", "evaluate", "search"] = "compress"
+    parent_id: uuid.UUID | None = Field(
+        default=None, description="The search this job is a candidate of"
+    )
     state: JobState
     device: str
     queue: str = Field(

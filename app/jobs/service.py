@@ -22,6 +22,7 @@ from app.jobs.state import TERMINAL, JobState
 from app.json_paths import walk
 from app.planning.submission import route_submission
 from app.recipes import BUILTIN_SHAPES, Stage, check_gguf_outputs, validate_recipe
+from app.search import repository as search_repository
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
 from app.status_pool import StatusPool
@@ -88,10 +89,21 @@ def checked_stages(body: JobCreate) -> list[Stage]:
     """The recipe validated (against the built-in model's layer sizes, which are known here;
     other sources are checked again by the worker)."""
     shape = BUILTIN_SHAPES.get(body.model.name) if isinstance(body.model, BuiltinModel) else None
-    if body.kind == "evaluate":
+    if (body.search is None) != (body.kind != "search"):
+        raise InvalidInput(
+            "`search` goes with kind `search`, and only with it",
+            code="invalid_recipe",
+            field="search",
+        )
+    if body.kind in ("evaluate", "search"):
         if body.recipe:
             raise InvalidInput(
-                "an evaluate job measures the model as it is: leave `recipe` empty",
+                f"a {body.kind} job takes no recipe"
+                + (
+                    ": it measures the model as it is"
+                    if body.kind == "evaluate"
+                    else ": its candidates' recipes are what it searches"
+                ),
                 code="invalid_recipe",
                 field="recipe",
             )
@@ -214,12 +226,14 @@ def list_jobs(
     labels: list[str],
     cursor: str | None,
     limit: int,
+    parent_id: uuid.UUID | None = None,
 ) -> tuple[list[Job], str | None]:
     rows = repository.list_jobs(
         session,
         tenant_id,
         states=[s.value for s in states],
         labels=parse_label_filters(labels),
+        parent_id=parent_id,
         before=decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
@@ -234,21 +248,32 @@ def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
     state = JobState(job.state)
     if state in TERMINAL:
         raise Conflict(f"job is already {state}", code="job_finished")
-    cancelled_while_queued = state is JobState.QUEUED and repository.transition(
-        session, job.id, JobState.CANCELLED, sources=[JobState.QUEUED], message="cancelled by user"
-    )
-    if not cancelled_while_queued:
-        # Running (or claimed since we read it): flag it; its worker stops at the next check.
-        repository.transition(
-            session,
-            job.id,
-            JobState.CANCEL_REQUESTED,
-            sources=[JobState.RUNNING],
-            message="cancellation requested by user",
-        )
+    stop(session, job.id, JobState(job.state), "cancelled by user")
+    # A search's candidates go with it (a child inserted later cannot exist: the search
+    # inserts them only in the move that leaves `running`, which a cancel request blocks).
+    for child in search_repository.children(session, job.id):
+        if JobState(child.state) not in TERMINAL:
+            stop(session, child.id, JobState(child.state), "cancelled with its search")
     session.flush()
     session.refresh(job)
     return job
+
+
+def stop(session: Session, job_id: uuid.UUID, state: JobState, message: str) -> None:
+    """Queued and waiting jobs end at once; running ones are flagged and their worker stops at
+    its next check."""
+    if state in (JobState.QUEUED, JobState.WAITING) and repository.transition(
+        session, job_id, JobState.CANCELLED, sources=[state], message=message
+    ):
+        return
+    # Running (or claimed since we read it): flag it; its worker stops at the next check.
+    repository.transition(
+        session,
+        job_id,
+        JobState.CANCEL_REQUESTED,
+        sources=[JobState.RUNNING],
+        message=message.replace("cancelled", "cancellation requested"),
+    )
 
 
 def list_events(
@@ -269,6 +294,8 @@ def to_read(
     )
     return JobRead(
         id=job.id,
+        kind=job.spec.get("kind") or "compress",
+        parent_id=job.parent_id,
         state=JobState(job.state),
         device=job.device,
         queue=job.queue,
@@ -295,6 +322,7 @@ def to_read(
             artifacts=f"{base}/artifacts",
             report=f"{base}/report",
             cancel=f"{base}/cancel",
+            children=f"/v1/jobs?parent_id={job.id}" if job.spec.get("kind") == "search" else None,
         ),
     )
 

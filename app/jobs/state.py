@@ -6,6 +6,11 @@ queued ─▶ running ─▶ succeeded | failed | cancelled
    │   cancel_requested ─▶ cancelled | failed | succeeded
    └─▶ cancelled | failed
 
+A search job (kind `search`) has one more state: its first attempt scores the model, inserts its
+candidates as child jobs and moves running ─▶ waiting, holding no worker and no lease. The API's
+background loop moves it waiting ─▶ queued once every child has ended (or its time budget is
+spent), and its second attempt picks the winner; cancel moves waiting ─▶ cancelled.
+
 Every move is applied by `repository.transition`, a compare-and-set UPDATE on (id, state
 [, lease_generation]) plus an event row in the same transaction, so two processes can never both
 move a job.
@@ -20,6 +25,7 @@ class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCEL_REQUESTED = "cancel_requested"
+    WAITING = "waiting"  # a search whose candidates (child jobs) are being run
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -38,9 +44,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.CANCEL_REQUESTED,
             JobState.CANCELLED,
             JobState.QUEUED,
+            JobState.WAITING,
         }
     ),
     JobState.CANCEL_REQUESTED: frozenset({JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED}),
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -73,4 +81,5 @@ class ErrorCode(StrEnum):
     MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
     SOURCE_UNREACHABLE = "source_unreachable"  # retried first: an outage, not a bad model
     TIMEOUT = "timeout"
+    NO_CANDIDATE = "no_candidate"  # a search none of whose candidates finished within budget
     INTERNAL_ERROR = "internal_error"

@@ -26,6 +26,7 @@ from app.reports.schema import (
     Report,
     StageMetrics,
 )
+from app.reports.search_page import search_section
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330}
@@ -70,7 +71,9 @@ def render(
         _template().render(
             csp=CSP,
             style=STYLE,
-            title="Evaluation report" if report.evaluate_only else "Compression report",
+            title={"evaluate": "Evaluation report", "search": "Search report"}.get(
+                report.kind, "Compression report"
+            ),
             job_id=report.job_id,
             device=report.device_name or report.device,
             version=report.version,
@@ -88,6 +91,7 @@ def render(
             failed=[(k, v.error) for k, v in report.evaluations.items() if v.status != "ok"],
             load_check=load_check(report),
             gguf_outputs=gguf_rows(report),
+            search=search_section(report.search),
             stage_rows=stage_rows(report),
             layers=layer_section(report.layer_error),
             **timing_context(report),

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field
 
 from app.recipes import StageIn
 from app.reports.base import ReportModel as _Model
+from app.reports.search import SearchSection
 from app.reports.summary import (
     CompressSummary,
     EvaluateSummary,
@@ -315,7 +316,7 @@ class ModelProvenance(_Model):
 class Report(_Model):
     version: Literal[3] = 3  # REPORT_VERSION
     job_id: str
-    kind: Literal["compress", "evaluate"]
+    kind: Literal["compress", "evaluate", "search"]
     model: ModelProvenance
     recipe: list[StageIn] = Field(description="the stages as run, defaults filled in")
     seed: int
@@ -333,6 +334,9 @@ class Report(_Model):
     load_check: LoadCheck | None = None
     gguf_outputs: list[GgufOutput] | None = Field(
         default=None, description="GGUF files beside the artifact (the job's output.gguf)"
+    )
+    search: SearchSection | None = Field(
+        default=None, description="A search job's candidates; the rest is its winner's"
     )
     # evaluate jobs: the model as it is
     model_metrics: OriginalModel | None = None

@@ -228,7 +228,7 @@ def test_report_measures_everything_and_a_failed_evaluation_keeps_the_artifact(
     assert digest in text and "transformers" in text
 
 
-def render_in_chromium(page: str, tmp_path: Path) -> str:
+def render_in_chromium(page: str, tmp_path: Path, shot_name: str = "report.png") -> str:
     """Screenshot (kept in ARTIFACTS_DIR) and the DOM as Chromium built it."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is installed by `make install`"
@@ -245,7 +245,7 @@ def render_in_chromium(page: str, tmp_path: Path) -> str:
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium'}",
     ]
-    shot = ARTIFACTS_DIR / "report.png"
+    shot = ARTIFACTS_DIR / shot_name
     subprocess.run(
         [
             chromium,

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
+
 from app.openapi import openapi_document
 from app.recipes import METHODS
 from app.reports.schema import report_json_schema
@@ -50,7 +52,26 @@ def test_openapi_documents_problem_responses_and_methods() -> None:
     assert choices["type"] == "array"
     # What the server enforces and JSON Schema can state is declared.
     assert schemas["RtnParams"]["properties"]["group_size"]["anyOf"][0]["enum"][:3] == [8, 16, 32]
-    assert schemas["JobCreate"]["else"]["properties"]["recipe"]["minItems"] == 1
+    job_create = {**schemas["JobCreate"], "components": doc["components"]}
+    validator = jsonschema.Draft202012Validator(job_create)  # its $refs resolve in it
+    model = {"kind": "builtin", "name": "smollm2-135m-instruct"}
+    rtn = [{"method": "rtn", "params": {}}]
+    search = {"budget": {"max_bits_per_weight": 4.25}}
+    valid = [
+        {"model": model, "recipe": rtn},
+        {"kind": "evaluate", "model": model},
+        {"kind": "search", "model": model, "search": search},
+    ]
+    invalid = [
+        {"model": model},  # a compress job needs a recipe
+        {"kind": "search", "model": model},  # a search needs its budget
+        {"kind": "search", "model": model, "search": search, "recipe": rtn},
+        {"model": model, "recipe": rtn, "search": search},
+        {"kind": "search", "model": model, "search": {"budget": {}}},
+        {"kind": "search", "model": model, "search": {**search, "families": ["rotation"]}},
+    ]
+    assert all(validator.is_valid(body) for body in valid)
+    assert not any(validator.is_valid(body) for body in invalid)
 
 
 def test_committed_report_schema_matches_the_report_models() -> None:

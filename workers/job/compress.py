@@ -54,7 +54,7 @@ class Compressed:
 
 
 def compress(run: JobRun) -> Compressed:
-    ctx, source, attempts, plan = run.ctx, run.source, run.evaluations, run.plan
+    ctx, source = run.ctx, run.source
     captured = capture_layers(run)
     original_layers = int(getattr(source.model.config, "num_hidden_layers", 0))
     if not source.offloaded:  # an offloaded model already computes in that dtype
@@ -85,7 +85,21 @@ def compress(run: JobRun) -> Compressed:
     source.release()  # the in-memory model goes before the artifact loads: one copy at a time
     del outcome
     gc.collect()
+    measured = measure_artifact(run, out_dir, counts, stage_notes, captured, original_layers)
+    return Compressed(stage_notes, save_format, out_dir, *measured, gguf_source)
 
+
+def measure_artifact(
+    run: JobRun,
+    out_dir: Path,
+    counts: dict[str, int],
+    stage_notes: list[dict[str, Any]],
+    captured: layer_error.Capture | None,
+    original_layers: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Load the saved artifact as users will and measure it: (metrics, load check, per-layer
+    error). The source model is released already."""
+    ctx, source, attempts, plan = run.ctx, run.source, run.evaluations, run.plan
     ctx.progress("load_check", progress.LOAD_CHECK.start)
     with ctx.timed("load_check"):
         loaded, load_check, generations = check_loads(
@@ -127,9 +141,7 @@ def compress(run: JobRun) -> Compressed:
                     "layer_error", partial(layer_error.measure, loaded, captured, origin)
                 )
     del loaded
-    return Compressed(
-        stage_notes, save_format, out_dir, compressed, load_check, errors, gguf_source
-    )
+    return compressed, load_check, errors
 
 
 def capture_layers(run: JobRun) -> layer_error.Capture | None:

@@ -40,7 +40,8 @@ def prepare_data(ctx: JobContext, job: ReadSpec, tokenizer: Any, scratch: Path) 
     calibration_sha256 = None
     layer_error_ids: list[int] = []
     layer_tokens = evaluation.layer_error_tokens
-    calibrated = needs_calibration([*job.stages, *job.gguf_outputs])
+    # A search scores every layer on calibration text before any recipe exists.
+    calibrated = job.spec.kind == "search" or needs_calibration([*job.stages, *job.gguf_outputs])
     if not job.evaluate_only and (calibrated or layer_tokens):
         cal_spec = spec.calibration
         cal_corpus = load_corpus(cal_spec.dataset.model_dump(mode="json"), ctx.settings)

@@ -27,6 +27,8 @@ from workers.job.source import fetch_source, open_source
 from workers.job.spec import read_spec
 from workers.memory import PhaseMemory, fix_malloc_mmap_threshold
 from workers.methods.recipe import preflight
+from workers.search.finish import finish_search, search_state
+from workers.search.start import start_search
 
 
 def execute(
@@ -71,6 +73,11 @@ def execute(
     )
     run = JobRun(ctx, job, source, data, plan, scratch)
     estimate = estimate_resources(run, memory_plan)
+    if job.spec.kind == "search":
+        state = search_state(run)
+        if state is None:
+            start_search(run)  # raises Suspended: its candidates run as child jobs
+        return finish_search(run, estimate, state)
     original = measure_original(run)
     common = common_fields(run, estimate)
 

@@ -34,6 +34,8 @@ def read_spec(raw: dict[str, Any]) -> ReadSpec:
     with `invalid_recipe` naming the field, before any model loads."""
     try:
         spec = JobSpec.model_validate(raw)
+        if (spec.kind == "search") != (spec.search is not None):
+            raise InvalidInput("`search` goes with kind `search`, and only with it", field="search")
         stages = validate_recipe(spec.recipe) if spec.kind == "compress" else []
         if spec.output.gguf:
             check_gguf_outputs(stages, evaluate=spec.kind == "evaluate")

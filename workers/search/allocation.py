@@ -2,7 +2,8 @@
 
 Pick one setting per layer so that the summed sensitivity (`sensitivity.py`) is least while
 the average bits per quantized weight, counted as the files store them (integer bits plus a
-16-bit scale per group), stays within the budget. Solved exactly as a 0/1 integer program by
+16-bit scale per group and each layer's stored shape: `Setting.layer_bits`), stays within the
+budget. Solved exactly as a 0/1 integer program by
 HiGHS through scipy (`scipy.optimize.milp`): a few hundred layers x a handful of settings
 solve in well under a second.
 """
@@ -33,8 +34,7 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
     choices = [(i, setting) for i, row in enumerate(layers) for setting in sorted(row.scores)]
     total = sum(row.parameters for row in layers)
     cheapest = sum(
-        row.parameters * min(s.bits_per_weight(row.in_features) for s in row.scores)
-        for row in layers
+        min(s.layer_bits(row.parameters, row.in_features) for s in row.scores) for row in layers
     )
     if cheapest > max_bits_per_weight * total + 1e-6:
         raise BudgetTooSmall(
@@ -47,7 +47,7 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
     one_each = np.zeros((len(layers), len(choices)))
     for column, (i, _) in enumerate(choices):
         one_each[i, column] = 1.0
-    share = [layers[i].parameters * s.bits_per_weight(layers[i].in_features) for i, s in choices]
+    share = [s.layer_bits(layers[i].parameters, layers[i].in_features) for i, s in choices]
     bits = np.array([share]) / total
     result = milp(
         c=cost,
@@ -67,10 +67,7 @@ def allocate(layers: list[LayerScores], max_bits_per_weight: float) -> Allocatio
     }
     by_name = {row.name: row for row in layers}
     average = (
-        sum(
-            by_name[n].parameters * s.bits_per_weight(by_name[n].in_features)
-            for n, s in picked.items()
-        )
+        sum(s.layer_bits(by_name[n].parameters, by_name[n].in_features) for n, s in picked.items())
         / total
     )
     score = sum(by_name[n].scores[s] for n, s in picked.items())

@@ -23,6 +23,7 @@ import torch
 from workers.methods.shared.layers import targeted_linears
 
 SCALE_BITS = 16  # one bf16 scale per group (symmetric: no zero point stored)
+SHAPE_BITS = 128  # and each quantized layer stores its weight's shape: two int64
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +36,11 @@ class Setting:
 
     def bits_per_weight(self, in_features: int) -> float:
         return self.bits + SCALE_BITS / (self.group_size or in_features)
+
+    def layer_bits(self, parameters: int, in_features: int) -> float:
+        """What a layer of this size stores at this setting, as the files hold it (integers
+        densely packed, scales, the weight's shape)."""
+        return parameters * self.bits_per_weight(in_features) + SHAPE_BITS
 
     def fits(self, in_features: int) -> bool:
         return not self.group_size or in_features % self.group_size == 0

@@ -16,6 +16,10 @@ from workers.models.hf import linear
 # vLLM's Marlin/Machete INT4 kernels are tuned for groups of 128 and want layer sizes that are
 # multiples of 128; other shapes fall back to slower kernels (or none).
 VLLM_DIM_MULTIPLE = 128
+# What vLLM serves with fast kernels (Marlin/Machete): 4 or 8 bits, one scale per 128 weights or
+# per channel. The preflight warns outside it; a search with target runtime `vllm` stays inside.
+VLLM_FAST_BITS = (4, 8)
+VLLM_FAST_GROUPS = (None, 128)
 # The stage's scale_search -> llm-compressor's weight observer (None = its min/max default).
 # Memoryless: a weight is observed once, so a moving average would only slow it down.
 OBSERVERS: dict[str, str | None] = {
@@ -166,13 +170,14 @@ def vllm_kernel_warnings(
 ) -> list[str]:
     warnings = []
     fits_128 = all(modules[name].in_features % VLLM_DIM_MULTIPLE == 0 for name in settings)
-    odd_groups = sorted({str(g) for b, g, _ in settings.values() if b <= 4} - {"None", "128"})
+    fast_groups = {str(g) for g in VLLM_FAST_GROUPS}
+    odd_groups = sorted({str(g) for b, g, _ in settings.values() if b <= 4} - fast_groups)
     if odd_groups and fits_128:  # else 128 is no option: the layer-size warning below says so
         warnings.append(
             f"{method}: group_size {', '.join(odd_groups)}: vLLM's fast INT4 kernels "
             "(Marlin/Machete) are tuned for 128"
         )
-    low_bits = sorted({b for b, _, _ in settings.values() if b in (2, 3)})
+    low_bits = sorted({b for b, _, _ in settings.values() if b not in VLLM_FAST_BITS})
     if low_bits:
         warnings.append(
             f"{method}: {low_bits} bits: stored densely packed (transformers loads it), "

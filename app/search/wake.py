@@ -1,0 +1,82 @@
+"""Wakes waiting searches: run in every reaper round (app/jobs/reaper.py) by the API process.
+
+A search waits while its candidates run. Once every candidate has ended (succeeded, failed
+after its retries, or cancelled), or the search's time budget is spent (the candidates still
+going are cancelled), the search goes back to `queued` for its second attempt, which picks the
+winner. A candidate whose worker died is the reaper's like any job: re-queued, retried, and
+failed only once its attempts are spent. Every move is a compare-and-set, so many API
+processes may run this at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import session_scope, utcnow
+from app.jobs import repository
+from app.jobs.dispatch import enqueue
+from app.jobs.models import Job
+from app.jobs.service import stop
+from app.jobs.state import TERMINAL, JobState
+from app.search.repository import children, waiting_searches
+
+# The waiting search's progress runs over the candidates' share of the whole search.
+CANDIDATES_SPAN = (18.0, 80.0)
+
+
+def wake_once(settings: Settings) -> dict[str, int]:
+    counts = {"woken": 0, "candidates_cancelled": 0}
+    to_send: list[tuple[uuid.UUID, str, int]] = []
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        for search in waiting_searches(session):
+            kids = children(session, search.id)
+            going = [kid for kid in kids if JobState(kid.state) not in TERMINAL]
+            late = now >= datetime.fromisoformat((search.search or {})["deadline"])
+            if going and not late:
+                _show_progress(session, search, len(kids), len(kids) - len(going))
+                continue
+            for kid in going:
+                stop(session, kid.id, JobState(kid.state), "cancelled: the search's time ran out")
+            message = (
+                f"time budget spent: {len(going)} of {len(kids)} candidates cancelled; "
+                "picking among those that finished"
+                if going
+                else f"all {len(kids)} candidates ended; picking the winner"
+            )
+            # A fresh attempt count: the first attempt's work is done and kept.
+            if repository.transition(
+                session,
+                search.id,
+                JobState.QUEUED,
+                sources=[JobState.WAITING],
+                message=message,
+                attempts=0,
+                progress_detail={"candidates": len(kids), "ended": len(kids) - len(going)},
+            ):
+                counts["woken"] += 1
+                counts["candidates_cancelled"] += len(going)
+                to_send.append((search.id, search.queue, search.priority))
+    for job_id, queue, priority in to_send:
+        with session_scope(settings.database_url) as session:
+            enqueue(session, settings, job_id, queue=queue, priority=priority)
+    return counts
+
+
+def _show_progress(session: Session, search: Job, total: int, ended: int) -> None:
+    """The waiting search's progress: the share of its candidates that ended."""
+    detail = {"candidates": total, "ended": ended}
+    if search.progress_detail == detail:
+        return
+    low, high = CANDIDATES_SPAN
+    session.execute(
+        update(Job)
+        .where(Job.id == search.id, Job.state == JobState.WAITING.value)
+        .values(progress=low + (high - low) * ended / max(total, 1), progress_detail=detail),
+        execution_options=repository.NO_SYNC,
+    )

@@ -1,0 +1,116 @@
+"""A search job end to end on real workers: sensitivity, candidates as child jobs, the pick
+republished as the search's artifact with a Pareto page; and cancel reaching the children."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.integration.test_reports import DataCells, render_in_chromium
+from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.services import WorkerProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def search_body(**search: Any) -> dict[str, Any]:
+    body = tiny_job(kind="search", calibration={"num_samples": 8, "max_seq_length": 64})
+    del body["recipe"]
+    body["search"] = {
+        "budget": {"max_bits_per_weight": 4.25},
+        "max_candidates": 3,
+        "candidate_eval_tokens": 512,
+        "sensitivity_samples": 4,
+        **search,
+    }
+    return body
+
+
+def children_of(api: TestClient, headers: dict, search_id: str) -> list[dict[str, Any]]:
+    page = api.get("/v1/jobs", params={"parent_id": search_id}, headers=headers).json()
+    return page["items"]
+
+
+def test_search_runs_candidates_as_child_jobs_and_publishes_the_pick(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    search = api.post("/v1/jobs", json=search_body(), headers=tenant_a).json()
+    assert search["kind"] == "search" and search["links"]["children"]
+    done = wait_for_state(api, tenant_a, search["id"], timeout=600, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+    events = api.get(f"/v1/jobs/{search['id']}/events", headers=tenant_a).json()["items"]
+    states = [e["state"] for e in events if e["kind"] == "state"]
+    assert states == ["queued", "running", "waiting", "queued", "running", "succeeded"]
+
+    # Three candidates, each an ordinary job under the search with its own report.
+    children = children_of(api, tenant_a, search["id"])
+    assert len(children) == 3
+    assert {c["parent_id"] for c in children} == {search["id"]}
+    assert all(c["state"] == "succeeded" and c["kind"] == "compress" for c in children)
+    report = api.get(f"/v1/jobs/{search['id']}/report", headers=tenant_a).json()
+    assert report["kind"] == "search"
+    section = report["search"]
+    by_id = {c["id"]: c for c in children}
+    assert {c["job_id"] for c in section["candidates"]} == set(by_id)
+    for row in section["candidates"]:
+        summary = by_id[row["job_id"]]["metrics"]
+        # Each row is what that child measured on its own files, not what was planned.
+        assert row["bits_per_quantized_weight"] == summary["bits_per_quantized_weight"]
+        assert row["perplexity"] == summary["compressed_perplexity"]
+        assert row["bits_per_quantized_weight"] <= 4.25 + 1e-4 and row["within_budget"]
+    # No tolerance given: the lowest perplexity wins; its recipe and files are the search's.
+    best = min(section["candidates"], key=lambda r: r["perplexity"])
+    assert section["winner"] == best["job_id"] and best["winner"] is True
+    assert section["why"] == "the lowest perplexity within the budget"
+    assert report["recipe"] == by_id[best["job_id"]]["recipe"]
+    assert report["summary"]["bits_per_quantized_weight"] <= 4.25 + 1e-4
+    assert report["evaluation"]["tokens"] == 2048 > section["candidate_evaluation_tokens"]
+    assert len(section["sensitivity"]) == 14  # every decoder linear of the tiny model
+
+    def model_digest(job_id: str) -> str:
+        items = api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant_a).json()["items"]
+        return {i["path"]: i["sha256"] for i in items}["model/model.safetensors"]
+
+    assert model_digest(search["id"]) == model_digest(best["job_id"])
+    # /v1/compare reads the candidates like any jobs.
+    table = api.get("/v1/compare", params={"jobs": ",".join(by_id)}, headers=tenant_a).json()
+    assert len(table["rows"]) == 3
+
+    # The page: the Pareto plot and the candidate table, as Chromium renders them.
+    page = api.get(f"/v1/jobs/{search['id']}/report.html", headers=tenant_a).text
+    rendered = render_in_chromium(page, tmp_path, "search-report.png")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", rendered))
+    pareto = rendered[rendered.index('id="pareto"') :]
+    assert pareto.index("<svg") < pareto.index("</div>")
+    assert "bits per quantized weight (read from the files)" in text and "the pick" in text
+    cells = DataCells()
+    cells.feed(rendered)
+    for i, row in enumerate(section["candidates"]):
+        assert json.loads(cells.cells[f"search/candidates/{i}/perplexity"]) == row["perplexity"]
+
+
+def test_cancelling_a_search_cancels_its_candidates(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess
+) -> None:
+    body = search_body(max_candidates=2, families=["quantization"])
+    body["evaluation"] = {**body["evaluation"], "stride": 1}  # slow candidates: ~30 s each
+    search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    wait_for_state(api, tenant_a, search["id"], {"waiting", "failed"}, worker=worker)
+    cancelled = api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a).json()
+    assert cancelled["state"] == "cancelled"
+    children = children_of(api, tenant_a, search["id"])
+    assert len(children) == 2
+
+    def all_ended() -> list[dict[str, Any]] | None:
+        now = children_of(api, tenant_a, search["id"])
+        return now if all(c["state"] in {"cancelled", "succeeded", "failed"} for c in now) else None
+
+    ended = wait_until(all_ended, timeout=120, what="the candidates to end")
+    assert [c["state"] for c in ended] == ["cancelled", "cancelled"]
+    # The search stays cancelled: the background loop does not wake it.
+    assert api.get(f"/v1/jobs/{search['id']}", headers=tenant_a).json()["state"] == "cancelled"

@@ -1,0 +1,131 @@
+"""A search's candidates under its budget, and the pick among what they measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.recipes import StageIn, validate_recipe
+from app.search.spec import SearchSpec
+from workers.methods.quantization.common import VLLM_FAST_BITS, VLLM_FAST_GROUPS
+from workers.search.allocation import BudgetTooSmall
+from workers.search.candidates import budget_bits, grid, plan_candidates
+from workers.search.pick import choose, pareto_front
+from workers.search.sensitivity import LayerScores, Setting
+
+
+def scored(settings: list[Setting]) -> list[LayerScores]:
+    """Eight layers of two widths; the first two are 100x as fragile as the rest."""
+    layers = []
+    for index in range(8):
+        in_features = 256 if index % 2 else 512
+        row = LayerScores(f"model.layers.{index}.mlp.down_proj", 256 * in_features, in_features)
+        weight = 100.0 if index < 2 else 1.0
+        for s in settings:
+            if s.fits(in_features):
+                row.scores[s] = weight * 4.0 ** (-s.bits) * (1 + (s.group_size or 512) / 512)
+        layers.append(row)
+    return layers
+
+
+def spec(**budget: Any) -> SearchSpec:
+    return SearchSpec.model_validate({"budget": budget, "max_candidates": 8})
+
+
+def settings_of(recipe: list[dict[str, Any]]) -> set[tuple[int, Any]]:
+    params = next(stage["params"] for stage in recipe if stage["method"] == "gptq")
+    found = {(params["bits"], params["group_size"])}
+    found |= {(o["bits"], o["group_size"]) for o in params.get("overrides", [])}
+    return found
+
+
+def test_candidates_hold_the_budget_and_are_valid_recipes() -> None:
+    layers = scored(grid("transformers"))
+    candidates = plan_candidates(spec(max_bits_per_weight=4.25), layers, layers, 4.25)
+    names = [c.name for c in candidates]
+    assert names[:3] == [
+        "rotate + allocated gptq imatrix <= 4.25 b/w",
+        "allocated gptq <= 4.25 b/w",
+        # W4 g64 is 4.25 bits plus each layer's stored shape: over the budget on the files.
+        "uniform gptq W4 g128",
+    ]
+    # The front below the budget, as far as the cheapest setting (W2 g128 ~ 2.1 b/w) allows.
+    assert names[3:] == [
+        f"rotate + allocated gptq imatrix <= {b:g} b/w" for b in (3.75, 3.25, 2.75)
+    ]
+    for candidate in candidates:
+        assert candidate.planned_bits <= candidate.budget_bits + 1e-9
+        validate_recipe([StageIn.model_validate(stage) for stage in candidate.recipe])
+    # The fragile layers get more bits than the rest.
+    allocated = candidates[1].recipe[0]["params"]
+    assert allocated["bits"] < 8 and any(o["bits"] == 8 for o in allocated["overrides"])
+    assert spec(max_bits_per_weight=4.25).max_candidates == 8
+    short = SearchSpec.model_validate({"budget": {"max_bits_per_weight": 4.25}})
+    assert len(plan_candidates(short, layers, None, 4.25)) == short.max_candidates == 4
+
+
+def test_vllm_target_keeps_to_the_fast_kernel_schemes() -> None:
+    layers = scored(grid("vllm"))
+    candidates = plan_candidates(
+        spec(max_bits_per_weight=5.0, target_runtime="vllm"), layers, None, 5.0
+    )
+    assert len(candidates) >= 3
+    fast = {(b, "channel" if g is None else g) for b in VLLM_FAST_BITS for g in VLLM_FAST_GROUPS}
+    fast |= {(b, g) for b in VLLM_FAST_BITS for g in VLLM_FAST_GROUPS}
+    for candidate in candidates:
+        assert settings_of(candidate.recipe) <= fast, candidate.name
+    # Too small for 4-bit channels: refused, not silently exceeded.
+    with pytest.raises(BudgetTooSmall):
+        plan_candidates(spec(max_bits_per_weight=3.5, target_runtime="vllm"), layers, None, 3.5)
+
+
+def test_byte_budget_counts_the_unquantized_tensors_at_16_bits() -> None:
+    layers = scored(grid("transformers"))
+    quantized = sum(row.parameters for row in layers)
+    other = 100_000
+    size = 2 * other + 64 * 1024 + quantized * 4 // 8  # room for exactly 4 bits per weight
+    bits = budget_bits(spec(max_checkpoint_bytes=size), layers, quantized + other)
+    assert bits == pytest.approx(4.0, abs=1e-3)
+    both = spec(max_checkpoint_bytes=size, max_bits_per_weight=3.5)
+    assert budget_bits(both, layers, quantized + other) == 3.5
+    with pytest.raises(BudgetTooSmall):
+        budget_bits(spec(max_checkpoint_bytes=2**16), layers, quantized + other)
+
+
+def row(name: str, bits: float, size: int, ppl: float | None, state: str = "succeeded") -> dict:
+    change = None if ppl is None else round(100 * (ppl / 10.0 - 1), 3)
+    return {
+        "name": name,
+        "state": state,
+        "error": None if state == "succeeded" else "worker lost",
+        "bits_per_quantized_weight": bits,
+        "checkpoint_bytes": size,
+        "perplexity": ppl,
+        "change_pct": change,
+    }
+
+
+def test_pick_front_and_reasons() -> None:
+    rows = [
+        row("a", 4.25, 400, 10.5),  # +5 %
+        row("b", 3.75, 350, 10.2),  # +2 %: smaller and better than a
+        row("c", 3.25, 300, 11.0),  # +10 %
+        row("d", 4.5, 420, 10.1),  # over the bits budget
+        row("e", 2.75, 250, None, state="failed"),
+    ]
+    assert pareto_front(rows) == {1, 2, 3}
+    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=None)
+    assert winner == 1 and why == "the lowest perplexity within the budget"
+    assert rows[3]["within_budget"] is False and "over 4.25" in rows[3]["excluded"]
+    assert rows[4]["within_budget"] is None and rows[4]["excluded"] == "failed: worker lost"
+    # Within a tolerance the smallest one wins.
+    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=12)
+    assert winner == 2 and "smallest candidate within +12 %" in why
+    # No candidate within it: the best, saying so.
+    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=1)
+    assert winner == 1 and why.startswith("no candidate within +1 %")
+    # A byte budget is read from the files too.
+    winner, _ = choose(rows, max_bits=None, max_bytes=320, max_increase_pct=None)
+    assert winner == 2
+    assert choose(rows, max_bits=2.0, max_bytes=None, max_increase_pct=None)[0] is None

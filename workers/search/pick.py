@@ -1,0 +1,84 @@
+"""Which candidate wins, and which lie on the front: read from what each child job measured on
+its own saved files (its job summary), never from what the allocation planned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The reported figure is rounded to 4 decimals (the plan counts every stored bit already).
+REPORTED_ROUNDING = 1e-4
+
+
+def within_budget(
+    row: dict[str, Any], max_bits: float | None, max_bytes: int | None
+) -> tuple[bool, str]:
+    """(holds, why not) for a finished candidate, on its saved files."""
+    bits, size = row.get("bits_per_quantized_weight"), row.get("checkpoint_bytes")
+    if max_bits is not None and (bits is None or bits > max_bits + REPORTED_ROUNDING):
+        return False, f"stores {bits} bits per quantized weight, over {max_bits}"
+    if max_bytes is not None and (size is None or size > max_bytes):
+        return False, f"its files take {size} bytes, over {max_bytes}"
+    return True, ""
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> set[int]:
+    """Indices of the rows no other row beats on both bits and perplexity."""
+    measured = [
+        (i, r["bits_per_quantized_weight"], r["perplexity"])
+        for i, r in enumerate(rows)
+        if r.get("perplexity") is not None and r.get("bits_per_quantized_weight") is not None
+    ]
+    front = set()
+    for i, bits, ppl in measured:
+        beaten = any(
+            b <= bits and p <= ppl and (b < bits or p < ppl) for j, b, p in measured if j != i
+        )
+        if not beaten:
+            front.add(i)
+    return front
+
+
+def choose(
+    rows: list[dict[str, Any]],
+    *,
+    max_bits: float | None,
+    max_bytes: int | None,
+    max_increase_pct: float | None,
+) -> tuple[int | None, str]:
+    """(index of the winner or None, why). Marks every row's `within_budget`, `on_front`,
+    `excluded` (why it cannot win). Within the tolerance the smallest candidate wins (fewest
+    bytes, then perplexity); with no tolerance, or none within it, the lowest perplexity."""
+    front = pareto_front(rows)
+    eligible = []
+    for index, row in enumerate(rows):
+        row["on_front"] = index in front
+        if row["state"] != "succeeded" or row.get("perplexity") is None:
+            row["within_budget"] = None
+            row["excluded"] = f"{row['state']}" + (f": {row['error']}" if row.get("error") else "")
+            continue
+        holds, why = within_budget(row, max_bits, max_bytes)
+        row["within_budget"] = holds
+        row["excluded"] = None if holds else why
+        if holds:
+            eligible.append(index)
+    if not eligible:
+        return None, "no candidate finished within the budget"
+    best = min(eligible, key=lambda i: rows[i]["perplexity"])
+    if max_increase_pct is None:
+        return best, "the lowest perplexity within the budget"
+    tolerated = [
+        i
+        for i in eligible
+        if rows[i].get("change_pct") is not None and rows[i]["change_pct"] <= max_increase_pct
+    ]
+    if not tolerated:
+        change = rows[best].get("change_pct")
+        return best, (
+            f"no candidate within +{max_increase_pct:g} % perplexity; the best within the "
+            f"budget is {change:+.2f} %"
+        )
+    smallest = min(tolerated, key=lambda i: (rows[i]["checkpoint_bytes"], rows[i]["perplexity"]))
+    return smallest, (
+        f"the smallest candidate within +{max_increase_pct:g} % perplexity "
+        f"({rows[smallest]['change_pct']:+.2f} %)"
+    )
