@@ -5,30 +5,24 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.db import session_scope
+from app.jobs import repository
+from app.jobs.state import JobState
 from tests.integration.test_reports import DataCells, render_in_chromium
-from tests.support.jobs import tiny_job, wait_for_state
+from tests.support.jobs import search_body, wait_for_state
 from tests.support.services import WorkerProcess, wait_until
+from workers.search.start import new_child
 
 pytestmark = pytest.mark.integration
-
-
-def search_body(**search: Any) -> dict[str, Any]:
-    body = tiny_job(kind="search", calibration={"num_samples": 8, "max_seq_length": 64})
-    del body["recipe"]
-    body["search"] = {
-        "budget": {"max_bits_per_weight": 4.25},
-        "max_candidates": 3,
-        "candidate_eval_tokens": 512,
-        "sensitivity_samples": 4,
-        **search,
-    }
-    return body
 
 
 def children_of(api: TestClient, headers: dict, search_id: str) -> list[dict[str, Any]]:
@@ -114,3 +108,36 @@ def test_cancelling_a_search_cancels_its_candidates(
     assert [c["state"] for c in ended] == ["cancelled", "cancelled"]
     # The search stays cancelled: the background loop does not wake it.
     assert api.get(f"/v1/jobs/{search['id']}", headers=tenant_a).json()["state"] == "cancelled"
+
+
+def test_a_search_past_its_time_budget_cancels_what_runs_and_wakes(
+    api: TestClient, tenant_a: dict, settings: Settings
+) -> None:
+    """The API's reaper round, on rows: a waiting search whose deadline passed has its queued
+    candidate cancelled and goes back to the queue to pick among those that finished."""
+    body = {**search_body(), "device": "gpu"}  # parked: no worker consumes the gpu queue here
+    search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    search_id = uuid.UUID(search["id"])
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    with session_scope(settings.database_url) as session:
+        parent = repository.get_job(session, search_id)
+        assert parent is not None
+        kids = []
+        for state in ("succeeded", "queued"):
+            kid = new_child(parent, {**parent.spec, "kind": "compress", "search": None}, settings)
+            kid.state = state
+            repository.insert_job(session, kid, {})
+            kids.append(str(kid.id))
+        assert repository.transition(
+            session, search_id, JobState.RUNNING, sources=[JobState.QUEUED], attempts=1
+        )
+        assert repository.transition(
+            session, search_id, JobState.WAITING, search={"deadline": past, "candidates": []}
+        )
+    woken = wait_for_state(api, tenant_a, search["id"], {"queued"}, timeout=30)
+    assert woken["attempts"] == 0  # the second attempt gets the whole retry budget
+    states = {c["id"]: c["state"] for c in children_of(api, tenant_a, search["id"])}
+    assert states == {kids[0]: "succeeded", kids[1]: "cancelled"}
+    events = api.get(f"/v1/jobs/{search['id']}/events", headers=tenant_a).json()["items"]
+    assert events[-1]["message"].startswith("time budget spent: 1 of 2 candidates cancelled")
+    api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a)

@@ -68,6 +68,20 @@ def tiny_job(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+def search_body(**search: Any) -> dict[str, Any]:
+    """A search on the tiny model: three candidates under 4.25 bits, short evaluations."""
+    body = tiny_job(kind="search", calibration={"num_samples": 8, "max_seq_length": 64})
+    del body["recipe"]
+    body["search"] = {
+        "budget": {"max_bits_per_weight": 4.25},
+        "max_candidates": 3,
+        "candidate_eval_tokens": 512,
+        "sensitivity_samples": 4,
+        **search,
+    }
+    return body
+
+
 def slow_job(**overrides: Any) -> dict[str, Any]:
     """A tiny-model job that spends tens of seconds in evaluation (stride 1), with check points
     every window: for cancel and crash tests."""

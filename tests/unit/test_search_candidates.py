@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from app.recipes import StageIn, validate_recipe
 from app.search.spec import SearchSpec
+from workers.formats.loader import load_pretrained
 from workers.methods.quantization.common import VLLM_FAST_BITS, VLLM_FAST_GROUPS
+from workers.methods.recipe import parse_stages, preflight
 from workers.search.allocation import BudgetTooSmall
 from workers.search.candidates import budget_bits, grid, plan_candidates
 from workers.search.pick import choose, pareto_front
-from workers.search.sensitivity import LayerScores, Setting
+from workers.search.sensitivity import LayerScores, Setting, score_layers
 
 
 def scored(settings: list[Setting]) -> list[LayerScores]:
@@ -129,3 +133,22 @@ def test_pick_front_and_reasons() -> None:
     winner, _ = choose(rows, max_bits=None, max_bytes=320, max_increase_pct=None)
     assert winner == 2
     assert choose(rows, max_bits=2.0, max_bytes=None, max_increase_pct=None)[0] is None
+
+
+def test_vllm_candidates_draw_no_kernel_warning_from_the_preflight(tiny_smol_dir: Path) -> None:
+    """The rule as the preflight states it, on a real model: a `vllm` search's candidates get
+    none of its scheme warnings (group size, bit width)."""
+    torch.manual_seed(0)
+    model = load_pretrained(tiny_smol_dir)
+    samples = torch.randint(0, 1000, (2, 32)).tolist()
+    layers = score_layers(model, samples, grid("vllm"))
+    candidates = plan_candidates(
+        spec(max_bits_per_weight=6.0, target_runtime="vllm"), layers, None, 6.0
+    )
+    assert len(candidates) >= 3
+    for candidate in candidates:
+        warnings = preflight(model, parse_stages(candidate.recipe))
+        assert not [w for w in warnings if "fast INT4" in w or "no fast kernel" in w], warnings
+    # The same check catches a scheme vLLM has no fast kernel for.
+    odd = parse_stages([{"method": "gptq", "params": {"bits": 3, "group_size": 64}}])
+    assert any("no fast kernel" in w for w in preflight(model, odd))

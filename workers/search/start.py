@@ -131,7 +131,9 @@ def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -
                 raise LeaseLost(str(ctx.job_id))
             for candidate, planned in zip(candidates, state["candidates"], strict=True):
                 child = new_child(parent, child_spec(run.job.spec, candidate), ctx.settings)
-                repository.insert_job(session, child, {})
+                # The search's labels too: `?label=team=x` lists its candidates with it.
+                labels = {label.key: label.value for label in parent.labels}
+                repository.insert_job(session, child, labels)
                 planned["job_id"] = str(child.id)
                 sent.append((child.id, child.queue, child.priority))
             moved = repository.transition(
