@@ -1,24 +1,24 @@
-"""The search's quality core (issue 25) on SmolLM2-135M-Instruct: per-layer sensitivity, the
-exact bits allocation under a budget, and the candidates it yields, against uniform GPTQ.
+"""The search's quality on SmolLM2-135M-Instruct (issue 25): the search job's own planner
+(`workers/search/candidates.py`) under each budget, against uniform GPTQ.
 
     .venv/bin/python -m bench.search        # ~25 min on 2 CPU cores
 
-For each budget (4.25 and 3.25 average bits per quantized weight, as the files store them):
-score every decoder Linear at W2/W3/W4/W8 x g32/g64 (Fisher-weighted rounding error,
-`workers/search/sensitivity.py`, on 8 calibration samples), allocate exactly
-(`workers/search/allocation.py`), and run the allocation as a GPTQ stage with per-layer
-overrides through the worker's own stage and save code, then measure it as `bench.quality`
-does (same corpora, calibration and evaluation tokens: in-domain held-out text and the Debian
-license texts no recipe reads). Candidates per budget: the allocation with GPTQ's defaults
-(what the allocation alone buys), and rotate + the allocation with the imatrix scale search
-(computed on the rotated model). The pick is the candidate with the lowest in-domain
-perplexity whose stored bits hold the budget. The uniform GPTQ rows (W4 g64, W3 g64) are read
-from bench/results/quality.json when it was measured on the same original and corpora (the
-figures are deterministic), else measured here.
+Score every decoder Linear at the job's grid (W2/W3/W4/W8 x g32/g64/g128/per channel;
+Fisher-weighted rounding error, `workers/search/sensitivity.py`, on 8 calibration samples), on
+the model and on the rotated model, as a search job's first attempt does; then for each budget
+(4.25 and 3.25 average bits per quantized weight, as the files store them, every scale and
+stored shape counted) the job's first two candidates: rotate + the allocation with the imatrix
+scale search, and the allocation with GPTQ's defaults. Each runs through the worker's own stage
+and save code and is measured as `bench.quality` measures (same corpora, calibration and
+evaluation tokens: in-domain held-out text and the Debian license texts no recipe reads). The
+pick is the candidate with the lowest in-domain perplexity whose stored bits hold the budget,
+the job's rule without a tolerance. The uniform GPTQ rows (W4 g64, W3 g64) are read from
+bench/results/quality.json when it was measured on the same original and corpora (the figures
+are deterministic), else measured here.
 
 Gap closed = (uniform - pick) / (uniform - original), in-domain perplexity. Targets: >= 40 % at
-4.25 bits, >= 50 % at 3.25. Not measured yet: the fan-out across workers (the search job kind
-and its child jobs are not built), so `fanout_wall_time_ratio` is null.
+4.25 bits, >= 50 % at 3.25. The fan-out across workers is `bench/search_fanout.py` (it writes
+`fanout_wall_time_ratio` into the same file; kept when this bench rewrites it).
 """
 
 from __future__ import annotations
@@ -33,23 +33,23 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.recipes import GptqParams, MethodParams, RotateParams
+from app.search.spec import SearchSpec
 from bench.common import RESULTS_DIR, write_results
 from bench.quality import RESULTS as QUALITY_RESULTS
 from bench.quality import (
     SECOND_CORPUS,
-    SHAPE_BITS,
     Corpora,
     add_changes,
     run_row,
     smollm2_and_original,
 )
-from workers.methods.recipe import run_stages
-from workers.search.allocation import allocate
-from workers.search.recipe import stage_params
-from workers.search.sensitivity import Setting, score_layers
+from workers.methods.recipe import parse_stages, run_stages
+from workers.search.candidates import grid, plan_candidates
+from workers.search.pick import REPORTED_ROUNDING
+from workers.search.sensitivity import LayerScores, score_layers
 
 RESULTS = RESULTS_DIR / "search.json"
-SETTINGS = [Setting(bits, group) for bits in (2, 3, 4, 8) for group in (32, 64)]
+SETTINGS = grid("transformers")
 # key -> (bits budget, the uniform row it must beat, share of that row's gap to close, %)
 BUDGETS = {
     "4_25": (4.25, "baseline gptq w4 g64", 40.0),
@@ -59,29 +59,19 @@ FISHER_SAMPLES = 8
 Recipe = list[tuple[str, MethodParams]]
 
 
-def allocated_recipe(
-    source: Path, tokenizer: Any, data: Corpora, budget: float, *, rotate: bool, scale_search: str
-) -> tuple[Recipe, dict[str, Any]]:
-    """The budget's allocation, scored on the model as the GPTQ stage will see it."""
+def sensitivity(
+    source: Path, tokenizer: Any, data: Corpora
+) -> tuple[list[LayerScores], list[LayerScores], float]:
+    """The scores on the model and on the rotated model, as a search's first attempt takes
+    them; and the seconds they took."""
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    before: Recipe = [("rotate", RotateParams())] if rotate else []
-    if before:
-        model = run_stages(model, tokenizer, before, data.calibration).model
+    samples = data.calibration[:FISHER_SAMPLES]
     started = time.perf_counter()
-    layers = score_layers(model, data.calibration[:FISHER_SAMPLES], SETTINGS)
-    found = allocate(layers, budget)
-    seconds = time.perf_counter() - started
-    del model
-    params = GptqParams.model_validate(stage_params(found, {"scale_search": scale_search}))
-    mix: dict[str, int] = {}
-    for setting in found.settings.values():
-        mix[setting.label] = mix.get(setting.label, 0) + 1
-    notes = {
-        "allocated_bits_per_weight": found.bits_per_weight,
-        "layers_per_setting": dict(sorted(mix.items())),
-        "sensitivity_seconds": round(seconds, 1),
-    }
-    return [*before, ("gptq", params)], notes
+    plain = score_layers(model, samples, SETTINGS)
+    rotate: Recipe = [("rotate", RotateParams())]
+    model = run_stages(model, tokenizer, rotate, samples).model
+    rotated = score_layers(model, samples, SETTINGS)
+    return plain, rotated, round(time.perf_counter() - started, 1)
 
 
 def baselines(
@@ -101,6 +91,15 @@ def baselines(
     return found
 
 
+def settings_mix(recipe: list[dict[str, Any]]) -> dict[str, int]:
+    """How many layer patterns each setting has (the recipe names layers by pattern)."""
+    gptq = next(stage["params"] for stage in recipe if stage["method"] == "gptq")
+    mix = {f"W{gptq['bits']} {gptq['group_size'] or 'channel'} (the stage's)": 1}
+    for override in gptq.get("overrides", []):
+        mix[f"W{override['bits']} {override['group_size']}"] = len(override["targets"])
+    return mix
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=16384, help="evaluation tokens per corpus")
@@ -111,6 +110,8 @@ def main() -> None:
         args.tokens, args.calibration_samples, 512
     )
     uniform = baselines(original, data, source, tokenizer)
+    plain, rotated, scoring_seconds = sensitivity(source, tokenizer, data)
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     result: dict[str, Any] = {
         "model": "SmolLM2-135M-Instruct",
         "original": original,
@@ -118,7 +119,10 @@ def main() -> None:
         "evaluation_tokens": args.tokens,
         "calibration": f"{args.calibration_samples} x 512 tokens of the built-in corpus",
         "settings": [s.label for s in SETTINGS],
-        "fanout_wall_time_ratio": None,
+        "sensitivity_seconds": scoring_seconds,
+        # bench/search_fanout.py's figures, kept.
+        "fanout_wall_time_ratio": kept.get("fanout_wall_time_ratio"),
+        **({"fanout": kept["fanout"]} if "fanout" in kept else {}),
         "baselines": list(uniform.values()),
         "candidates": [],
     }
@@ -126,14 +130,19 @@ def main() -> None:
     for key in args.budgets.split(","):
         budget, baseline, target = BUDGETS[key]
         picks = []
-        for rotate, scale_search in ((False, "minmax"), (True, "imatrix")):
-            name = f"{'rotate + ' if rotate else ''}allocated gptq {scale_search} <= {budget} b/w"
-            recipe, notes = allocated_recipe(
-                source, tokenizer, data, budget, rotate=rotate, scale_search=scale_search
-            )
-            row = run_row(name, recipe, source, tokenizer, data) | notes | {"budget": budget}
+        spec = SearchSpec.model_validate(
+            {"budget": {"max_bits_per_weight": budget}, "max_candidates": 2}
+        )
+        for candidate in plan_candidates(spec, plain, rotated, budget):
+            recipe = parse_stages(candidate.recipe)
+            row = run_row(candidate.name, recipe, source, tokenizer, data)
+            row |= {
+                "budget": budget,
+                "planned_bits": candidate.planned_bits,
+                "layers_per_setting": settings_mix(candidate.recipe),
+            }
             add_changes(row, original)
-            row["budget_held"] = row["bits_per_quantized_weight"] <= budget + SHAPE_BITS
+            row["budget_held"] = row["bits_per_quantized_weight"] <= budget + REPORTED_ROUNDING
             result["candidates"].append(row)
             picks.append(row)
             shown = ("variant", "perplexity", "change_pct", "bits_per_quantized_weight")
