@@ -43,6 +43,11 @@ class SearchSection(ReportModel):
     candidate_evaluation_tokens: int
     candidates: list[SearchCandidate]
     winner: str | None = Field(description="The winning candidate's job id")
+    original_job_id: str | None = Field(
+        default=None,
+        description="The evaluate job that measured the original beside the candidates (the "
+        "report's original figures, through the baseline cache)",
+    )
     why: str
     notes: list[str] = Field(description="Candidates that did not finish, and why")
     sensitivity_seconds: float

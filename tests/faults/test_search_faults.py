@@ -47,7 +47,7 @@ def test_a_candidate_whose_worker_is_killed_is_retried_and_the_search_completes(
         deployment.worker_of(hold["pid"]).kill()
         deployment.release(victim)
         deployment.start_worker()  # the lost machine comes back
-        other = next(k["id"] for k in kids if k["id"] != victim)
+        other = next(k["id"] for k in kids if k["id"] != victim and k["kind"] == "compress")
         wait_until(lambda: deployment.held(other), timeout=120, what="the other candidate")
         deployment.release(other)
         done = deployment.wait_job(

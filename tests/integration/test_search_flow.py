@@ -41,14 +41,23 @@ def test_search_runs_candidates_as_child_jobs_and_publishes_the_pick(
     states = [e["state"] for e in events if e["kind"] == "state"]
     assert states == ["queued", "running", "waiting", "queued", "running", "succeeded"]
 
-    # Three candidates, each an ordinary job under the search with its own report.
-    children = children_of(api, tenant_a, search["id"])
+    # Three candidates, each an ordinary job under the search with its own report, and the
+    # original's full evaluation beside them.
+    kids = children_of(api, tenant_a, search["id"])
+    assert {c["parent_id"] for c in kids} == {search["id"]}
+    assert all(c["state"] == "succeeded" for c in kids)
+    children = [c for c in kids if c["kind"] == "compress"]
+    (original,) = [c for c in kids if c["kind"] == "evaluate"]
     assert len(children) == 3
-    assert {c["parent_id"] for c in children} == {search["id"]}
-    assert all(c["state"] == "succeeded" and c["kind"] == "compress" for c in children)
     report = api.get(f"/v1/jobs/{search['id']}/report", headers=tenant_a).json()
     assert report["kind"] == "search"
     section = report["search"]
+    # The search measured only the winner: the original's figures are that job's.
+    assert section["original_job_id"] == original["id"]
+    assert report["original"]["baseline"]["computed_by_job"] == original["id"]
+    assert report["original"]["perplexity"] == pytest.approx(
+        original["metrics"]["evaluated"]["perplexity"], abs=1e-4
+    )
     by_id = {c["id"]: c for c in children}
     assert {c["job_id"] for c in section["candidates"]} == set(by_id)
     for row in section["candidates"]:
@@ -98,14 +107,14 @@ def test_cancelling_a_search_cancels_its_candidates(
     cancelled = api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a).json()
     assert cancelled["state"] == "cancelled"
     children = children_of(api, tenant_a, search["id"])
-    assert len(children) == 2
+    assert sorted(c["kind"] for c in children) == ["compress", "compress", "evaluate"]
 
     def all_ended() -> list[dict[str, Any]] | None:
         now = children_of(api, tenant_a, search["id"])
         return now if all(c["state"] in {"cancelled", "succeeded", "failed"} for c in now) else None
 
     ended = wait_until(all_ended, timeout=120, what="the candidates to end")
-    assert [c["state"] for c in ended] == ["cancelled", "cancelled"]
+    assert [c["state"] for c in ended] == ["cancelled"] * 3
     # The search stays cancelled: the background loop does not wake it.
     assert api.get(f"/v1/jobs/{search['id']}", headers=tenant_a).json()["state"] == "cancelled"
 

@@ -88,6 +88,7 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
         ),
         "candidates": [{k: v for k, v in row.items() if k in keep} for row in rows],
         "winner": rows[winner]["job_id"],
+        **({"original_job_id": state["original_job_id"]} if "original_job_id" in state else {}),
         "why": why,
         "notes": notes,
         "sensitivity_seconds": state["sensitivity_seconds"],

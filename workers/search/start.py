@@ -129,12 +129,17 @@ def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -
             parent = repository.get_job(session, ctx.job_id)
             if parent is None:
                 raise LeaseLost(str(ctx.job_id))
+            # The search's labels too: `?label=team=x` lists its candidates with it.
+            labels = {label.key: label.value for label in parent.labels}
             for candidate, planned in zip(candidates, state["candidates"], strict=True):
                 child = new_child(parent, child_spec(run.job.spec, candidate), ctx.settings)
-                # The search's labels too: `?label=team=x` lists its candidates with it.
-                labels = {label.key: label.value for label in parent.labels}
                 repository.insert_job(session, child, labels)
                 planned["job_id"] = str(child.id)
+                sent.append((child.id, child.queue, child.priority))
+            if run.job.spec.evaluation.compare_original:
+                child = new_child(parent, original_spec(run.job.spec), ctx.settings)
+                repository.insert_job(session, child, labels)
+                state["original_job_id"] = str(child.id)
                 sent.append((child.id, child.queue, child.priority))
             moved = repository.transition(
                 session,
@@ -156,11 +161,38 @@ def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -
         ctx.beat_once()  # cancelled, or another attempt owns it: check() says which
         ctx.check()
         raise LeaseLost(str(ctx.job_id)) from None
-    for child_id, queue, priority in sent:
+    for child_id, queue, priority in longest_first(sent, candidates):
         with session_scope(ctx.settings.database_url) as session:
             # A failed send is the reaper's to retry (queued, never marked enqueued).
             enqueue(session, ctx.settings, child_id, queue=queue, priority=priority)
     raise Suspended(f"{len(sent)} candidates queued")
+
+
+def original_spec(spec: JobSpec) -> dict[str, Any]:
+    """The original's full evaluation, as an evaluate job beside the candidates: it fills the
+    baseline cache (workers/evaluation/baseline.py) under the key the search's second attempt
+    reads, so that attempt measures only the winner. Should it fail, the second attempt
+    measures the original itself."""
+    evaluate = JobSpec(
+        kind="evaluate",
+        model=spec.model,
+        calibration=spec.calibration,
+        evaluation=spec.evaluation,
+        seed=spec.seed,
+    )
+    return evaluate.model_dump(mode="json")
+
+
+def longest_first(
+    sent: list[tuple[uuid.UUID, str, int]], candidates: list[Candidate]
+) -> list[tuple[uuid.UUID, str, int]]:
+    """The order the children are sent in (one queue, first in first out): the candidates
+    that rotate first (a rotation and an imatrix pass more), then the others, then the
+    original's evaluation, so N workers end close together rather than one starting the
+    longest candidate last."""
+    rotates = [c.recipe[0]["method"] == "rotate" for c in candidates]
+    ranked = sorted(range(len(candidates)), key=lambda i: not rotates[i])
+    return [sent[i] for i in ranked] + sent[len(candidates) :]
 
 
 class _NotMoved(Exception):
