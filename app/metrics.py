@@ -52,8 +52,10 @@ def recent_runs(session: Session, since: Any) -> dict[tuple[str, str], tuple[int
     )
     runs: dict[tuple[str, str], tuple[int, float]] = {}
     for spec, state, started, finished in rows:
-        recipe = (spec or {}).get("recipe") or [{}]
-        key = (str(recipe[0].get("method", "evaluate")), str(state))
+        spec = spec or {}
+        recipe = spec.get("recipe") or [{}]
+        # A job without a recipe is named by its kind: `evaluate`, or `search`.
+        key = (str(recipe[0].get("method", spec.get("kind") or "evaluate")), str(state))
         seconds = (finished - started).total_seconds() if started and finished else 0.0
         count, total = runs.get(key, (0, 0.0))
         runs[key] = (count + 1, total + seconds)
