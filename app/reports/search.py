@@ -21,6 +21,9 @@ class SearchCandidate(ReportModel):
     checkpoint_bytes: int | None
     perplexity: float | None = Field(description="On the candidates' short evaluation")
     change_pct: float | None
+    decode_tokens_per_second: float | None = Field(
+        default=None, description="Batch 1, when the budget sets a minimum"
+    )
     within_budget: bool | None = Field(description="Null: it did not finish")
     on_front: bool = Field(description="No other candidate has fewer bits and lower perplexity")
     excluded: str | None = Field(description="Why it cannot win (null: it can)")

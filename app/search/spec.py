@@ -44,6 +44,15 @@ class SearchBudget(_Strict):
         description="The model's safetensors files together, in bytes (unquantized tensors "
         "such as embeddings count at 16 bits)",
     )
+    min_decode_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Greedy decode speed at batch 1 on the worker's device, as the report's "
+        "serving probe measures it (the job's `evaluation.efficiency` settings); candidates are "
+        "measured with it and a slower one cannot win. A limit on bits or bytes is still "
+        "needed: it is what the bits are allocated under.",
+    )
     target_runtime: Literal["transformers", "vllm"] = Field(
         default="transformers",
         description="vllm: only schemes vLLM serves with fast kernels (4 or 8 bits, groups of "

@@ -15,7 +15,7 @@ from workers.methods.quantization.common import VLLM_FAST_BITS, VLLM_FAST_GROUPS
 from workers.methods.recipe import parse_stages, preflight
 from workers.search.allocation import BudgetTooSmall
 from workers.search.candidates import budget_bits, grid, plan_candidates
-from workers.search.pick import choose, pareto_front
+from workers.search.pick import Limits, choose, pareto_front
 from workers.search.sensitivity import LayerScores, Setting, score_layers
 
 
@@ -119,20 +119,25 @@ def test_pick_front_and_reasons() -> None:
         row("e", 2.75, 250, None, state="failed"),
     ]
     assert pareto_front(rows) == {1, 2, 3}
-    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=None)
+    winner, why = choose(rows, Limits(max_bits=4.25))
     assert winner == 1 and why == "the lowest perplexity within the budget"
     assert rows[3]["within_budget"] is False and "over 4.25" in rows[3]["excluded"]
     assert rows[4]["within_budget"] is None and rows[4]["excluded"] == "failed: worker lost"
     # Within a tolerance the smallest one wins.
-    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=12)
+    winner, why = choose(rows, Limits(max_bits=4.25, max_increase_pct=12))
     assert winner == 2 and "smallest candidate within +12 %" in why
     # No candidate within it: the best, saying so.
-    winner, why = choose(rows, max_bits=4.25, max_bytes=None, max_increase_pct=1)
+    winner, why = choose(rows, Limits(max_bits=4.25, max_increase_pct=1))
     assert winner == 1 and why.startswith("no candidate within +1 %")
     # A byte budget is read from the files too.
-    winner, _ = choose(rows, max_bits=None, max_bytes=320, max_increase_pct=None)
+    winner, _ = choose(rows, Limits(max_bytes=320))
     assert winner == 2
-    assert choose(rows, max_bits=2.0, max_bytes=None, max_increase_pct=None)[0] is None
+    assert choose(rows, Limits(max_bits=2.0))[0] is None
+    # A speed limit, on the speed each candidate measured: the faster one wins.
+    for r, speed in zip(rows, (30.0, 20.0, 40.0, 50.0, None), strict=True):
+        r["decode_tokens_per_second"] = speed
+    winner, _ = choose(rows, Limits(max_bits=4.25, min_tokens_per_s=25))
+    assert winner == 0 and "under 25" in rows[1]["excluded"]
 
 
 def test_vllm_candidates_draw_no_kernel_warning_from_the_preflight(tiny_smol_dir: Path) -> None:
@@ -152,3 +157,36 @@ def test_vllm_candidates_draw_no_kernel_warning_from_the_preflight(tiny_smol_dir
     # The same check catches a scheme vLLM has no fast kernel for.
     odd = parse_stages([{"method": "gptq", "params": {"bits": 3, "group_size": 64}}])
     assert any("no fast kernel" in w for w in preflight(model, odd))
+
+
+def test_candidates_are_measured_for_speed_only_when_the_budget_sets_one() -> None:
+    from app.jobs.schemas import JobSpec
+    from workers.search.start import child_spec, original_spec
+
+    layers = scored(grid("transformers"))
+    (candidate,) = plan_candidates(
+        SearchSpec.model_validate({"budget": {"max_bits_per_weight": 4.25}, "max_candidates": 1}),
+        layers,
+        None,
+        4.25,
+    )
+
+    def search(**budget: Any) -> JobSpec:
+        return JobSpec.model_validate(
+            {
+                "kind": "search",
+                "model": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+                "search": {"budget": {"max_bits_per_weight": 4.25, **budget}},
+                "evaluation": {"max_tokens": 8192},
+            }
+        )
+
+    plain = child_spec(search(), candidate)
+    assert plain["kind"] == "compress" and plain["search"] is None
+    assert plain["evaluation"]["efficiency"]["enabled"] is False
+    assert plain["evaluation"]["max_tokens"] == 4096  # the candidates' short evaluation
+    assert plain["recipe"][0]["params"]["bits"] == candidate.recipe[0]["params"]["bits"]
+    timed = child_spec(search(min_decode_tokens_per_s=20.0), candidate)
+    assert timed["evaluation"]["efficiency"]["enabled"] is True
+    # The original's evaluation beside them is the search's full one.
+    assert original_spec(search())["evaluation"]["max_tokens"] == 8192

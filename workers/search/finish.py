@@ -24,7 +24,7 @@ from workers.job.publish import finish
 from workers.job.report import common_fields, compress_report
 from workers.job.run import JobRun
 from workers.methods.estimate import Estimate
-from workers.search.pick import choose
+from workers.search.pick import Limits, choose
 
 
 def search_state(run: JobRun) -> dict[str, Any] | None:
@@ -52,6 +52,9 @@ def candidate_rows(run: JobRun, state: dict[str, Any]) -> list[dict[str, Any]]:
                     "checkpoint_bytes": summary.get("compressed_checkpoint_bytes"),
                     "perplexity": summary.get("compressed_perplexity"),
                     "change_pct": summary.get("perplexity_change_pct"),
+                    "decode_tokens_per_second": (summary.get("compressed") or {}).get(
+                        "decode_tokens_per_second_b1"
+                    ),
                 }
             )
     return rows
@@ -62,12 +65,13 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
     search = run.job.spec.search
     assert search is not None
     rows = candidate_rows(run, state)
-    winner, why = choose(
-        rows,
+    limits = Limits(
         max_bits=search.budget.max_bits_per_weight,
         max_bytes=search.budget.max_checkpoint_bytes,
+        min_tokens_per_s=search.budget.min_decode_tokens_per_s,
         max_increase_pct=search.quality.max_perplexity_increase_pct,
     )
+    winner, why = choose(rows, limits)
     notes = [f"{r['name']}: {r['excluded']}" for r in rows if r["within_budget"] is None]
     if winner is None:
         detail = "; ".join(f"{r['name']}: {r['excluded']}" for r in rows)
@@ -77,6 +81,7 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
     keep = {
         "name", "job_id", "state", "recipe", "budget_bits", "planned_bits",
         "bits_per_quantized_weight", "checkpoint_bytes", "perplexity", "change_pct",
+        "decode_tokens_per_second",
         "within_budget", "on_front", "excluded", "winner",
     }  # fmt: skip
     section = {

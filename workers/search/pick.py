@@ -3,21 +3,31 @@ its own saved files (its job summary), never from what the allocation planned.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # The reported figure is rounded to 4 decimals (the plan counts every stored bit already).
 REPORTED_ROUNDING = 1e-4
 
 
-def within_budget(
-    row: dict[str, Any], max_bits: float | None, max_bytes: int | None
-) -> tuple[bool, str]:
-    """(holds, why not) for a finished candidate, on its saved files."""
+@dataclass(frozen=True)
+class Limits:
+    max_bits: float | None = None
+    max_bytes: int | None = None
+    min_tokens_per_s: float | None = None
+    max_increase_pct: float | None = None
+
+
+def within_budget(row: dict[str, Any], limits: Limits) -> tuple[bool, str]:
+    """(holds, why not) for a finished candidate, on its saved files and measured speed."""
     bits, size = row.get("bits_per_quantized_weight"), row.get("checkpoint_bytes")
-    if max_bits is not None and (bits is None or bits > max_bits + REPORTED_ROUNDING):
-        return False, f"stores {bits} bits per quantized weight, over {max_bits}"
-    if max_bytes is not None and (size is None or size > max_bytes):
-        return False, f"its files take {size} bytes, over {max_bytes}"
+    if limits.max_bits is not None and (bits is None or bits > limits.max_bits + REPORTED_ROUNDING):
+        return False, f"stores {bits} bits per quantized weight, over {limits.max_bits}"
+    if limits.max_bytes is not None and (size is None or size > limits.max_bytes):
+        return False, f"its files take {size} bytes, over {limits.max_bytes}"
+    speed = row.get("decode_tokens_per_second")
+    if limits.min_tokens_per_s is not None and (speed is None or speed < limits.min_tokens_per_s):
+        return False, f"decodes {speed} tokens/s, under {limits.min_tokens_per_s}"
     return True, ""
 
 
@@ -38,13 +48,7 @@ def pareto_front(rows: list[dict[str, Any]]) -> set[int]:
     return front
 
 
-def choose(
-    rows: list[dict[str, Any]],
-    *,
-    max_bits: float | None,
-    max_bytes: int | None,
-    max_increase_pct: float | None,
-) -> tuple[int | None, str]:
+def choose(rows: list[dict[str, Any]], limits: Limits) -> tuple[int | None, str]:
     """(index of the winner or None, why). Marks every row's `within_budget`, `on_front`,
     `excluded` (why it cannot win). Within the tolerance the smallest candidate wins (fewest
     bytes, then perplexity); with no tolerance, or none within it, the lowest perplexity."""
@@ -56,7 +60,7 @@ def choose(
             row["within_budget"] = None
             row["excluded"] = f"{row['state']}" + (f": {row['error']}" if row.get("error") else "")
             continue
-        holds, why = within_budget(row, max_bits, max_bytes)
+        holds, why = within_budget(row, limits)
         row["within_budget"] = holds
         row["excluded"] = None if holds else why
         if holds:
@@ -64,6 +68,7 @@ def choose(
     if not eligible:
         return None, "no candidate finished within the budget"
     best = min(eligible, key=lambda i: rows[i]["perplexity"])
+    max_increase_pct = limits.max_increase_pct
     if max_increase_pct is None:
         return best, "the lowest perplexity within the budget"
     tolerated = [

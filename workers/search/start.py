@@ -102,7 +102,10 @@ def child_spec(spec: JobSpec, candidate: Candidate) -> dict[str, Any]:
             "max_tokens": min(spec.search.candidate_eval_tokens, spec.evaluation.max_tokens),
             "compare_original": True,  # the baseline cache computes it once for all of them
             "tasks": [],
-            "efficiency": EfficiencySpec(enabled=False),
+            # Measured only when a speed limit needs it (a fresh process per model).
+            "efficiency": spec.evaluation.efficiency
+            if spec.search.budget.min_decode_tokens_per_s
+            else EfficiencySpec(enabled=False),
             "layer_error_tokens": 0,
             "per_stage": False,
         }
