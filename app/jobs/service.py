@@ -23,6 +23,7 @@ from app.json_paths import walk
 from app.planning.submission import route_submission
 from app.recipes import BUILTIN_SHAPES, Stage, check_gguf_outputs, validate_recipe
 from app.search import repository as search_repository
+from app.search.spec import tolerance_errors
 from app.source_policy import check_sources
 from app.sources import BuiltinModel
 from app.status_pool import StatusPool
@@ -95,6 +96,11 @@ def checked_stages(body: JobCreate) -> list[Stage]:
             code="invalid_recipe",
             field="search",
         )
+    if body.search is not None:
+        for error in tolerance_errors(body.search, [t.name for t in body.evaluation.tasks]):
+            raise InvalidInput(
+                error, code="invalid_recipe", field="search.quality.max_accuracy_drop.task"
+            )
     if body.kind in ("evaluate", "search"):
         if body.recipe:
             raise InvalidInput(

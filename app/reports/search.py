@@ -21,6 +21,9 @@ class SearchCandidate(ReportModel):
     checkpoint_bytes: int | None
     perplexity: float | None = Field(description="On the candidates' short evaluation")
     change_pct: float | None
+    accuracy_drop: float | None = Field(
+        default=None, description="The original's task metric less this one's, when asked"
+    )
     decode_tokens_per_second: float | None = Field(
         default=None, description="Batch 1, when the budget sets a minimum"
     )

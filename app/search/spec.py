@@ -66,15 +66,29 @@ class SearchBudget(_Strict):
         return self
 
 
+class AccuracyDrop(_Strict):
+    task: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="One of the job's `evaluation.tasks`, by name; candidates run it too",
+    )
+    metric: str = Field(default="acc", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    max_drop: float = Field(
+        ge=0, le=1, description="Most the metric may fall below the original's (0.02: 2 points)"
+    )
+
+
 class SearchQuality(_Strict):
+    max_accuracy_drop: AccuracyDrop | None = Field(
+        default=None, description="A tolerance on a task's metric, with or beside perplexity's"
+    )
     max_perplexity_increase_pct: float | None = Field(
         default=None,
         gt=0,
         le=10_000,
         description="The pick is the smallest candidate within this much perplexity increase "
-        "over the original (the job's evaluation data, candidates' short evaluation); none "
-        "within it: the best one, and the report says so. Null: the best candidate within the "
-        "budget.",
+        "over the original (the job's evaluation data, candidates' short evaluation) and within "
+        "`max_accuracy_drop` when given; none within them: the best one, and the report says "
+        "so. Neither given: the best candidate within the budget.",
     )
 
 
@@ -117,3 +131,11 @@ class SearchSpec(_Strict):
         if len(set(self.families)) != len(self.families):
             raise ValueError("each family once")
         return self
+
+
+def tolerance_errors(search: SearchSpec, task_names: list[str]) -> list[str]:
+    """What the search's tolerances need of the job's evaluation (a cross-field rule)."""
+    drop = search.quality.max_accuracy_drop
+    if drop is not None and drop.task not in task_names:
+        return [f"task {drop.task!r} is not one of the job's evaluation.tasks {task_names}"]
+    return []

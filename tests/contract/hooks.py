@@ -81,6 +81,8 @@ CROSS_FIELD_RULES = {
         r"warmup_steps must be below|prompt_tokens must be below|stride must not exceed|"
         r"invalid regular expression|each GGUF type once"
     ),
+    # A search's task tolerance names one of the job's evaluation tasks.
+    "search tolerance": re.compile(r"is not one of the job's evaluation.tasks"),
     # The server's state: a key reused with another body (IETF idempotency-key draft: 422).
     "idempotency key reused": re.compile(r"Idempotency-Key was already used"),
 }

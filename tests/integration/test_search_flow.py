@@ -150,3 +150,22 @@ def test_a_search_past_its_time_budget_cancels_what_runs_and_wakes(
     events = api.get(f"/v1/jobs/{search['id']}/events", headers=tenant_a).json()["items"]
     assert events[-1]["message"].startswith("time budget spent: 1 of 2 candidates cancelled")
     api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a)
+
+
+def test_search_requests_are_checked_at_submission(api: TestClient, tenant_a: dict) -> None:
+    """422 naming the field, before any work: a task tolerance on a task the job does not run,
+    a budget too loose to bound anything, a search without its budget."""
+    drop = {"task": "hellaswag", "max_drop": 0.02}
+    body = search_body(quality={"max_accuracy_drop": drop})
+    refused = api.post("/v1/jobs", json=body, headers=tenant_a)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "search.quality.max_accuracy_drop.task"
+    body = search_body()
+    body["search"]["budget"] = {"target_runtime": "vllm"}
+    refused = api.post("/v1/jobs", json=body, headers=tenant_a)
+    assert refused.status_code == 422 and "search.budget" in refused.text
+    body = search_body()
+    del body["search"]
+    refused = api.post("/v1/jobs", json=body, headers=tenant_a)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "search"

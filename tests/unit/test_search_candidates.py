@@ -190,3 +190,20 @@ def test_candidates_are_measured_for_speed_only_when_the_budget_sets_one() -> No
     assert timed["evaluation"]["efficiency"]["enabled"] is True
     # The original's evaluation beside them is the search's full one.
     assert original_spec(search())["evaluation"]["max_tokens"] == 8192
+
+
+def test_a_task_tolerance_picks_the_smallest_candidate_within_it() -> None:
+    rows = [
+        row("a", 4.25, 400, 10.5) | {"accuracy_drop": 0.01},
+        row("b", 3.75, 350, 10.2) | {"accuracy_drop": 0.05},
+        row("c", 3.25, 300, 11.0) | {"accuracy_drop": 0.02},
+    ]
+    limits = Limits(max_bits=4.25, max_accuracy_drop=0.02, accuracy_metric="mc.acc")
+    winner, why = choose(rows, limits)
+    assert winner == 2 and why.startswith("the smallest candidate within a 0.02 drop of mc.acc")
+    # Both tolerances at once: c's +10 % perplexity is over 6 %, a holds both.
+    both = Limits(max_bits=4.25, max_increase_pct=6, max_accuracy_drop=0.02, accuracy_metric="x")
+    assert choose(rows, both)[0] == 0
+    none = Limits(max_bits=4.25, max_accuracy_drop=0.001, accuracy_metric="mc.acc")
+    winner, why = choose(rows, none)
+    assert winner == 1 and why.startswith("no candidate within a 0.001 drop of mc.acc")

@@ -11,6 +11,7 @@ from app.errors import InvalidInput
 from app.jobs.schemas import JobSpec
 from app.jobs.state import ErrorCode
 from app.recipes import MethodParams, check_gguf_outputs, validate_recipe
+from app.search.spec import tolerance_errors
 from workers.errors import JobFailure
 
 
@@ -36,6 +37,9 @@ def read_spec(raw: dict[str, Any]) -> ReadSpec:
         spec = JobSpec.model_validate(raw)
         if (spec.kind == "search") != (spec.search is not None):
             raise InvalidInput("`search` goes with kind `search`, and only with it", field="search")
+        if spec.search is not None:
+            for error in tolerance_errors(spec.search, [t.name for t in spec.evaluation.tasks]):
+                raise InvalidInput(error, field="search.quality.max_accuracy_drop.task")
         stages = validate_recipe(spec.recipe) if spec.kind == "compress" else []
         if spec.output.gguf:
             check_gguf_outputs(stages, evaluate=spec.kind == "evaluate")

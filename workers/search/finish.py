@@ -34,8 +34,20 @@ def search_state(run: JobRun) -> dict[str, Any] | None:
         return dict(job.search) if job is not None and job.search else None
 
 
-def candidate_rows(run: JobRun, state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each planned candidate with its child job's outcome (its summary: read from its files)."""
+def accuracy_drop(summary: dict[str, Any], metric: str | None) -> float | None:
+    """The original's figure less the candidate's, both from the candidate's own job."""
+    if metric is None:
+        return None
+    theirs = (summary.get("original") or {}).get(metric)
+    mine = (summary.get("compressed") or {}).get(metric)
+    return None if theirs is None or mine is None else round(theirs - mine, 4)
+
+
+def candidate_rows(
+    run: JobRun, state: dict[str, Any], metric: str | None = None
+) -> list[dict[str, Any]]:
+    """Each planned candidate with its child job's outcome (its summary: read from its files).
+    `metric`: the `task.metric` a tolerance names."""
     with session_scope(run.ctx.settings.database_url) as session:
         jobs = {str(j.id): j for j in search_repository.children(session, run.ctx.job_id)}
         rows = []
@@ -55,6 +67,7 @@ def candidate_rows(run: JobRun, state: dict[str, Any]) -> list[dict[str, Any]]:
                     "decode_tokens_per_second": (summary.get("compressed") or {}).get(
                         "decode_tokens_per_second_b1"
                     ),
+                    "accuracy_drop": accuracy_drop(summary, metric),
                 }
             )
     return rows
@@ -64,12 +77,16 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
     """(the winner's row, the report's search section without `sensitivity`)."""
     search = run.job.spec.search
     assert search is not None
-    rows = candidate_rows(run, state)
+    drop = search.quality.max_accuracy_drop
+    metric = f"{drop.task}.{drop.metric}" if drop else None
+    rows = candidate_rows(run, state, metric)
     limits = Limits(
         max_bits=search.budget.max_bits_per_weight,
         max_bytes=search.budget.max_checkpoint_bytes,
         min_tokens_per_s=search.budget.min_decode_tokens_per_s,
         max_increase_pct=search.quality.max_perplexity_increase_pct,
+        max_accuracy_drop=drop.max_drop if drop else None,
+        accuracy_metric=metric or "",
     )
     winner, why = choose(rows, limits)
     notes = [f"{r['name']}: {r['excluded']}" for r in rows if r["within_budget"] is None]
@@ -81,7 +98,7 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
     keep = {
         "name", "job_id", "state", "recipe", "budget_bits", "planned_bits",
         "bits_per_quantized_weight", "checkpoint_bytes", "perplexity", "change_pct",
-        "decode_tokens_per_second",
+        "decode_tokens_per_second", "accuracy_drop",
         "within_budget", "on_front", "excluded", "winner",
     }  # fmt: skip
     section = {

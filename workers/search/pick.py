@@ -3,6 +3,7 @@ its own saved files (its job summary), never from what the allocation planned.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ class Limits:
     max_bytes: int | None = None
     min_tokens_per_s: float | None = None
     max_increase_pct: float | None = None
+    max_accuracy_drop: float | None = None
+    accuracy_metric: str = ""  # `task.metric`, e.g. `hellaswag.acc_norm`
 
 
 def within_budget(row: dict[str, Any], limits: Limits) -> tuple[bool, str]:
@@ -50,8 +53,8 @@ def pareto_front(rows: list[dict[str, Any]]) -> set[int]:
 
 def choose(rows: list[dict[str, Any]], limits: Limits) -> tuple[int | None, str]:
     """(index of the winner or None, why). Marks every row's `within_budget`, `on_front`,
-    `excluded` (why it cannot win). Within the tolerance the smallest candidate wins (fewest
-    bytes, then perplexity); with no tolerance, or none within it, the lowest perplexity."""
+    `excluded` (why it cannot win). Within the tolerances the smallest candidate wins (fewest
+    bytes, then perplexity); with no tolerance, or none within them, the lowest perplexity."""
     front = pareto_front(rows)
     eligible = []
     for index, row in enumerate(rows):
@@ -68,22 +71,39 @@ def choose(rows: list[dict[str, Any]], limits: Limits) -> tuple[int | None, str]
     if not eligible:
         return None, "no candidate finished within the budget"
     best = min(eligible, key=lambda i: rows[i]["perplexity"])
-    max_increase_pct = limits.max_increase_pct
-    if max_increase_pct is None:
+    wanted = tolerances(limits)
+    if not wanted:
         return best, "the lowest perplexity within the budget"
-    tolerated = [
-        i
-        for i in eligible
-        if rows[i].get("change_pct") is not None and rows[i]["change_pct"] <= max_increase_pct
-    ]
+    tolerated = [i for i in eligible if all(holds(rows[i]) for _, holds in wanted)]
+    named = " and ".join(text for text, _ in wanted)
     if not tolerated:
-        change = rows[best].get("change_pct")
         return best, (
-            f"no candidate within +{max_increase_pct:g} % perplexity; the best within the "
-            f"budget is {change:+.2f} %"
+            f"no candidate within {named}; the best perplexity within the budget "
+            f"({rows[best]['change_pct']:+.2f} %)"
         )
     smallest = min(tolerated, key=lambda i: (rows[i]["checkpoint_bytes"], rows[i]["perplexity"]))
     return smallest, (
-        f"the smallest candidate within +{max_increase_pct:g} % perplexity "
-        f"({rows[smallest]['change_pct']:+.2f} %)"
+        f"the smallest candidate within {named} ({rows[smallest]['change_pct']:+.2f} % perplexity)"
     )
+
+
+def tolerances(limits: Limits) -> list[tuple[str, Callable[[dict[str, Any]], bool]]]:
+    """The quality tolerances asked for, each as (words, test on a candidate's row)."""
+    found: list[tuple[str, Callable[[dict[str, Any]], bool]]] = []
+    if limits.max_increase_pct is not None:
+        most = limits.max_increase_pct
+        found.append(
+            (
+                f"+{most:g} % perplexity",
+                lambda row: row.get("change_pct") is not None and row["change_pct"] <= most,
+            )
+        )
+    if limits.max_accuracy_drop is not None:
+        drop = limits.max_accuracy_drop
+        found.append(
+            (
+                f"a {drop:g} drop of {limits.accuracy_metric}",
+                lambda row: row.get("accuracy_drop") is not None and row["accuracy_drop"] <= drop,
+            )
+        )
+    return found

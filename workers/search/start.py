@@ -101,7 +101,8 @@ def child_spec(spec: JobSpec, candidate: Candidate) -> dict[str, Any]:
         update={
             "max_tokens": min(spec.search.candidate_eval_tokens, spec.evaluation.max_tokens),
             "compare_original": True,  # the baseline cache computes it once for all of them
-            "tasks": [],
+            # Only the task a tolerance names (each costs every candidate its run).
+            "tasks": [t for t in spec.evaluation.tasks if t.name == accuracy_task(spec)],
             # Measured only when a speed limit needs it (a fresh process per model).
             "efficiency": spec.evaluation.efficiency
             if spec.search.budget.min_decode_tokens_per_s
@@ -169,6 +170,11 @@ def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -
             # A failed send is the reaper's to retry (queued, never marked enqueued).
             enqueue(session, ctx.settings, child_id, queue=queue, priority=priority)
     raise Suspended(f"{len(sent)} candidates queued")
+
+
+def accuracy_task(spec: JobSpec) -> str | None:
+    drop = spec.search.quality.max_accuracy_drop if spec.search else None
+    return drop.task if drop else None
 
 
 def original_spec(spec: JobSpec) -> dict[str, Any]:
