@@ -43,6 +43,15 @@ def start_search(run: JobRun) -> NoReturn:
     deadline = utcnow() + timedelta(seconds=search.time_budget_s)
     started = time.perf_counter()
     samples = run.data.calibration_ids[: search.sensitivity_samples]
+    if not samples:
+        raise JobFailure(ErrorCode.DATA_ERROR, "calibration: no sample for the sensitivity pass")
+    if run.source.offloaded:
+        # The Fisher pass backpropagates through the whole model at once.
+        raise JobFailure(
+            ErrorCode.UNSUPPORTED,
+            "a search of a model this large (held disk-offloaded) is not built yet: its "
+            "sensitivity pass needs the model in memory",
+        )
     settings = grid(search.budget.target_runtime)
     low, high = SENSITIVITY
     rotating = "rotation" in search.families
@@ -61,10 +70,14 @@ def start_search(run: JobRun) -> NoReturn:
             # Rotation changes every layer's weights: the rotated candidates are allocated on
             # the rotated model's own scores.
             stages: list[tuple[str, MethodParams]] = [("rotate", RotateParams())]
-            model = run_stages(model, run.source.tokenizer, stages, samples, ctx).model
-            rotated = score_layers(
-                model, samples, settings, on_sample=lambda i, n: on_sample(i, n, 1)
-            )
+            try:
+                model = run_stages(model, run.source.tokenizer, stages, samples, ctx).model
+            except JobFailure as exc:  # an architecture the rotation does not cover
+                ctx.warn(f"no rotated candidates: {exc.message}")
+            else:
+                rotated = score_layers(
+                    model, samples, settings, on_sample=lambda i, n: on_sample(i, n, 1)
+                )
     try:
         budget = budget_bits(search, plain, total)
         candidates = plan_candidates(search, plain, rotated, budget)
