@@ -56,6 +56,7 @@ BUDGETS = {
     "3_25": (3.25, "baseline gptq w3 g64", 50.0),
 }
 FISHER_SAMPLES = 8
+FANOUT_TARGET = 0.65  # bench/search_fanout.py
 Recipe = list[tuple[str, MethodParams]]
 
 
@@ -156,6 +157,9 @@ def main() -> None:
         result[f"pick_at_{key}_bits"] = pick["variant"] if pick else None
         if 100 * gap < target:
             failures.append(f"{key} bits: gap closed {100 * gap:.1f} % < {target} %")
+    ratio = result["fanout_wall_time_ratio"]
+    if ratio is not None and ratio > FANOUT_TARGET:  # bench/search_fanout.py's, kept
+        failures.append(f"fan-out: 2 workers took {ratio}x the wall time of 1 (> {FANOUT_TARGET})")
     result["budget_held"] = all(held)
     if not result["budget_held"]:
         failures.append("a candidate's stored bits exceed its budget")
