@@ -203,7 +203,10 @@ KIND_RULES: list[JsonValue] = [
     },
     {
         "if": {"properties": {"kind": {"const": "search"}}, "required": ["kind"]},
-        "then": {"properties": _NO_RECIPE, "required": ["search"]},
+        "then": {
+            "properties": {**_NO_RECIPE, "search": {"type": "object"}},
+            "required": ["search"],
+        },
     },
     {
         "if": {

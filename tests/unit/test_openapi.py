@@ -65,6 +65,7 @@ def test_openapi_documents_problem_responses_and_methods() -> None:
     invalid = [
         {"model": model},  # a compress job needs a recipe
         {"kind": "search", "model": model},  # a search needs its budget
+        {"kind": "search", "model": model, "search": None},
         {"kind": "search", "model": model, "search": search, "recipe": rtn},
         {"model": model, "recipe": rtn, "search": search},
         {"kind": "search", "model": model, "search": {"budget": {}}},
