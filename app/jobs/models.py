@@ -35,7 +35,9 @@ class Job(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    # Typed here, not taken from tenants.id: a worker process may query jobs before anything
+    # imported the tenants model, and a type resolved late makes SQLite's bound UUIDs strings.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"))
     state: Mapped[str] = mapped_column(String(32))
     device: Mapped[str] = mapped_column(String(8))
     queue: Mapped[str] = mapped_column(String(64))
@@ -68,7 +70,7 @@ class Job(Base):
     artifact_prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)
     # A search's candidates point at their search (cancelled with it, listed under it).
     parent_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True
     )
     # A search job's state between its two attempts (workers/search/job.py writes it).
     search: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)

@@ -19,23 +19,26 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("parent_id", sa.Uuid(), nullable=True))
-    op.create_foreign_key(
-        "fk_jobs_parent_id_jobs", "jobs", "jobs", ["parent_id"], ["id"], ondelete="CASCADE"
-    )
-    op.create_index("ix_jobs_parent_id", "jobs", ["parent_id"], unique=False)
-    op.add_column(
-        "jobs",
-        sa.Column(
-            "search",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
-    )
+    # Batch mode: SQLite (the embedded stack) cannot add a foreign key to a table, so there the
+    # table is copied; Postgres gets plain ALTER TABLEs.
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("parent_id", sa.Uuid(), nullable=True))
+        batch.add_column(
+            sa.Column(
+                "search",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
+        batch.create_foreign_key(
+            "fk_jobs_parent_id_jobs", "jobs", ["parent_id"], ["id"], ondelete="CASCADE"
+        )
+        batch.create_index("ix_jobs_parent_id", ["parent_id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_column("jobs", "search")
-    op.drop_index("ix_jobs_parent_id", table_name="jobs")
-    op.drop_constraint("fk_jobs_parent_id_jobs", "jobs", type_="foreignkey")
-    op.drop_column("jobs", "parent_id")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_parent_id")
+        batch.drop_constraint("fk_jobs_parent_id_jobs", type_="foreignkey")
+        batch.drop_column("search")
+        batch.drop_column("parent_id")

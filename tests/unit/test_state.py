@@ -39,5 +39,12 @@ def test_cancel_paths() -> None:
     check(JobState.CANCEL_REQUESTED, JobState.CANCELLED)
     with pytest.raises(IllegalTransition):
         check(JobState.CANCEL_REQUESTED, JobState.RUNNING)
-    # A lost worker's job can go back to the queue only from running, not once cancel was asked.
-    assert sources_for(JobState.QUEUED) == {JobState.RUNNING}
+    # A lost worker's job can go back to the queue only from running, not once cancel was asked
+    # (and a search from waiting, when its candidates have ended).
+    assert sources_for(JobState.QUEUED) == {JobState.RUNNING, JobState.WAITING}
+    # A waiting search holds no worker: cancel ends it at once; only a worker's attempt
+    # (running) may put a search to waiting.
+    check(JobState.WAITING, JobState.CANCELLED)
+    assert sources_for(JobState.WAITING) == {JobState.RUNNING}
+    with pytest.raises(IllegalTransition):
+        check(JobState.WAITING, JobState.SUCCEEDED)
