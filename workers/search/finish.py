@@ -15,6 +15,7 @@ from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import ErrorCode
 from app.reports.schema import Report
+from app.reports.search import SearchCandidate
 from app.search import repository as search_repository
 from app.storage import make_store, sha256_file
 from workers.errors import JobFailure, TransientFailure
@@ -95,12 +96,7 @@ def pick_winner(run: JobRun, state: dict[str, Any]) -> tuple[dict[str, Any], dic
         raise JobFailure(ErrorCode.NO_CANDIDATE, f"{why} ({detail})")
     for index, row in enumerate(rows):
         row["winner"] = index == winner
-    keep = {
-        "name", "job_id", "state", "recipe", "budget_bits", "planned_bits",
-        "bits_per_quantized_weight", "checkpoint_bytes", "perplexity", "change_pct",
-        "decode_tokens_per_second", "accuracy_drop",
-        "within_budget", "on_front", "excluded", "winner",
-    }  # fmt: skip
+    keep = set(SearchCandidate.model_fields)  # the report's row, one source of truth
     section = {
         "budget": search.budget.model_dump(mode="json"),
         "quality": search.quality.model_dump(mode="json"),
