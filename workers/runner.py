@@ -19,6 +19,7 @@ from app.db import session_scope
 from app.jobs import repository
 from app.jobs.dispatch import enqueue, requeue
 from app.jobs.state import ErrorCode, JobState
+from app.search.wake import wake_search
 from workers import faults
 from workers import metrics as worker_metrics
 from workers.context import JobContext
@@ -131,6 +132,8 @@ def _finish(
         )
         if moved and artifacts:
             artifact_repository.insert_artifacts(session, ctx.job_id, artifacts)
+        job = repository.get_job(session, ctx.job_id) if moved else None
+        parent_id = job.parent_id if job is not None else None
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
     worker_metrics.job_done(target.value if moved else "superseded")
     if not moved:
@@ -139,6 +142,18 @@ def _finish(
         return
     if target in (JobState.SUCCEEDED, JobState.FAILED):
         drop_checkpoints(settings, ctx.job_id)
+    if parent_id is not None:
+        _wake_parent(settings, parent_id)
+
+
+def _wake_parent(settings: Settings, search_id: uuid.UUID) -> None:
+    """A search's child ended: if it was the last, the search's second attempt goes to the
+    queue now (the API's reaper round would, later). Best effort: a failure here is that
+    round's to retry, never this job's."""
+    try:
+        wake_search(settings, search_id)
+    except Exception:
+        log.warning("search.wake_failed", search_id=str(search_id), exc_info=True)
 
 
 def _fail(settings: Settings, ctx: JobContext, code: ErrorCode, message: str) -> None:

@@ -11,6 +11,7 @@ processes may run this at once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import update
@@ -23,18 +24,42 @@ from app.jobs.dispatch import enqueue
 from app.jobs.models import Job
 from app.jobs.service import stop
 from app.jobs.state import TERMINAL, JobState
-from app.search.repository import children, waiting_searches
+from app.search.repository import children, orphaned_children, waiting_searches
 
 # The waiting search's progress runs over the candidates' share of the whole search.
 CANDIDATES_SPAN = (18.0, 80.0)
 
 
 def wake_once(settings: Settings) -> dict[str, int]:
+    """One round over every waiting search, and over children whose search has ended."""
+    counts = _wake(settings, waiting_searches)
+    with session_scope(settings.database_url) as session:
+        for orphan in orphaned_children(session):
+            # Its search failed or was cancelled before waiting (e.g. a child sent early, then
+            # the sensitivity pass failed): nobody will read what it measures.
+            stop(session, orphan.id, JobState(orphan.state), "cancelled: its search ended")
+            counts["candidates_cancelled"] += 1
+    return counts
+
+
+def wake_search(settings: Settings, search_id: uuid.UUID) -> dict[str, int]:
+    """Called by the worker that ended one of the search's children, so the search's second
+    attempt starts now rather than at the next reaper round (which would do the same: the
+    moves are compare-and-set, only one caller sends it)."""
+
+    def this_one(session: Session) -> list[Job]:
+        search = repository.get_job(session, search_id)
+        return [search] if search is not None and search.state == JobState.WAITING.value else []
+
+    return _wake(settings, this_one)
+
+
+def _wake(settings: Settings, searches: Callable[[Session], list[Job]]) -> dict[str, int]:
     counts = {"woken": 0, "candidates_cancelled": 0}
     to_send: list[tuple[uuid.UUID, str, int]] = []
     now = utcnow()
     with session_scope(settings.database_url) as session:
-        for search in waiting_searches(session):
+        for search in searches(session):
             kids = children(session, search.id)
             going = [kid for kid in kids if JobState(kid.state) not in TERMINAL]
             late = now >= datetime.fromisoformat((search.search or {})["deadline"])

@@ -20,7 +20,7 @@ from app.jobs.state import JobState
 from tests.integration.test_reports import DataCells, render_in_chromium
 from tests.support.jobs import search_body, wait_for_state
 from tests.support.services import WorkerProcess, wait_until
-from workers.search.start import new_child
+from workers.search.children import insert_children
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def children_of(api: TestClient, headers: dict, search_id: str) -> list[dict[str
 
 
 def test_search_runs_candidates_as_child_jobs_and_publishes_the_pick(
-    api: TestClient, tenant_a: dict, worker: WorkerProcess, tmp_path: Path
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, tmp_path: Path, settings: Settings
 ) -> None:
     search = api.post("/v1/jobs", json=search_body(), headers=tenant_a).json()
     assert search["kind"] == "search" and search["links"]["children"]
@@ -52,6 +52,14 @@ def test_search_runs_candidates_as_child_jobs_and_publishes_the_pick(
     report = api.get(f"/v1/jobs/{search['id']}/report", headers=tenant_a).json()
     assert report["kind"] == "search"
     section = report["search"]
+    # What needs no sensitivity score was queued before the pass: a second worker runs it
+    # meanwhile. Inserted once each (a child's rows are reused, never doubled).
+    with session_scope(settings.database_url) as session:
+        row = repository.get_job(session, uuid.UUID(search["id"]))
+        assert row is not None and row.search is not None
+        early = set(row.search["sent_before_scoring"])
+    (uniform,) = [r for r in section["candidates"] if r["name"].startswith("uniform")]
+    assert early == {original["id"], uniform["job_id"]}
     # The search measured only the winner: the original's figures are that job's.
     assert section["original_job_id"] == original["id"]
     # (by the cache it filled, or that an earlier job on the same model had filled already)
@@ -133,11 +141,13 @@ def test_a_search_past_its_time_budget_cancels_what_runs_and_wakes(
         parent = repository.get_job(session, search_id)
         assert parent is not None
         kids = []
-        for state in ("succeeded", "queued"):
-            kid = new_child(parent, {**parent.spec, "kind": "compress", "search": None}, settings)
+        for seed, state in enumerate(("succeeded", "queued")):
+            spec = {**parent.spec, "kind": "compress", "search": None, "seed": seed}
+            (kid_id,) = insert_children(session, parent, [spec], settings).ids.values()
+            kid = repository.get_job(session, kid_id)
+            assert kid is not None
             kid.state = state
-            repository.insert_job(session, kid, {})
-            kids.append(str(kid.id))
+            kids.append(str(kid_id))
         assert repository.transition(
             session, search_id, JobState.RUNNING, sources=[JobState.QUEUED], attempts=1
         )
@@ -151,6 +161,29 @@ def test_a_search_past_its_time_budget_cancels_what_runs_and_wakes(
     events = api.get(f"/v1/jobs/{search['id']}/events", headers=tenant_a).json()["items"]
     assert events[-1]["message"].startswith("time budget spent: 1 of 2 candidates cancelled")
     api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a)
+
+
+def test_children_of_a_search_that_ended_are_cancelled(
+    api: TestClient, tenant_a: dict, settings: Settings
+) -> None:
+    """A child sent before the sensitivity pass outlives a search that then failed: the API's
+    reaper round cancels it (nobody would read what it measures)."""
+    body = {**search_body(), "device": "gpu"}  # parked: no worker consumes the gpu queue here
+    search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    with session_scope(settings.database_url) as session:
+        parent = repository.get_job(session, uuid.UUID(search["id"]))
+        assert parent is not None
+        spec = {**parent.spec, "kind": "compress", "search": None}
+        (kid_id,) = insert_children(session, parent, [spec], settings).ids.values()
+        assert repository.transition(
+            session, parent.id, JobState.FAILED, sources=[JobState.QUEUED], message="failed"
+        )
+    wait_until(
+        lambda: api.get(f"/v1/jobs/{kid_id}", headers=tenant_a).json()["state"] == "cancelled",
+        timeout=30,
+    )
+    events = api.get(f"/v1/jobs/{kid_id}/events", headers=tenant_a).json()["items"]
+    assert events[-1]["message"] == "cancelled: its search ended"
 
 
 def test_search_requests_are_checked_at_submission(api: TestClient, tenant_a: dict) -> None:

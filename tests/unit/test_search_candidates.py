@@ -161,7 +161,7 @@ def test_vllm_candidates_draw_no_kernel_warning_from_the_preflight(tiny_smol_dir
 
 def test_candidates_are_measured_for_speed_only_when_the_budget_sets_one() -> None:
     from app.jobs.schemas import JobSpec
-    from workers.search.start import child_spec, original_spec
+    from workers.search.children import child_spec, original_spec
 
     layers = scored(grid("transformers"))
     (candidate,) = plan_candidates(

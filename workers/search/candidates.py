@@ -74,18 +74,41 @@ def budget_bits(spec: SearchSpec, layers: list[LayerScores], total_parameters: i
     return round(min(limits), 4)
 
 
-def uniform_setting(layers: list[LayerScores], budget: float) -> tuple[Setting, float] | None:
+def uniform_setting(
+    layers: list[LayerScores], budget: float, settings: list[Setting]
+) -> tuple[Setting, float] | None:
     """The uniform scheme with the most bits within the budget (fitting every layer)."""
     total = sum(row.parameters for row in layers)
     best: tuple[Setting, float] | None = None
-    for setting in {s for row in layers for s in row.scores}:
-        if not all(setting in row.scores for row in layers):
+    for setting in settings:
+        if not all(setting.fits(row.in_features) for row in layers):
             continue
         bits = sum(setting.layer_bits(row.parameters, row.in_features) for row in layers)
         average = bits / total
         if average <= budget + 1e-9 and (best is None or average > best[1]):
             best = (setting, round(average, 4))
     return best
+
+
+def uniform_candidate(
+    layers: list[LayerScores], budget: float, settings: list[Setting]
+) -> Candidate | None:
+    """GPTQ's defaults at the uniform scheme: needs only the layers' sizes, so it can run
+    while the sensitivity pass does (workers/search/start.py)."""
+    found = uniform_setting(layers, budget, settings)
+    if found is None:
+        return None
+    setting, bits = found
+    params = {"bits": setting.bits, "group_size": setting.group_size or None}
+    return Candidate(
+        f"uniform gptq {setting.label}", [{"method": "gptq", "params": params}], budget, bits
+    )
+
+
+def uniform_runs_early(spec: SearchSpec) -> bool:
+    """Whether the uniform candidate is among the first `max_candidates` whatever the
+    sensitivity pass finds (it comes after one allocation, or two with rotation)."""
+    return spec.max_candidates >= (3 if "rotation" in spec.families else 2)
 
 
 def allocated(
@@ -114,12 +137,9 @@ def plan_candidates(
             f"allocated gptq <= {budget:g} b/w", plain, budget, rotate=False, scale_search="minmax"
         )
     )
-    uniform = uniform_setting(plain, budget)
+    uniform = uniform_candidate(plain, budget, grid(spec.budget.target_runtime))
     if uniform is not None:
-        setting, bits = uniform
-        params = {"bits": setting.bits, "group_size": setting.group_size or None}
-        recipe = [{"method": "gptq", "params": params}]
-        found.append(Candidate(f"uniform gptq {setting.label}", recipe, budget, bits))
+        found.append(uniform)
     layers, rotate = (rotated, True) if rotated is not None else (plain, False)
     for less in LOWER_BUDGETS:
         lower = round(budget - less, 4)

@@ -110,6 +110,18 @@ def rounding_error(weight: torch.Tensor, setting: Setting) -> torch.Tensor:
     return fake_quantize(w, scale, zero, args) - w
 
 
+def linear_shapes(
+    model: torch.nn.Module, *, targets: list[str] | None = None, ignore: list[str] | None = None
+) -> list[LayerScores]:
+    """Every targeted linear layer's size, unscored: what a budget and a uniform scheme need,
+    known before the sensitivity pass."""
+    return shapes_of(targeted_linears(model, targets or ["Linear"], ignore or ["lm_head"]))
+
+
+def shapes_of(layers: list[tuple[str, torch.nn.Linear]]) -> list[LayerScores]:
+    return [LayerScores(name, m.weight.numel(), m.in_features) for name, m in layers]
+
+
 def score_layers(
     model: torch.nn.Module,
     samples: list[list[int]],
@@ -125,8 +137,7 @@ def score_layers(
     layers = targeted_linears(model, targets or ["Linear"], ignore or ["lm_head"])
     fisher = fisher_diagonal(model, layers, samples, on_sample)
     found = []
-    for name, module in layers:
-        row = LayerScores(name, module.weight.numel(), module.in_features)
+    for (name, module), row in zip(layers, shapes_of(layers), strict=True):
         for setting in settings:
             if not setting.fits(module.in_features):
                 continue

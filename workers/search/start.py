@@ -1,37 +1,49 @@
 """A search's first attempt: score every layer, plan the candidates, and hand them to the queue
 as child jobs.
 
-The candidates, the search's state and its move to `waiting` commit in one transaction fenced
-by this attempt's lease: a search cancelled (or taken over) meanwhile inserts no child. The
-children are then sent like any job; nothing holds a worker while they run, so N workers run N
-candidates at once (the distribution is Celery's). The API's background loop wakes the search
-when they have ended (app/search/wake.py).
+What needs no score goes first: the original's full evaluation and the uniform candidate (it
+needs only the layers' sizes) are inserted and sent before the sensitivity pass, so a second
+worker runs them while this one scores. The other candidates, the search's state and its move
+to `waiting` then commit in one transaction; both inserts are fenced by this attempt's lease (a
+search cancelled or taken over meanwhile inserts no child, and a cancel cancels the children
+already in). A retried first attempt finds the children inserted before and reuses them
+(workers/search/children.py). Nothing holds a worker while the children run, so N workers run
+N candidates at once (the distribution is Celery's). The search is woken when they have ended
+(app/search/wake.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
-from app.jobs.dispatch import enqueue
-from app.jobs.schemas import EfficiencySpec, JobSpec
 from app.jobs.state import ErrorCode, JobState
-from app.models import Job  # every table registered: inserting a job resolves its tenant
-from app.recipes import MethodParams, RotateParams, StageIn, validate_recipe
+from app.recipes import MethodParams, RotateParams
 from workers.errors import JobFailure, LeaseLost, Suspended
 from workers.evaluation.measure import parameter_count
 from workers.job.run import JobRun
 from workers.methods.recipe import run_stages
 from workers.search.allocation import BudgetTooSmall
-from workers.search.candidates import Candidate, budget_bits, grid, plan_candidates
-from workers.search.sensitivity import LayerScores, score_layers
+from workers.search.candidates import (
+    Candidate,
+    budget_bits,
+    grid,
+    plan_candidates,
+    uniform_candidate,
+    uniform_runs_early,
+)
+from workers.search.children import (
+    child_spec,
+    insert_children,
+    original_spec,
+    request_hash,
+    rotating_first,
+    send,
+)
+from workers.search.sensitivity import LayerScores, linear_shapes, score_layers
 
 SENSITIVITY = (2.0, 18.0)  # the search's progress span while scoring
 
@@ -53,6 +65,18 @@ def start_search(run: JobRun) -> NoReturn:
             "sensitivity pass needs the model in memory",
         )
     settings = grid(search.budget.target_runtime)
+    model = run.source.model
+    total = parameter_count(model)
+    shapes = linear_shapes(model)
+    try:
+        budget = budget_bits(search, shapes, total)
+    except BudgetTooSmall as exc:
+        raise JobFailure(ErrorCode.INVALID_RECIPE, f"search.budget: {exc}") from exc
+    uniform = uniform_candidate(shapes, budget, settings)
+    early = [child_spec(spec, uniform)] if uniform and uniform_runs_early(search) else []
+    if spec.evaluation.compare_original:
+        early.insert(0, original_spec(spec))  # the shortest first: it frees a worker soonest
+    early_ids = send_early(run, early)
     low, high = SENSITIVITY
     rotating = "rotation" in search.families
     passes = 2 if rotating else 1
@@ -61,10 +85,8 @@ def start_search(run: JobRun) -> NoReturn:
         share = (done_passes + index / total) / passes
         ctx.progress("sensitivity", low + (high - low) * share)
 
-    model = run.source.model
     with ctx.timed("sensitivity"):
         plain = score_layers(model, samples, settings, on_sample=on_sample)
-        total = parameter_count(model)
         rotated = None
         if rotating:
             # Rotation changes every layer's weights: the rotated candidates are allocated on
@@ -78,11 +100,7 @@ def start_search(run: JobRun) -> NoReturn:
                 rotated = score_layers(
                     model, samples, settings, on_sample=lambda i, n: on_sample(i, n, 1)
                 )
-    try:
-        budget = budget_bits(search, plain, total)
-        candidates = plan_candidates(search, plain, rotated, budget)
-    except BudgetTooSmall as exc:
-        raise JobFailure(ErrorCode.INVALID_RECIPE, f"search.budget: {exc}") from exc
+    candidates = plan_candidates(search, plain, rotated, budget)  # the budget fits: checked
     run.source.release()
     state = {
         "deadline": deadline.isoformat(),
@@ -90,6 +108,7 @@ def start_search(run: JobRun) -> NoReturn:
         "sensitivity_seconds": round(time.perf_counter() - started, 3),
         "sensitivity": sensitivity_table(plain),
         "candidates": [c.to_json() for c in candidates],
+        "sent_before_scoring": early_ids,
     }
     hand_over(run, candidates, state)
 
@@ -105,59 +124,49 @@ def sensitivity_table(layers: list[LayerScores]) -> list[dict[str, Any]]:
     ]
 
 
-def child_spec(spec: JobSpec, candidate: Candidate) -> dict[str, Any]:
-    """An ordinary compress job: the search's model, data and seed, the candidate's recipe
-    (defaults filled in, as the API does), and a short evaluation against the original."""
-    assert spec.search is not None
-    stages = validate_recipe([StageIn.model_validate(stage) for stage in candidate.recipe])
-    evaluation = spec.evaluation.model_copy(
-        update={
-            "max_tokens": min(spec.search.candidate_eval_tokens, spec.evaluation.max_tokens),
-            "compare_original": True,  # the baseline cache computes it once for all of them
-            # Only the task a tolerance names (each costs every candidate its run).
-            "tasks": [t for t in spec.evaluation.tasks if t.name == accuracy_task(spec)],
-            # Measured only when a speed limit needs it (a fresh process per model).
-            "efficiency": spec.evaluation.efficiency
-            if spec.search.budget.min_decode_tokens_per_s
-            else EfficiencySpec(enabled=False),
-            "layer_error_tokens": 0,
-            "per_stage": False,
-        }
-    )
-    child = JobSpec(
-        kind="compress",
-        model=spec.model,
-        recipe=[StageIn.model_validate(stage.as_json()) for stage in stages],
-        calibration=spec.calibration,
-        evaluation=evaluation,
-        output=spec.output,
-        seed=spec.seed,
-    )
-    return child.model_dump(mode="json")
+def send_early(run: JobRun, specs: list[dict[str, Any]]) -> list[str]:
+    """Insert and send the children that need no sensitivity score, fenced by the lease;
+    returns their ids."""
+    if not specs:
+        return []
+    ctx = run.ctx
+    try:
+        with session_scope(ctx.settings.database_url) as session:
+            state = repository.set_progress(
+                session,
+                ctx.job_id,
+                generation=ctx.generation,
+                stage="sensitivity",
+                progress=SENSITIVITY[0],
+            )
+            parent = repository.get_job(session, ctx.job_id)
+            if state != JobState.RUNNING.value or parent is None:
+                raise _NotMoved
+            inserted = insert_children(session, parent, specs, ctx.settings)
+    except _NotMoved:
+        _stopped(run)
+    send(ctx.settings, inserted.to_send)
+    return [str(job_id) for job_id in inserted.ids.values()]
 
 
 def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -> NoReturn:
-    """Insert the children and move the search to `waiting` in one fenced transaction, then
-    send the children."""
-    ctx = run.ctx
-    sent: list[tuple[uuid.UUID, str, int]] = []
+    """Insert the children not in yet and move the search to `waiting` in one fenced
+    transaction, then send them."""
+    ctx, spec = run.ctx, run.job.spec
+    specs = [child_spec(spec, candidate) for candidate in candidates]
+    original = original_spec(spec) if spec.evaluation.compare_original else None
     try:
         with session_scope(ctx.settings.database_url) as session:
             parent = repository.get_job(session, ctx.job_id)
             if parent is None:
                 raise LeaseLost(str(ctx.job_id))
-            # The search's labels too: `?label=team=x` lists its candidates with it.
-            labels = {label.key: label.value for label in parent.labels}
-            for candidate, planned in zip(candidates, state["candidates"], strict=True):
-                child = new_child(parent, child_spec(run.job.spec, candidate), ctx.settings)
-                repository.insert_job(session, child, labels)
-                planned["job_id"] = str(child.id)
-                sent.append((child.id, child.queue, child.priority))
-            if run.job.spec.evaluation.compare_original:
-                child = new_child(parent, original_spec(run.job.spec), ctx.settings)
-                repository.insert_job(session, child, labels)
-                state["original_job_id"] = str(child.id)
-                sent.append((child.id, child.queue, child.priority))
+            inserted = insert_children(
+                session, parent, specs + ([original] if original else []), ctx.settings
+            )
+            for planned, child in zip(state["candidates"], specs, strict=True):
+                planned["job_id"] = str(inserted.ids[request_hash(child)])
+            if original is not None:
+                state["original_job_id"] = str(inserted.ids[request_hash(original)])
             moved = repository.transition(
                 session,
                 ctx.job_id,
@@ -175,62 +184,21 @@ def hand_over(run: JobRun, candidates: list[Candidate], state: dict[str, Any]) -
             if not moved:
                 raise _NotMoved
     except _NotMoved:
-        ctx.beat_once()  # cancelled, or another attempt owns it: check() says which
-        ctx.check()
-        raise LeaseLost(str(ctx.job_id)) from None
-    for child_id, queue, priority in longest_first(sent, candidates):
-        with session_scope(ctx.settings.database_url) as session:
-            # A failed send is the reaper's to retry (queued, never marked enqueued).
-            enqueue(session, ctx.settings, child_id, queue=queue, priority=priority)
-    raise Suspended(f"{len(sent)} candidates queued")
+        _stopped(run)
+    rotating = {
+        inserted.ids[request_hash(child)]
+        for child, candidate in zip(specs, candidates, strict=True)
+        if candidate.recipe[0]["method"] == "rotate"
+    }
+    send(ctx.settings, rotating_first(inserted.to_send, rotating))
+    raise Suspended(f"{len(candidates)} candidates queued")
 
 
-def accuracy_task(spec: JobSpec) -> str | None:
-    drop = spec.search.quality.max_accuracy_drop if spec.search else None
-    return drop.task if drop else None
-
-
-def original_spec(spec: JobSpec) -> dict[str, Any]:
-    """The original's full evaluation, as an evaluate job beside the candidates: it fills the
-    baseline cache (workers/evaluation/baseline.py) under the key the search's second attempt
-    reads, so that attempt measures only the winner. Should it fail, the second attempt
-    measures the original itself."""
-    evaluate = JobSpec(
-        kind="evaluate",
-        model=spec.model,
-        calibration=spec.calibration,
-        evaluation=spec.evaluation,
-        seed=spec.seed,
-    )
-    return evaluate.model_dump(mode="json")
-
-
-def longest_first(
-    sent: list[tuple[uuid.UUID, str, int]], candidates: list[Candidate]
-) -> list[tuple[uuid.UUID, str, int]]:
-    """The order the children are sent in (one queue, first in first out): the candidates
-    that rotate first (a rotation and an imatrix pass more), then the others, then the
-    original's evaluation, so N workers end close together rather than one starting the
-    longest candidate last."""
-    rotates = [c.recipe[0]["method"] == "rotate" for c in candidates]
-    ranked = sorted(range(len(candidates)), key=lambda i: not rotates[i])
-    return [sent[i] for i in ranked] + sent[len(candidates) :]
+def _stopped(run: JobRun) -> NoReturn:
+    run.ctx.beat_once()  # cancelled, or another attempt owns it: check() says which
+    run.ctx.check()
+    raise LeaseLost(str(run.ctx.job_id)) from None
 
 
 class _NotMoved(Exception):
     pass
-
-
-def new_child(parent: Job, spec: dict[str, Any], settings: Settings) -> Job:
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    return Job(
-        tenant_id=parent.tenant_id,
-        parent_id=parent.id,
-        state=JobState.QUEUED.value,
-        device=parent.device,
-        queue=parent.queue,  # the same model: the pool the search's plan chose
-        priority=parent.priority,
-        spec=spec,
-        request_hash=digest,
-        max_attempts=settings.max_attempts,
-    )
