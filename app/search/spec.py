@@ -53,10 +53,13 @@ class SearchBudget(_Strict):
         "measured with it and a slower one cannot win. A limit on bits or bytes is still "
         "needed: it is what the bits are allocated under.",
     )
-    target_runtime: Literal["transformers", "vllm"] = Field(
+    target_runtime: Literal["transformers", "vllm", "gguf"] = Field(
         default="transformers",
         description="vllm: only schemes vLLM serves with fast kernels (4 or 8 bits, groups of "
-        "128 or one scale per channel), the preflight's own rules",
+        "128 or one scale per channel), the preflight's own rules; gguf: llama.cpp's own "
+        "types (the `gguf` stage's presets, with and without the importance matrix, rotated "
+        "first where rotation is allowed), their bits read from each file (GGUF quantizes the "
+        "embedding too, and it counts)",
     )
 
     @model_validator(mode="after")

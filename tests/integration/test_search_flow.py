@@ -106,6 +106,30 @@ def test_search_runs_candidates_as_child_jobs_and_publishes_the_pick(
         assert json.loads(cells.cells[f"search/candidates/{i}/perplexity"]) == row["perplexity"]
 
 
+def test_a_gguf_search_chooses_among_llama_cpp_presets(
+    api: TestClient, tenant_a: dict, worker: WorkerProcess, tiny_smol_dir: Path
+) -> None:
+    """target_runtime gguf: the candidates are `gguf` stages (llama.cpp picks each tensor's
+    type in its preset), no sensitivity pass, each file's bits within the budget."""
+    body = search_body(budget={"max_bits_per_weight": 9.0, "target_runtime": "gguf"})
+    body["model"] = {"kind": "local", "path": tiny_smol_dir.name}
+    body["search"] |= {"families": ["quantization"], "max_candidates": 2}
+    search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    done = wait_for_state(api, tenant_a, search["id"], timeout=600, worker=worker)
+    assert done["state"] == "succeeded", done["error"]
+    report = api.get(f"/v1/jobs/{search['id']}/report", headers=tenant_a).json()
+    section = report["search"]
+    assert [r["name"] for r in section["candidates"]] == ["gguf Q8_0", "gguf Q6_K"]
+    assert section["sensitivity"] == []
+    for row in section["candidates"]:
+        assert row["state"] == "succeeded" and row["bits_per_quantized_weight"] <= 9.0
+    assert report["recipe"][-1]["method"] == "gguf"
+    items = api.get(f"/v1/jobs/{search['id']}/artifacts", headers=tenant_a).json()["items"]
+    assert any(i["path"].endswith(".gguf") for i in items)
+    page = api.get(f"/v1/jobs/{search['id']}/report.html", headers=tenant_a).text
+    assert "No sensitivity pass" in page and 'id="pareto"' in page
+
+
 def test_cancelling_a_search_cancels_its_candidates(
     api: TestClient, tenant_a: dict, worker: WorkerProcess
 ) -> None:

@@ -207,3 +207,57 @@ def test_a_task_tolerance_picks_the_smallest_candidate_within_it() -> None:
     none = Limits(max_bits=4.25, max_accuracy_drop=0.001, accuracy_metric="mc.acc")
     winner, why = choose(rows, none)
     assert winner == 1 and why.startswith("no candidate within a 0.001 drop of mc.acc")
+
+
+def smollm2_linears() -> tuple[list[LayerScores], int]:
+    """SmolLM2-135M's decoder linears (30 layers, hidden 576, MLP 1536, 3 KV heads of 64) and
+    its token embedding's size."""
+    shapes = {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576)}
+    shapes |= {"gate": (1536, 576), "up": (1536, 576), "down": (576, 1536)}
+    layers = [
+        LayerScores(f"model.layers.{i}.{name}", rows * width, width)
+        for i in range(30)
+        for name, (rows, width) in shapes.items()
+    ]
+    return layers, 49152 * 576
+
+
+def test_gguf_plan_matches_the_files_written_on_smollm2() -> None:
+    """The plan against what the gguf stage wrote on SmolLM2 (bench/results/formats.json):
+    exact for a 32-wide type, a lower bound for a k-quant preset (its mix raises some
+    tensors); too small a budget fails up front, naming the fewest bits any type stores."""
+    import json
+
+    from workers.search.gguf_plan import gguf_candidates, planned_bits
+
+    measured = json.loads((Path(__file__).parents[2] / "bench/results/formats.json").read_text())
+    on_files = {row["type"]: row["bits_per_quantized_weight"] for row in measured["rows"]}
+    layers, embedding = smollm2_linears()
+    assert planned_bits("Q4_0", layers, embedding) == pytest.approx(on_files["Q4_0"], abs=1e-3)
+    for preset in ("Q4_K_M", "Q3_K_M", "Q2_K_S"):
+        assert planned_bits(preset, layers, embedding) <= on_files[preset]
+    with pytest.raises(BudgetTooSmall, match=r"Q4_0, stores 5\.342"):
+        gguf_candidates(spec(max_bits_per_weight=4.25), layers, embedding, 4.25)
+
+
+def test_gguf_candidates_are_the_presets_within_the_budget() -> None:
+    layers, embedding = smollm2_linears()
+    candidates = gguf_candidates_at(6.0, layers, embedding)
+    assert [c.name for c in candidates[:4]] == [
+        "rotate + gguf Q4_K_M",
+        "gguf Q4_K_M",
+        "gguf Q4_K_M without imatrix",
+        "gguf Q4_K_S",
+    ]
+    for candidate in candidates:
+        assert candidate.planned_bits <= 6.0
+        stages = validate_recipe([StageIn.model_validate(s) for s in candidate.recipe])
+        assert stages[-1].method == "gguf"
+
+
+def gguf_candidates_at(budget: float, layers: list[LayerScores], embedding: int) -> list[Any]:
+    from workers.search.gguf_plan import gguf_candidates
+
+    search = spec(max_bits_per_weight=budget, target_runtime="gguf")
+    assert grid("gguf") == []  # no integer grid to allocate: llama.cpp's presets
+    return gguf_candidates(search, layers, embedding, budget)

@@ -33,9 +33,11 @@ FILE_OVERHEAD_BYTES = 64 * 1024
 
 def grid(target_runtime: str) -> list[Setting]:
     """The settings a layer may get: for vLLM only those its fast kernels serve (the rules of
-    the preflight's vLLM warnings, workers/methods/quantization/common.py)."""
+    the preflight's vLLM warnings, workers/methods/quantization/common.py); none for GGUF."""
     if target_runtime == "vllm":
         return [Setting(b, g or 0) for b in VLLM_FAST_BITS for g in VLLM_FAST_GROUPS]
+    if target_runtime == "gguf":
+        return []  # llama.cpp's presets, not integer grids: workers/search/gguf_plan.py
     return [Setting(b, g) for b in BITS for g in GROUPS]
 
 

@@ -15,7 +15,7 @@ N candidates at once (the distribution is Celery's). The search is woken when th
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from app.db import session_scope, utcnow
@@ -43,6 +43,7 @@ from workers.search.children import (
     rotating_first,
     send,
 )
+from workers.search.gguf_plan import gguf_candidates
 from workers.search.sensitivity import LayerScores, linear_shapes, score_layers
 
 SENSITIVITY = (2.0, 18.0)  # the search's progress span while scoring
@@ -72,6 +73,8 @@ def start_search(run: JobRun) -> NoReturn:
         budget = budget_bits(search, shapes, total)
     except BudgetTooSmall as exc:
         raise JobFailure(ErrorCode.INVALID_RECIPE, f"search.budget: {exc}") from exc
+    if search.budget.target_runtime == "gguf":
+        plan_gguf(run, shapes, budget, deadline, started)
     uniform = uniform_candidate(shapes, budget, settings)
     early = [child_spec(spec, uniform)] if uniform and uniform_runs_early(search) else []
     if spec.evaluation.compare_original:
@@ -109,6 +112,31 @@ def start_search(run: JobRun) -> NoReturn:
         "sensitivity": sensitivity_table(plain),
         "candidates": [c.to_json() for c in candidates],
         "sent_before_scoring": early_ids,
+    }
+    hand_over(run, candidates, state)
+
+
+def plan_gguf(
+    run: JobRun, shapes: list[LayerScores], budget: float, deadline: datetime, started: float
+) -> NoReturn:
+    """llama.cpp's presets: llama.cpp picks each tensor's type itself, so there is nothing to
+    allocate and no sensitivity pass to run."""
+    assert run.job.spec.search is not None
+    model: Any = run.source.model  # a transformers model: get_input_embeddings() is its API
+    embedding = int(model.get_input_embeddings().weight.numel())
+    try:
+        candidates = gguf_candidates(run.job.spec.search, shapes, embedding, budget)
+    except BudgetTooSmall as exc:
+        raise JobFailure(ErrorCode.INVALID_RECIPE, f"search.budget: {exc}") from exc
+    run.source.release()
+    run.ctx.warn("target runtime gguf: llama.cpp's presets, no per-layer allocation to score")
+    state = {
+        "deadline": deadline.isoformat(),
+        "budget_bits_per_weight": budget,
+        "sensitivity_seconds": round(time.perf_counter() - started, 3),
+        "sensitivity": [],
+        "candidates": [c.to_json() for c in candidates],
+        "sent_before_scoring": [],
     }
     hand_over(run, candidates, state)
 
