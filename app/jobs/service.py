@@ -255,8 +255,8 @@ def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
     if state in TERMINAL:
         raise Conflict(f"job is already {state}", code="job_finished")
     stop(session, job.id, JobState(job.state), "cancelled by user")
-    # A search's candidates go with it (a child inserted later cannot exist: the search
-    # inserts them only in the move that leaves `running`, which a cancel request blocks).
+    # A search's candidates go with it (none can be inserted after this: the search inserts
+    # children only in writes fenced on `running`, which a cancel request ends).
     for child in search_repository.children(session, job.id):
         if JobState(child.state) not in TERMINAL:
             stop(session, child.id, JobState(child.state), "cancelled with its search")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.jobs.models import Job
+from app.jobs.repository import NO_SYNC
 from app.jobs.state import TERMINAL, JobState
 
 
@@ -34,3 +36,20 @@ def orphaned_children(session: Session, *, limit: int = 100) -> list[Job]:
         .where(parent.state.in_(ended), Job.state.not_in(stopping))
     )
     return list(session.scalars(query.limit(limit)).unique())
+
+
+def save_state(
+    session: Session, search_id: uuid.UUID, generation: int, state: dict[str, Any]
+) -> bool:
+    """The running search's own state (`jobs.search`), fenced by its attempt's lease."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == search_id,
+            Job.lease_generation == generation,
+            Job.state == JobState.RUNNING.value,
+        )
+        .values(search=state),
+        execution_options=NO_SYNC,
+    )
+    return cast(CursorResult[Any], result).rowcount == 1

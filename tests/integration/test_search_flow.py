@@ -17,6 +17,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.jobs import repository
 from app.jobs.state import JobState
+from app.search.repository import save_state
 from tests.integration.test_reports import DataCells, render_in_chromium
 from tests.support.jobs import search_body, wait_for_state
 from tests.support.services import WorkerProcess, wait_until
@@ -208,6 +209,33 @@ def test_children_of_a_search_that_ended_are_cancelled(
     )
     events = api.get(f"/v1/jobs/{kid_id}/events", headers=tenant_a).json()["items"]
     assert events[-1]["message"] == "cancelled: its search ended"
+
+
+def test_a_retried_first_attempt_keeps_the_deadline_and_its_early_children(
+    api: TestClient, tenant_a: dict, settings: Settings
+) -> None:
+    """The first attempt records its deadline and early children fenced by its lease; a retry
+    reads the same deadline and reuses the children (matched by spec), inserting none twice."""
+    from workers.search.start import search_deadline
+
+    body = {**search_body(), "device": "gpu"}  # parked: no worker consumes the gpu queue here
+    search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
+    search_id = uuid.UUID(search["id"])
+    fresh = search_deadline(settings, search_id, 3600)
+    assert abs((fresh - datetime.now(UTC)).total_seconds() - 3600) < 60
+    with session_scope(settings.database_url) as session:
+        generation = repository.claim(session, search_id, worker_id="w", lease_ttl_s=600)
+        assert generation is not None
+        assert save_state(session, search_id, generation, {"deadline": fresh.isoformat()})
+        assert not save_state(session, search_id, generation + 1, {"deadline": "stolen"})
+        parent = repository.get_job(session, search_id)
+        assert parent is not None
+        spec = {**parent.spec, "kind": "compress", "search": None}
+        first = insert_children(session, parent, [spec], settings)
+        again = insert_children(session, parent, [spec], settings)
+        assert again.ids == first.ids and len(first.to_send) == 1 and again.to_send == []
+    assert search_deadline(settings, search_id, 60) == fresh
+    api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a)
 
 
 def test_search_requests_are_checked_at_submission(api: TestClient, tenant_a: dict) -> None:

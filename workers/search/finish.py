@@ -29,10 +29,12 @@ from workers.search.pick import Limits, choose
 
 
 def search_state(run: JobRun) -> dict[str, Any] | None:
-    """What the first attempt stored (None: this is the first attempt)."""
+    """What the first attempt stored once it handed its candidates over (None: this is a
+    first attempt, perhaps a retried one that finds only the deadline)."""
     with session_scope(run.ctx.settings.database_url) as session:
         job = repository.get_job(session, run.ctx.job_id)
-        return dict(job.search) if job is not None and job.search else None
+        state = dict(job.search or {}) if job is not None else {}
+    return state if "candidates" in state else None
 
 
 def accuracy_drop(summary: dict[str, Any], metric: str | None) -> float | None:

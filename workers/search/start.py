@@ -15,13 +15,16 @@ N candidates at once (the distribution is Celery's). The search is woken when th
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+from app.config import Settings
 from app.db import session_scope, utcnow
 from app.jobs import repository
 from app.jobs.state import ErrorCode, JobState
 from app.recipes import MethodParams, RotateParams
+from app.search.repository import save_state
 from workers.errors import JobFailure, LeaseLost, Suspended
 from workers.evaluation.measure import parameter_count
 from workers.job.run import JobRun
@@ -53,7 +56,7 @@ def start_search(run: JobRun) -> NoReturn:
     ctx, spec = run.ctx, run.job.spec
     search = spec.search
     assert search is not None  # read_spec: kind search has one
-    deadline = utcnow() + timedelta(seconds=search.time_budget_s)
+    deadline = search_deadline(ctx.settings, ctx.job_id, search.time_budget_s)
     started = time.perf_counter()
     samples = run.data.calibration_ids[: search.sensitivity_samples]
     if not samples:
@@ -73,13 +76,13 @@ def start_search(run: JobRun) -> NoReturn:
         budget = budget_bits(search, shapes, total)
     except BudgetTooSmall as exc:
         raise JobFailure(ErrorCode.INVALID_RECIPE, f"search.budget: {exc}") from exc
-    if search.budget.target_runtime == "gguf":
-        plan_gguf(run, shapes, budget, deadline, started)
     uniform = uniform_candidate(shapes, budget, settings)
     early = [child_spec(spec, uniform)] if uniform and uniform_runs_early(search) else []
     if spec.evaluation.compare_original:
         early.insert(0, original_spec(spec))  # the shortest first: it frees a worker soonest
-    early_ids = send_early(run, early)
+    early_ids = send_early(run, early, deadline)
+    if search.budget.target_runtime == "gguf":
+        plan_gguf(run, shapes, budget, deadline, started, early_ids)
     low, high = SENSITIVITY
     rotating = "rotation" in search.families
     passes = 2 if rotating else 1
@@ -117,7 +120,12 @@ def start_search(run: JobRun) -> NoReturn:
 
 
 def plan_gguf(
-    run: JobRun, shapes: list[LayerScores], budget: float, deadline: datetime, started: float
+    run: JobRun,
+    shapes: list[LayerScores],
+    budget: float,
+    deadline: datetime,
+    started: float,
+    early_ids: list[str],
 ) -> NoReturn:
     """llama.cpp's presets: llama.cpp picks each tensor's type itself, so there is nothing to
     allocate and no sensitivity pass to run."""
@@ -136,7 +144,7 @@ def plan_gguf(
         "sensitivity_seconds": round(time.perf_counter() - started, 3),
         "sensitivity": [],
         "candidates": [c.to_json() for c in candidates],
-        "sent_before_scoring": [],
+        "sent_before_scoring": early_ids,
     }
     hand_over(run, candidates, state)
 
@@ -152,23 +160,25 @@ def sensitivity_table(layers: list[LayerScores]) -> list[dict[str, Any]]:
     ]
 
 
-def send_early(run: JobRun, specs: list[dict[str, Any]]) -> list[str]:
-    """Insert and send the children that need no sensitivity score, fenced by the lease;
-    returns their ids."""
-    if not specs:
-        return []
+def search_deadline(settings: Settings, search_id: uuid.UUID, time_budget_s: int) -> datetime:
+    """`time_budget_s` from the search's first attempt: a retried one keeps its deadline."""
+    with session_scope(settings.database_url) as session:
+        job = repository.get_job(session, search_id)
+        earlier = (job.search or {}).get("deadline") if job is not None else None
+    if earlier:
+        return datetime.fromisoformat(earlier)
+    return utcnow() + timedelta(seconds=time_budget_s)
+
+
+def send_early(run: JobRun, specs: list[dict[str, Any]], deadline: datetime) -> list[str]:
+    """Record the deadline, insert the children that need no sensitivity score (both fenced
+    by the lease) and send them; returns their ids."""
     ctx = run.ctx
     try:
         with session_scope(ctx.settings.database_url) as session:
-            state = repository.set_progress(
-                session,
-                ctx.job_id,
-                generation=ctx.generation,
-                stage="sensitivity",
-                progress=SENSITIVITY[0],
-            )
+            state = {"deadline": deadline.isoformat()}
             parent = repository.get_job(session, ctx.job_id)
-            if state != JobState.RUNNING.value or parent is None:
+            if parent is None or not save_state(session, ctx.job_id, ctx.generation, state):
                 raise _NotMoved
             inserted = insert_children(session, parent, specs, ctx.settings)
     except _NotMoved:
