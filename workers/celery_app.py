@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_ready
+import time
+from typing import Any
+
+import structlog
+from celery.signals import worker_init, worker_ready
 from kombu import Queue
 
 from app.config import get_settings
@@ -11,6 +15,7 @@ from app.logging import configure_logging
 from app.queue import make_celery, pool_queues
 from workers.metrics import prepare as prepare_metrics
 from workers.metrics import serve as serve_metrics
+from workers.preload import preloads_ml_stack
 
 settings = get_settings()
 prepare_metrics(settings)  # before anything imports prometheus_client (workers/metrics.py)
@@ -51,3 +56,15 @@ def sweep_scratch_on_start(**_: object) -> None:
         # This is the pool's parent: job processes are forked from it later and must not
         # inherit (and share) its database connection.
         get_engine(settings.database_url).dispose()
+
+
+@worker_init.connect
+def preload_ml_stack(sender: Any, **_: object) -> None:
+    consumed = list(sender.app.amqp.queues.consume_from)
+    if not preloads_ml_stack(settings, consumed):
+        return
+    started = time.perf_counter()
+    import workers.job.execute  # noqa: F401 - the job's whole import graph
+
+    seconds = round(time.perf_counter() - started, 1)
+    structlog.get_logger().info("worker.preloaded_ml_stack", queues=consumed, seconds=seconds)
