@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Family = Literal["quantization", "rotation"]
+Family = Literal["quantization", "rotation", "pruning"]
 
 
 class _Strict(BaseModel):
@@ -101,11 +101,13 @@ class SearchSpec(_Strict):
     families: list[Family] = Field(
         default_factory=lambda: list[Family](["quantization", "rotation"]),
         min_length=1,
-        max_length=2,
+        max_length=3,
         json_schema_extra={"contains": {"const": "quantization"}, "uniqueItems": True},
         description="quantization: GPTQ with bits per layer allocated under the budget (and "
         "the best uniform scheme within it, for comparison); rotation: also candidates rotated "
-        "first (Hadamard), with the importance-matrix scale search",
+        "first (Hadamard), with the importance-matrix scale search; pruning: also SparseGPT "
+        "50 % then GPTQ on the kept weights (stored sparse: a 1-bit mask and the nonzero "
+        "integers; transformers only, served through squash.load_pretrained)",
     )
     max_candidates: int = Field(
         default=4, ge=1, le=8, description="Child jobs; N workers run N at once"
@@ -133,6 +135,11 @@ class SearchSpec(_Strict):
             raise ValueError("families must include quantization (every candidate quantizes)")
         if len(set(self.families)) != len(self.families):
             raise ValueError("each family once")
+        if "pruning" in self.families and self.budget.target_runtime != "transformers":
+            raise ValueError(
+                f"families: pruning makes sparse artifacts {self.budget.target_runtime} does not "
+                "serve; drop it or use target_runtime transformers"
+            )
         return self
 
 

@@ -15,7 +15,8 @@ from tests.support.services import wait_until
 from tests.support.stack import Stack, bucket_view, fast_job, record, slow_body, stack, summary
 
 pytestmark = pytest.mark.integration
-REPEATS = int(os.environ.get("SQUASH_CANCEL_REPEATS", "3"))
+# Cancels per state. CI runs 1 (each state once); the README's table comes from more.
+REPEATS = int(os.environ.get("SQUASH_CANCEL_REPEATS", "1"))
 
 
 def cancel_and_time(deployment: Stack, job_id: str) -> float:

@@ -35,8 +35,9 @@ def test_a_candidate_whose_worker_is_killed_is_retried_and_the_search_completes(
         # No original to compare with: two candidates are the whole fan-out (and seconds saved).
         body["evaluation"] = {**body["evaluation"], "compare_original": False}
         search = deployment.submit({**body, "labels": {HOLD_LABEL: "compression"}})
+        # Both: the uniform candidate is queued before the sensitivity pass, the other after.
         kids = wait_until(
-            lambda: (found := children(deployment, search["id"])) and found,
+            lambda: len(found := children(deployment, search["id"])) == 2 and found,
             timeout=180,
             what="the candidates",
         )

@@ -114,13 +114,16 @@ def test_a_gguf_search_chooses_among_llama_cpp_presets(
     type in its preset), no sensitivity pass, each file's bits within the budget."""
     body = search_body(budget={"max_bits_per_weight": 9.0, "target_runtime": "gguf"})
     body["model"] = {"kind": "local", "path": tiny_smol_dir.name}
-    body["search"] |= {"families": ["quantization"], "max_candidates": 2}
+    # One candidate, no original's evaluation child: the gguf path at its cheapest in CI (the
+    # presets' order is the unit tests'; a GGUF load costs seconds per job).
+    body["search"] |= {"families": ["quantization"], "max_candidates": 1}
+    body["evaluation"] |= {"compare_original": False}
     search = api.post("/v1/jobs", json=body, headers=tenant_a).json()
     done = wait_for_state(api, tenant_a, search["id"], timeout=600, worker=worker)
     assert done["state"] == "succeeded", done["error"]
     report = api.get(f"/v1/jobs/{search['id']}/report", headers=tenant_a).json()
     section = report["search"]
-    assert [r["name"] for r in section["candidates"]] == ["gguf Q8_0", "gguf Q6_K"]
+    assert [r["name"] for r in section["candidates"]] == ["gguf Q8_0"]
     assert section["sensitivity"] == []
     for row in section["candidates"]:
         assert row["state"] == "succeeded" and row["bits_per_quantized_weight"] <= 9.0

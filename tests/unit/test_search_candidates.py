@@ -261,3 +261,35 @@ def gguf_candidates_at(budget: float, layers: list[LayerScores], embedding: int)
     search = spec(max_bits_per_weight=budget, target_runtime="gguf")
     assert grid("gguf") == []  # no integer grid to allocate: llama.cpp's presets
     return gguf_candidates(search, layers, embedding, budget)
+
+
+def test_pruning_adds_a_sparse_candidate_whose_storage_fits_the_budget() -> None:
+    """SparseGPT 50 % + GPTQ: a mask bit and half the integers per weight, dense scales. At
+    4.25 bits that is W4 g32 (3.5; W8 would store 5), at 3.25 W4 g128 (W4 g64's 3.25 plus
+    the stored shapes is over)."""
+    layers = scored(grid("transformers"))
+    for budget, label in ((4.25, "W4 g32"), (3.25, "W4 g128")):
+        search = SearchSpec.model_validate(
+            {
+                "budget": {"max_bits_per_weight": budget},
+                "max_candidates": 8,
+                "families": ["quantization", "pruning"],
+            }
+        )
+        candidates = plan_candidates(search, layers, None, budget)
+        (pruned,) = [c for c in candidates if c.recipe[0]["method"] == "sparsegpt"]
+        assert pruned.name == f"sparsegpt 50% + gptq {label} mse"
+        assert pruned.planned_bits <= budget
+        stages = validate_recipe([StageIn.model_validate(s) for s in pruned.recipe])
+        assert [s.method for s in stages] == ["sparsegpt", "gptq"]
+    # Without the family, no sparse candidate.
+    plain = plan_candidates(spec(max_bits_per_weight=4.25), layers, None, 4.25)
+    assert not any(c.recipe[0]["method"] == "sparsegpt" for c in plain)
+    # vLLM and llama.cpp do not serve these sparse artifacts: refused with the field named.
+    with pytest.raises(ValueError, match="pruning makes sparse artifacts vllm"):
+        SearchSpec.model_validate(
+            {
+                "budget": {"max_bits_per_weight": 4.25, "target_runtime": "vllm"},
+                "families": ["quantization", "pruning"],
+            }
+        )

@@ -6,6 +6,7 @@ In order of promise (the first `max_candidates` run):
 2. the allocation at the budget with GPTQ's defaults (what the allocation alone buys);
 3. the best uniform scheme within the budget (the baseline the pick must beat, and the simplest
    artifact to serve);
+   with the pruning family, SparseGPT 50 % then GPTQ on the kept weights, stored sparse;
 4. the first candidate's kind at lower budgets (budget - 0.5, - 1, - 1.5 bits), so the report's
    front shows what fewer bits cost.
 """
@@ -19,12 +20,14 @@ from app.search.spec import SearchSpec
 from workers.methods.quantization.common import VLLM_FAST_BITS, VLLM_FAST_GROUPS
 from workers.search.allocation import BudgetTooSmall, allocate
 from workers.search.recipe import stage_params
-from workers.search.sensitivity import LayerScores, Setting
+from workers.search.sensitivity import SHAPE_BITS, LayerScores, Setting
 
 # One scale per group of these many weights (0: one per output channel).
 GROUPS = (32, 64, 128, 0)
 BITS = (2, 3, 4, 8)
 LOWER_BUDGETS = (0.5, 1.0, 1.5)
+# The pruning family's share of zeros (SparseGPT's default; the joint rows of bench/quality.py).
+PRUNED_SPARSITY = 0.5
 # Unquantized tensors (embeddings, norms) are stored at 16 bits; safetensors headers and the
 # config are a few kilobytes.
 UNQUANTIZED_BYTES_PER_PARAMETER = 2
@@ -113,6 +116,39 @@ def uniform_runs_early(spec: SearchSpec) -> bool:
     return spec.max_candidates >= (3 if "rotation" in spec.families else 2)
 
 
+def pruned_candidate(
+    layers: list[LayerScores], budget: float, settings: list[Setting]
+) -> Candidate | None:
+    """SparseGPT at PRUNED_SPARSITY, then GPTQ (mask-aware: it keeps the pruned weights at
+    zero) with the MSE scale search, at the most bits and finest groups whose sparse storage
+    fits the budget: per weight a mask bit, the kept share of the integers and the (dense)
+    scales (workers/formats/sparse_bitmask.py)."""
+    total = sum(row.parameters for row in layers)
+    best: tuple[tuple[int, int], Setting, float] | None = None
+    for setting in settings:
+        if not all(setting.fits(row.in_features) for row in layers):
+            continue
+        scales = (setting.bits_per_weight(r.in_features) - setting.bits for r in layers)
+        bits = sum(
+            r.parameters * ((1 - PRUNED_SPARSITY) * setting.bits + 1 + extra) + SHAPE_BITS
+            for r, extra in zip(layers, scales, strict=True)
+        )
+        average = round(bits / total, 4)
+        rank = (setting.bits, -(setting.group_size or 10**9))
+        if average <= budget + 1e-9 and (best is None or rank > best[0]):
+            best = (rank, setting, average)
+    if best is None:
+        return None
+    _, setting, average = best
+    gptq = {"bits": setting.bits, "group_size": setting.group_size or None, "scale_search": "mse"}
+    recipe = [
+        {"method": "sparsegpt", "params": {"sparsity": PRUNED_SPARSITY}},
+        {"method": "gptq", "params": gptq},
+    ]
+    name = f"sparsegpt {PRUNED_SPARSITY:.0%} + gptq {setting.label} mse"
+    return Candidate(name, recipe, budget, average)
+
+
 def allocated(
     name: str, layers: list[LayerScores], budget: float, *, rotate: bool, scale_search: str
 ) -> Candidate:
@@ -142,6 +178,13 @@ def plan_candidates(
     uniform = uniform_candidate(plain, budget, grid(spec.budget.target_runtime))
     if uniform is not None:
         found.append(uniform)
+    pruned = (
+        pruned_candidate(plain, budget, grid(spec.budget.target_runtime))
+        if "pruning" in spec.families
+        else None
+    )
+    if pruned is not None:
+        found.append(pruned)
     layers, rotate = (rotated, True) if rotated is not None else (plain, False)
     for less in LOWER_BUDGETS:
         lower = round(budget - less, 4)
