@@ -96,6 +96,22 @@ class SearchQuality(_Strict):
 
 
 class SearchSpec(_Strict):
+    # _quantization_always's runtime rule, declared: the pruning family's sparse files only
+    # for transformers (an absent target_runtime is transformers).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"families": {"contains": {"const": "pruning"}}},
+                "required": ["families"],
+            },
+            "then": {
+                "properties": {
+                    "budget": {"properties": {"target_runtime": {"const": "transformers"}}}
+                }
+            },
+        }
+    )
+
     budget: SearchBudget
     quality: SearchQuality = Field(default_factory=SearchQuality)
     families: list[Family] = Field(
