@@ -133,10 +133,10 @@ def pruned_candidate(
             r.parameters * ((1 - PRUNED_SPARSITY) * setting.bits + 1 + extra) + SHAPE_BITS
             for r, extra in zip(layers, scales, strict=True)
         )
-        average = round(bits / total, 4)
+        average = bits / total
         rank = (setting.bits, -(setting.group_size or 10**9))
         if average <= budget + 1e-9 and (best is None or rank > best[0]):
-            best = (rank, setting, average)
+            best = (rank, setting, round(average, 4))
     if best is None:
         return None
     _, setting, average = best
