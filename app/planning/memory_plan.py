@@ -179,6 +179,14 @@ def stage_bytes(facts: ModelFacts, cost: StageCost, workload: Workload, element:
         per_token = 3 * facts.intermediate_size + 6 * facts.hidden_size
         total += tokens * facts.hidden_size * element + step * per_token * FLOAT32 * 2
         total += facts.layer_parameters * FLOAT32 * 3
+    if cost.fisher:
+        # Gradients and the Fisher sums in float32, and one sample's activations kept for
+        # backward through every layer, with its logits.
+        per_token = (
+            facts.num_hidden_layers * (3 * facts.intermediate_size + 6 * facts.hidden_size)
+            + 3 * facts.vocab_size
+        )
+        total += facts.parameters * FLOAT32 * 2 + workload.calibration_length * per_token * FLOAT32
     if cost.trains:
         # Student weights, gradients and two AdamW moments in float32, and one micro-batch's
         # activations kept for backward plus both models' logits.

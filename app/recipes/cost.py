@@ -28,6 +28,10 @@ class StageCost:
     # Whether every weight block's scales are searched under activation-weighted error
     # (auto-round's OPT-RTN, the GGUF importance matrix): work per weight, not per token.
     scale_search: bool = False
+    # A search's sensitivity pass (workers/search/sensitivity.py): one backward pass per
+    # calibration sample through the whole model, a float32 gradient per weight and a float32
+    # Fisher sum per linear weight.
+    fisher: bool = False
 
     @property
     def calibrated(self) -> bool:

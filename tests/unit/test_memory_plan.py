@@ -122,6 +122,33 @@ def test_the_plan_grows_with_what_the_recipe_does() -> None:
     assert rtn.host_peak_bytes == max(n.host_bytes for n in rtn.phases.values())
 
 
+def test_a_search_plans_its_sensitivity_pass_and_the_winners_measuring() -> None:
+    """A search has no recipe, yet its first attempt backpropagates through the whole model
+    (float32 gradients and Fisher sums) and its second loads and evaluates the winner."""
+    from app.jobs.schemas import JobSpec
+    from app.planning.workload import workload_of
+
+    facts = facts_from_config(config("llama-3.1-8b"))
+    cpu = Budget(device="cpu", host_bytes=None)
+    body = {"model": {"kind": "local", "path": "m"}, "evaluation": {"context_length": 512}}
+    search = {"budget": {"max_bits_per_weight": 4.25}}
+    plans = {
+        kind: plan_memory(facts, workload_of(JobSpec.model_validate(spec), []), cpu)
+        for kind, spec in {
+            "evaluate": {**body, "kind": "evaluate"},
+            "search": {**body, "kind": "search", "search": search},
+        }.items()
+    }
+    assert set(plans["evaluate"].phases) == {"resolve", "evaluate_original"}
+    assert {"stages", "load_check", "evaluate_compressed"} <= set(plans["search"].phases)
+    sensitivity = plans["search"].phases["stages"].host_bytes
+    # Beyond holding and evaluating the model: a float32 gradient and Fisher sum per weight.
+    held = plans["evaluate"].phases["evaluate_original"].host_bytes
+    assert sensitivity - held >= 8 * facts.parameters
+    # It cannot run disk-offloaded (the pass needs the whole model): no offloaded plan.
+    assert plans["search"].mode == "in_memory"
+
+
 def test_routing_picks_the_smallest_pool_that_fits_or_refuses_with_figures() -> None:
     facts = {name: facts_from_config(config(name)) for name in ("llama-3.1-8b", "llama-3.1-70b")}
     facts["moe"] = facts_from_config(config("mixtral-8x7b"))
