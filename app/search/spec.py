@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Family = Literal["quantization", "rotation", "pruning"]
 
@@ -151,12 +151,19 @@ class SearchSpec(_Strict):
             raise ValueError("families must include quantization (every candidate quantizes)")
         if len(set(self.families)) != len(self.families):
             raise ValueError("each family once")
-        if "pruning" in self.families and self.budget.target_runtime != "transformers":
-            raise ValueError(
-                f"families: pruning makes sparse artifacts {self.budget.target_runtime} does not "
-                "serve; drop it or use target_runtime transformers"
-            )
         return self
+
+    @field_validator("families")
+    @classmethod
+    def _pruning_served(cls, families: list[Family], info: ValidationInfo) -> list[Family]:
+        """Named on `search.families` (budget, declared first, is validated already)."""
+        budget = info.data.get("budget")
+        if "pruning" in families and budget is not None and budget.target_runtime != "transformers":
+            raise ValueError(
+                f"pruning makes sparse artifacts {budget.target_runtime} does not serve; drop "
+                "it or use target_runtime transformers"
+            )
+        return families
 
 
 def tolerance_errors(search: SearchSpec, task_names: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from app.recipes import StageIn, validate_recipe
 from app.search.spec import SearchSpec
@@ -286,10 +287,11 @@ def test_pruning_adds_a_sparse_candidate_whose_storage_fits_the_budget() -> None
     plain = plan_candidates(spec(max_bits_per_weight=4.25), layers, None, 4.25)
     assert not any(c.recipe[0]["method"] == "sparsegpt" for c in plain)
     # vLLM and llama.cpp do not serve these sparse artifacts: refused with the field named.
-    with pytest.raises(ValueError, match="pruning makes sparse artifacts vllm"):
+    with pytest.raises(ValidationError, match="pruning makes sparse artifacts vllm") as refused:
         SearchSpec.model_validate(
             {
                 "budget": {"max_bits_per_weight": 4.25, "target_runtime": "vllm"},
                 "families": ["quantization", "pruning"],
             }
         )
+    assert refused.value.errors()[0]["loc"] == ("families",)
