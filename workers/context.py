@@ -31,6 +31,7 @@ class JobContext:
         self.job_id = job_id
         self.generation = generation
         self.settings = settings
+        self.parent_id: uuid.UUID | None = None  # the search this job is a candidate of
         self.cancel_requested = threading.Event()
         # Set when the job's own thread reached a check point after the cancel: it is winding
         # down (a last checkpoint, the cancelled commit) and the heartbeat leaves it be.

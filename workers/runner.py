@@ -50,6 +50,7 @@ def run(job_id: uuid.UUID, settings: Settings, *, worker_id: str) -> None:
         return
     log.info("job.claimed", job_id=str(job_id), generation=generation, worker=worker_id)
     ctx = JobContext(job_id, generation, settings)
+    ctx.parent_id = job.parent_id  # a search's child wakes its search when it ends
     ctx.fault_hold = faults.hold_point_for(settings, labels, job.attempts)
     ctx.on_unacknowledged_cancel = lambda: _stop_inside_a_call(settings, ctx)
     scratch = scratch_dir(settings, job_id, generation)
@@ -132,8 +133,6 @@ def _finish(
         )
         if moved and artifacts:
             artifact_repository.insert_artifacts(session, ctx.job_id, artifacts)
-        job = repository.get_job(session, ctx.job_id) if moved else None
-        parent_id = job.parent_id if job is not None else None
     log.info("job.finished", job_id=str(ctx.job_id), state=target.value, applied=moved)
     worker_metrics.job_done(target.value if moved else "superseded")
     if not moved:
@@ -142,8 +141,8 @@ def _finish(
         return
     if target in (JobState.SUCCEEDED, JobState.FAILED):
         drop_checkpoints(settings, ctx.job_id)
-    if parent_id is not None:
-        _wake_parent(settings, parent_id)
+    if ctx.parent_id is not None:
+        _wake_parent(settings, ctx.parent_id)
 
 
 def _wake_parent(settings: Settings, search_id: uuid.UUID) -> None:

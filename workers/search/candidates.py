@@ -13,6 +13,7 @@ In order of promise (the first `max_candidates` run):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,20 +80,38 @@ def budget_bits(spec: SearchSpec, layers: list[LayerScores], total_parameters: i
     return round(min(limits), 4)
 
 
+def best_fitting(
+    layers: list[LayerScores],
+    budget: float,
+    settings: list[Setting],
+    layer_bits: Callable[[Setting, LayerScores], float],
+    rank: Callable[[Setting, float], Any],
+) -> tuple[Setting, float] | None:
+    """The setting of highest `rank` that fits every layer and whose average stored bits
+    (`layer_bits` per layer) hold the budget: (setting, average rounded as reported)."""
+    total = sum(row.parameters for row in layers)
+    best: tuple[Any, Setting, float] | None = None
+    for setting in settings:
+        if not all(setting.fits(row.in_features) for row in layers):
+            continue
+        average = sum(layer_bits(setting, row) for row in layers) / total
+        key = rank(setting, average)
+        if average <= budget + 1e-9 and (best is None or key > best[0]):
+            best = (key, setting, round(average, 4))
+    return None if best is None else best[1:]
+
+
 def uniform_setting(
     layers: list[LayerScores], budget: float, settings: list[Setting]
 ) -> tuple[Setting, float] | None:
     """The uniform scheme with the most bits within the budget (fitting every layer)."""
-    total = sum(row.parameters for row in layers)
-    best: tuple[Setting, float] | None = None
-    for setting in settings:
-        if not all(setting.fits(row.in_features) for row in layers):
-            continue
-        bits = sum(setting.layer_bits(row.parameters, row.in_features) for row in layers)
-        average = bits / total
-        if average <= budget + 1e-9 and (best is None or average > best[1]):
-            best = (setting, round(average, 4))
-    return best
+    return best_fitting(
+        layers,
+        budget,
+        settings,
+        lambda setting, row: setting.layer_bits(row.parameters, row.in_features),
+        lambda _, average: average,
+    )
 
 
 def uniform_candidate(
@@ -123,23 +142,22 @@ def pruned_candidate(
     zero) with the MSE scale search, at the most bits and finest groups whose sparse storage
     fits the budget: per weight a mask bit, the kept share of the integers and the (dense)
     scales (workers/formats/sparse_bitmask.py)."""
-    total = sum(row.parameters for row in layers)
-    best: tuple[tuple[int, int], Setting, float] | None = None
-    for setting in settings:
-        if not all(setting.fits(row.in_features) for row in layers):
-            continue
-        scales = (setting.bits_per_weight(r.in_features) - setting.bits for r in layers)
-        bits = sum(
-            r.parameters * ((1 - PRUNED_SPARSITY) * setting.bits + 1 + extra) + SHAPE_BITS
-            for r, extra in zip(layers, scales, strict=True)
-        )
-        average = bits / total
-        rank = (setting.bits, -(setting.group_size or 10**9))
-        if average <= budget + 1e-9 and (best is None or rank > best[0]):
-            best = (rank, setting, round(average, 4))
-    if best is None:
+
+    def sparse_bits(setting: Setting, row: LayerScores) -> float:
+        scales = setting.bits_per_weight(row.in_features) - setting.bits
+        kept = (1 - PRUNED_SPARSITY) * setting.bits
+        return row.parameters * (kept + 1 + scales) + SHAPE_BITS
+
+    found = best_fitting(
+        layers,
+        budget,
+        settings,
+        sparse_bits,
+        lambda setting, _: (setting.bits, -(setting.group_size or 10**9)),
+    )
+    if found is None:
         return None
-    _, setting, average = best
+    setting, average = found
     gptq = {"bits": setting.bits, "group_size": setting.group_size or None, "scale_search": "mse"}
     recipe = [
         {"method": "sparsegpt", "params": {"sparsity": PRUNED_SPARSITY}},
