@@ -1,0 +1,223 @@
+"""Block-wise reconstruction: each decoder block's quantized weights and scales trained, one
+block at a time, to reproduce what the float block computes (EfficientQAT's Block-AP; the idea
+of OmniQuant and AutoRound), before any end-to-end training.
+
+Why: from a ternary start an end-to-end distillation spends its steps on a network whose every
+layer is broken, and its gradient reaches the early layers through all of them. Trained one
+block at a time, each block has its own target: the float block's output on the float model's
+input, while its own input is what the already-quantized blocks before it compute, so it also
+learns to undo their error. On SmolLM2 this took the ternary model from 4,486 (GPTQ-solved) to
+a few hundred perplexity in ~7 minutes of CPU (README, issue 22).
+
+Why ours: AutoRound (llm-compressor's AutoRoundModifier, auto-round) trains block by block too,
+but only a rounding offset within half a step of its own integer grids; nothing in the
+libraries trains on the ternary grid {-1, 0, 1}. The forward is quantization-aware
+distillation's (`quantization_aware.fake_quantized_weight`: straight-through rounding, LSQ
+gradient to the scale, the module's integer range), so the integers it leaves are those a
+later `distill` stage starts from, and `project_onto_grid` saves them exactly.
+
+The loss is each token's squared error relative to the float output's squared norm, averaged
+over tokens: a plain MSE is dominated by the few "massive activation" tokens (on SmolLM2 from
+block 11 on, a few hundred times the others' magnitude), and trained only those.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workers.methods.shared.layers import decoder_layers
+from workers.methods.shared.quantization_aware import (
+    fake_quantized_weight,
+    project_onto_grid,
+    quantized_linears,
+)
+
+FORWARD_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    epochs: int
+    learning_rate: float
+    batch_size: int = 4
+    seed: int = 0
+
+
+class _Captured(Exception):
+    """Raised by the first block's pre-hook: its inputs are caught, the rest need not run."""
+
+
+def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of |output - target|^2 / |target|^2 (see the module docstring)."""
+    squared = (output - target).float().pow(2).sum(-1)
+    return (squared / target.float().pow(2).sum(-1).clamp_min(1e-12)).mean()
+
+
+def equal_length(samples: list[list[int]]) -> torch.Tensor:
+    """The calibration samples cut to the shortest one's length (blocks run them batched)."""
+    length = min(len(s) for s in samples)
+    return torch.tensor([s[:length] for s in samples])
+
+
+@torch.no_grad()
+def first_block_inputs(
+    model: torch.nn.Module, ids: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The hidden states entering block 0 for every sample, and the other arguments the model
+    passes every block (rotary embeddings, causal mask), caught from a one-sample call so
+    they broadcast over any batch."""
+    layers = decoder_layers(model)
+    caught: dict[str, Any] = {}
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        caught["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        caught["kwargs"] = kwargs
+        raise _Captured
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    hidden, kwargs = [], {}
+    try:
+        for row in ids:
+            try:
+                model(row[None], use_cache=False)
+            except _Captured:
+                hidden.append(caught["hidden"])
+                kwargs = caught["kwargs"]
+    finally:
+        handle.remove()
+    return torch.cat(hidden), kwargs
+
+
+def _run(block: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def _run_all(block: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    return torch.cat(
+        [
+            _run(block, hidden[i : i + FORWARD_BATCH], kwargs)
+            for i in range(0, len(hidden), FORWARD_BATCH)
+        ]
+    )
+
+
+@contextmanager
+def _forwards(modules: list[Any], make: Callable[[Any], Callable[..., Any]]) -> Iterator[None]:
+    """Each module's forward replaced by `make(module)` for the duration (compressed-tensors
+    wraps the forward of a quantized module on the instance; it is put back afterwards)."""
+    saved = [module.__dict__.get("forward") for module in modules]
+    for module in modules:
+        module.forward = make(module)
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, saved, strict=True):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
+def _float_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.nn.functional.linear(x, module.weight, module.bias)
+
+
+def _quantized_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.nn.functional.linear(x, fake_quantized_weight(module), module.bias)
+
+
+def reconstruct_blocks(
+    model: torch.nn.Module,
+    samples: list[list[int]],
+    settings: Reconstruction,
+    check: Callable[[], None] | None = None,
+    on_block: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train every decoder block's quantized Linears (weights behind the integers and their
+    scales) block by block; afterwards each weight is on its grid. Returns notes: each block's
+    relative output error before and after its training, and the seconds spent."""
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    quantized = {id(m) for m in quantized_linears(model).values()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    ids = equal_length(samples).to(device)
+    float_input, kwargs = first_block_inputs(model, ids)
+    # Each block trains in float32 (on a bfloat16 GPU model an AdamW step of 1e-4 is below
+    # a weight's bfloat16 resolution) and goes back to its dtype afterwards: a ternary
+    # weight, an integer times a 16-bit scale, is exact there.
+    float_input = float_input.float()
+    quantized_input = float_input.clone()
+    generator = torch.Generator().manual_seed(settings.seed)
+    before, after = [], []
+    layers = decoder_layers(model)
+    for index, block in enumerate(layers):
+        if on_block:
+            on_block(index, len(layers))
+        modules = [m for m in block.modules() if id(m) in quantized]
+        dtype = next(block.parameters()).dtype
+        block.float()
+        with _forwards(modules, _float_forward):
+            target = _run_all(block, float_input, kwargs)
+        with _forwards(modules, _quantized_forward):
+            before.append(float(relative_error(_run_all(block, quantized_input, kwargs), target)))
+            _train_block(
+                block, modules, quantized_input, target, kwargs, settings, generator, check
+            )
+            project_onto_grid(block)
+            quantized_input = _run_all(block, quantized_input, kwargs)
+        block.to(dtype)
+        after.append(float(relative_error(quantized_input, target)))
+        float_input = target
+    return {
+        "reconstruction": "block-wise",
+        "reconstruction_epochs": settings.epochs,
+        "reconstruction_samples": len(ids),
+        "reconstruction_seconds": round(time.perf_counter() - started, 1),
+        "block_error_before": [round(v, 5) for v in before],
+        "block_error_after": [round(v, 5) for v in after],
+    }
+
+
+def _train_block(
+    block: torch.nn.Module,
+    modules: list[Any],
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    kwargs: dict[str, Any],
+    settings: Reconstruction,
+    generator: torch.Generator,
+    check: Callable[[], None] | None,
+) -> None:
+    """AdamW on the block's weights and scales, cosine-decayed to zero over its epochs."""
+    trained = [t for m in modules for t in (m.weight, m.weight_scale)]
+    for tensor in trained:
+        tensor.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
+    batches = math.ceil(len(inputs) / settings.batch_size)
+    total = settings.epochs * batches
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
+    )
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(inputs), settings.batch_size):
+            if check:
+                check()  # the job's cancel and lease check point
+            rows = order[start : start + settings.batch_size].to(inputs.device)
+            loss = relative_error(_run(block, inputs[rows], kwargs), target[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    for tensor in trained:
+        tensor.requires_grad_(False)
