@@ -21,6 +21,7 @@ from app.recipes.composition import (
     Kind,
     gguf_beside_errors,
     quantization_aware_errors,
+    rotated_hidden_loss_errors,
     rotation_errors,
     why_cannot_follow,
 )
@@ -243,12 +244,11 @@ def validate_recipe(
         validated.append((index, Stage(stage.method, params)))
     errors.extend(_order_errors(stages, field))
     errors.extend(_student_errors(validated, field))
-    errors.extend(
-        quantization_aware_errors(
-            [(i, stage.method, METHODS[stage.method].kind, stage.params) for i, stage in validated],
-            field,
-        )
-    )
+    described = [
+        (i, stage.method, METHODS[stage.method].kind, stage.params) for i, stage in validated
+    ]
+    errors.extend(quantization_aware_errors(described, field))
+    errors.extend(rotated_hidden_loss_errors(described, field))
     errors.extend(
         rotation_errors([(i, METHODS[stage.method].kind) for i, stage in validated], field)
     )

@@ -138,6 +138,28 @@ def rotation_errors(kinds: list[tuple[int, str]], field: str) -> list[dict[str, 
     ]
 
 
+def rotated_hidden_loss_errors(
+    stages: list[tuple[int, str, str, MethodParams]], field: str
+) -> list[dict[str, Any]]:
+    """A rotation turns the residual stream into another basis (the logits stay the same), so
+    after one a distill stage cannot match hidden states against a teacher that was not
+    rotated: the loss would pull the student back towards the unrotated basis."""
+    rotated = False
+    errors: list[dict[str, Any]] = []
+    for index, _method, kind, params in stages:
+        rotated = rotated or kind == "rotation"
+        if rotated and isinstance(params, DistillParams) and params.hidden_loss_weight > 0:
+            errors.append(
+                {
+                    "field": f"{field}[{index}].params.hidden_loss_weight",
+                    "message": "hidden-state matching after a rotate stage compares the "
+                    "student's rotated hidden states with the teacher's unrotated ones: set it "
+                    "to 0 (the logits are unchanged by the rotation, so the KL loss still holds)",
+                }
+            )
+    return errors
+
+
 def gguf_beside_errors(
     stages: list[tuple[str, Kind]], field: str = "output.gguf"
 ) -> list[dict[str, Any]]:

@@ -66,6 +66,7 @@ CROSS_FIELD_RULES = {
         r"cannot follow|distills the output of earlier stages|starts a new model|"
         r"a rotate stage prepares the weights|learn_scales trains the scales of an earlier|"
         r"quantization-aware distillation trains|LoRA after a quantization stage|"
+        r"hidden-state matching after a rotate stage|"
         # GGUF files beside the artifact: what the recipe does before its quantization stage.
         r"would not be in them|cannot be written as GGUF"
     ),

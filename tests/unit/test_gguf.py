@@ -48,6 +48,16 @@ def test_q8_0_artifact_loads_and_its_integers_are_on_the_grid(
     # not through gguf-py) and transformers loads exactly d * q (ffn_gate: llama.cpp permutes
     # q/k rows for its RoPE layout).
     reader = GGUFReader(str(artifact / "model-Q8_0.gguf"))
+    # Our header-only table (storage figures) is gguf-py's, tensor for tensor.
+    assert gguf_format.tensor_table(artifact / "model-Q8_0.gguf") == [
+        {
+            "name": t.name,
+            "type": t.tensor_type.name,
+            "elements": int(t.n_elements),
+            "bytes": int(t.n_bytes),
+        }
+        for t in reader.tensors
+    ]
     gate = {t.name: t for t in reader.tensors}["blk.0.ffn_gate.weight"]
     assert gate.tensor_type == GGMLQuantizationType.Q8_0
     blocks = np.asarray(gate.data).reshape(-1, 34)

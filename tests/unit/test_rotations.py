@@ -110,6 +110,11 @@ def test_recipes_with_rotations_are_checked_at_submission() -> None:
             "recipe[0].params.rotations",
             "each rotation at most once",
         ),
+        (
+            [rotate, gptq, StageIn(method="distill", params={"hidden_loss_weight": 1.0})],
+            "recipe[2].params.hidden_loss_weight",
+            "rotated hidden states with the teacher's unrotated ones",
+        ),
     ]
     assert_refused(cases, shape)
 

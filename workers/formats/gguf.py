@@ -1,8 +1,9 @@
 """GGUF artifacts: one `.gguf` file (weights, tokenizer, chat template) plus `squash_format.json`
 naming it. What llama.cpp runs; transformers opens it with `gguf_file=` (dequantized on load),
 which is how the load check and the perplexity read it. Storage figures come from the file's
-own tensor table (gguf-py's reader), never from the requested type: a k-quant layer whose rows
-are not a multiple of 256 is written in a fallback type, and the report says so.
+own tensor table (read from its header: `gguf_header.py`), never from the requested type: a
+k-quant layer whose rows are not a multiple of 256 is written in a fallback type, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from workers.formats.gguf_header import tensor_table
 
 FORMAT = "gguf"
 MANIFEST = "squash_format.json"
@@ -49,22 +52,6 @@ def load(path: Path, dtype: torch.dtype, **options: Any) -> torch.nn.Module:
         str(path), gguf_file=file.name, dtype=dtype, **options
     )
     return model
-
-
-def tensor_table(file: Path) -> list[dict[str, Any]]:
-    """Every tensor in the file: name, type as written, elements and bytes."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(file))
-    return [
-        {
-            "name": tensor.name,
-            "type": tensor.tensor_type.name,
-            "elements": int(tensor.n_elements),
-            "bytes": int(tensor.n_bytes),
-        }
-        for tensor in reader.tensors
-    ]
 
 
 def storage(file: Path) -> dict[str, Any]:
