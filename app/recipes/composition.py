@@ -141,20 +141,27 @@ def rotation_errors(kinds: list[tuple[int, str]], field: str) -> list[dict[str, 
 def rotated_hidden_loss_errors(
     stages: list[tuple[int, str, str, MethodParams]], field: str
 ) -> list[dict[str, Any]]:
-    """A rotation turns the residual stream into another basis (the logits stay the same), so
-    after one a distill stage cannot match hidden states against a teacher that was not
-    rotated: the loss would pull the student back towards the unrotated basis."""
+    """A rotation turns the residual stream into another basis (the logits stay the same).
+    The job's own model is rotated the same way when it teaches (distillation/models.py), but
+    another teacher is not: matching hidden states against it would pull the student back
+    towards the unrotated basis."""
     rotated = False
     errors: list[dict[str, Any]] = []
     for index, _method, kind, params in stages:
         rotated = rotated or kind == "rotation"
-        if rotated and isinstance(params, DistillParams) and params.hidden_loss_weight > 0:
+        if (
+            rotated
+            and isinstance(params, DistillParams)
+            and params.hidden_loss_weight > 0
+            and params.teacher is not None
+        ):
             errors.append(
                 {
                     "field": f"{field}[{index}].params.hidden_loss_weight",
-                    "message": "hidden-state matching after a rotate stage compares the "
-                    "student's rotated hidden states with the teacher's unrotated ones: set it "
-                    "to 0 (the logits are unchanged by the rotation, so the KL loss still holds)",
+                    "message": "hidden-state matching after a rotate stage with another "
+                    "teacher compares the student's rotated hidden states with the teacher's "
+                    "unrotated ones: set it to 0 or leave teacher null (the job's model, "
+                    "rotated as the student was)",
                 }
             )
     return errors

@@ -91,6 +91,13 @@ def test_recipes_with_rotations_are_checked_at_submission() -> None:
     rotate = StageIn(method="rotate")
     gptq = StageIn(method="gptq", params={"group_size": 64})
     assert [s.method for s in validate_recipe([rotate, gptq], shape=shape)] == ["rotate", "gptq"]
+    # Hidden-state matching after a rotation: the job's model teaches, rotated the same way.
+    matched = StageIn(method="distill", params={"hidden_loss_weight": 1.0})
+    assert len(validate_recipe([rotate, gptq, matched], shape=shape)) == 3
+    other_teacher = {
+        "hidden_loss_weight": 1.0,
+        "teacher": {"kind": "builtin", "name": "smollm2-135m-instruct"},
+    }
 
     cases = [
         ([rotate], "recipe[0].method", "add a quantization stage"),
@@ -111,7 +118,7 @@ def test_recipes_with_rotations_are_checked_at_submission() -> None:
             "each rotation at most once",
         ),
         (
-            [rotate, gptq, StageIn(method="distill", params={"hidden_loss_weight": 1.0})],
+            [rotate, gptq, StageIn(method="distill", params=other_teacher)],
             "recipe[2].params.hidden_loss_weight",
             "rotated hidden states with the teacher's unrotated ones",
         ),
@@ -138,3 +145,29 @@ def test_stored_hadamard_sizes_match_the_library() -> None:
     path = Path(hadamard.__file__).with_name("hadamards.safetensors")
     with safe_open(str(path), "pt") as handle:
         assert {int(k) for k in handle.keys()} == STORED_HADAMARD_SIZES  # noqa: SIM118
+
+
+def test_a_distill_teacher_is_rotated_like_its_student(
+    tiny_model_dir: Path, probe: torch.Tensor
+) -> None:
+    """After a rotate stage, the distill stage's teacher (the job's model) goes through the
+    same rotation: its hidden states are the rotated student's, in the rotated basis, which is
+    what hidden-state matching compares."""
+    from workers.methods.base import StageInput
+    from workers.methods.distillation.models import rotated_like_student
+
+    def load() -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+    stages: list[tuple[str, MethodParams]] = [("rotate", RotateParams())]
+    student = run_stages(load(), None, stages, []).model
+    stage = StageInput(load(), None, [], earlier=stages)
+    teacher = rotated_like_student(stage, load())
+    with torch.no_grad():
+        ours = student(probe, output_hidden_states=True).hidden_states
+        theirs = teacher(probe, output_hidden_states=True).hidden_states
+        unrotated = load()(probe, output_hidden_states=True).hidden_states
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-4), (index, (a - b).abs().max())
+    spread = unrotated[1].abs().max()
+    assert (ours[1] - unrotated[1]).abs().max() > 0.1 * spread  # another basis

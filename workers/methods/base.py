@@ -34,6 +34,9 @@ class StageInput:
     progress_span: tuple[float, float] = (0.0, 100.0)
     scratch: Path | None = None
     seed: int = 0
+    # The recipe's stages before this one, as (method, params): a distill stage's teacher goes
+    # through the same rotations as its student did (workers/methods/distillation/models.py).
+    earlier: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass

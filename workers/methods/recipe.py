@@ -116,6 +116,7 @@ def run_stages(
             progress_span=(low + share * index, low + share * (index + 1)),
             scratch=scratch,
             seed=seed,
+            earlier=list(stages[:index]),
         )
         result = get_method(name).apply(stage_input, params)
         outcome.model = result.model
