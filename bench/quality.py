@@ -68,7 +68,11 @@ SPARSEGPT_50 = ("sparsegpt", SparseGptParams(sparsity=0.5))
 
 
 def distill(
-    minutes: float, learning_rate: float, learn_scales: bool = False, batch_size: int = 2
+    minutes: float,
+    learning_rate: float,
+    learn_scales: bool = False,
+    batch_size: int = 2,
+    hidden_loss_weight: float = 0.0,
 ) -> tuple[str, Any]:
     """A distill stage bounded by wall time (forward KL to the original, on the calibration
     share of the built-in corpus); its figures come from this bench, not the stage's own."""
@@ -81,6 +85,7 @@ def distill(
             batch_size=batch_size,
             learning_rate=learning_rate,
             learn_scales=learn_scales,
+            hidden_loss_weight=hidden_loss_weight,
             eval_tokens=0,
         ),
     )
@@ -153,6 +158,13 @@ ROWS: dict[str, Recipe] = {
         ("rotate", RotateParams()),
         ("ternary", TernaryParams(group_size=G, solver="blockwise")),
         distill(22, 2e-4, learn_scales=True, batch_size=4),
+    ],
+    # The same with every layer's output matched to the teacher's (rotated like the student),
+    # per token: a target for each block, not only for the logits (TernaryBERT's recipe).
+    "rotate + ternary g64 blockwise + qad 22 min hidden 5": [
+        ("rotate", RotateParams()),
+        ("ternary", TernaryParams(group_size=G, solver="blockwise")),
+        distill(22, 2e-4, learn_scales=True, batch_size=4, hidden_loss_weight=5.0),
     ],
     "rotate + ternary g64": [("rotate", RotateParams()), ("ternary", TernaryParams(group_size=G))],
     "rotate + ternary g64 gptq": [
