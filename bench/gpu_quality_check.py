@@ -3,13 +3,15 @@ bench/gpu_quality_check.sh): a random 8-layer Llama built on the spot (no networ
 it, on the GPU in bfloat16 through the worker's own stage and save code: AutoRound W4 and W2,
 mask-aware GPTQ after SparseGPT, GPTQ with the imatrix observer, Hadamard rotations before
 GPTQ (the rotation fused on the GPU in float64), and quantization-aware
-distillation after GPTQ W3 and after ternary. Each artifact is saved, loaded back with plain
+distillation after GPTQ W3, after ternary, and after rotated block-wise ternary (hidden states
+matched against the teacher rotated likewise). Each artifact is saved, loaded back with plain
 transformers (or squash's loader for sparse storage) and checked: at most 2^bits values per
 group, the pruned zeros kept, the reloaded logits close to the in-memory ones. Prints a table
 and writes $OUT/quality-gpu.json.
 
 A dry run of the plumbing on a CPU machine, before spending device time:
     GPU_CHECK_DEVICE=cpu GPU_CHECK_LAYERS=2 .venv/bin/python -m bench.gpu_quality_check
+(GPU_CHECK_ONLY="name,name" runs those cases only).
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ CASES: dict[str, tuple[list[tuple[str, MethodParams]], int]] = {
             ("distill", DistillParams(learn_scales=True, eval_tokens=0, **QAD)),  # type: ignore[arg-type]
         ],
         8,
+    ),
+    # Block-wise reconstruction trains each bfloat16 block in float32 and casts it back.
+    "rotate + ternary blockwise + qad hidden": (
+        [
+            ("rotate", RotateParams()),
+            ("ternary", TernaryParams(group_size=G, solver="blockwise", epochs=1)),
+            ("distill", DistillParams(eval_tokens=0, hidden_loss_weight=1.0, **QAD)),  # type: ignore[arg-type]
+        ],
+        3,
     ),
     "ternary + qad": (
         [
@@ -141,7 +152,10 @@ def main() -> None:
 
         pool, _ = split_tokens(tokenizer(builtin_text("pydoc-topics"))["input_ids"])
         samples = [pool[i : i + 256] for i in range(0, 256 * 16, 256)]
+        only = os.environ.get("GPU_CHECK_ONLY")  # a comma-separated subset of CASES
         for name in CASES:
+            if only and name not in only.split(","):
+                continue
             rows[name] = check(name, source, tokenizer, device, samples)
             r = rows[name]
             ok = r["levels_per_group"] <= r["levels_allowed"]

@@ -125,7 +125,12 @@ class Ternary(CompressionMethod[TernaryParams]):
             notes={
                 "quantized_layers": len(names),
                 "solver": params.solver,
-                "scale": "absmean per group" if params.group_size else "absmean per channel",
+                "scale": (
+                    "trained from the least-error one"
+                    if params.solver == "blockwise"
+                    else "absmean"
+                )
+                + (" per group" if params.group_size else " per channel"),
                 "zero_fraction": round(zeros / total, 4),
                 **notes,
             },
