@@ -244,7 +244,7 @@ def validate_recipe(
         validated.append((index, Stage(stage.method, params)))
     errors.extend(_order_errors(stages, field))
     errors.extend(_student_errors(validated, field))
-    described = [
+    described: list[tuple[int, str, str, MethodParams]] = [
         (i, stage.method, METHODS[stage.method].kind, stage.params) for i, stage in validated
     ]
     errors.extend(quantization_aware_errors(described, field))

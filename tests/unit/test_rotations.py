@@ -153,16 +153,16 @@ def test_a_distill_teacher_is_rotated_like_its_student(
     """After a rotate stage, the distill stage's teacher (the job's model) goes through the
     same rotation: its hidden states are the rotated student's, in the rotated basis, which is
     what hidden-state matching compares."""
-    from workers.methods.base import StageInput
-    from workers.methods.distillation.models import rotated_like_student
+    from workers.methods.recipe import teacher_alignment
 
     def load() -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
     stages: list[tuple[str, MethodParams]] = [("rotate", RotateParams())]
     student = run_stages(load(), None, stages, []).model
-    stage = StageInput(load(), None, [], earlier=stages)
-    teacher = rotated_like_student(stage, load())
+    align = teacher_alignment(stages, None, None)
+    assert align is not None and teacher_alignment([], None, None) is None
+    teacher = align(load())
     with torch.no_grad():
         ours = student(probe, output_hidden_states=True).hidden_states
         theirs = teacher(probe, output_hidden_states=True).hidden_states

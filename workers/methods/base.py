@@ -5,6 +5,7 @@ own typed params (no override narrowing)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -34,9 +35,11 @@ class StageInput:
     progress_span: tuple[float, float] = (0.0, 100.0)
     scratch: Path | None = None
     seed: int = 0
-    # The recipe's stages before this one, as (method, params): a distill stage's teacher goes
-    # through the same rotations as its student did (workers/methods/distillation/models.py).
-    earlier: list[tuple[str, Any]] = field(default_factory=list)
+    # Puts a model through the basis changes (rotations) of the recipe's earlier stages, so a
+    # distill stage's teacher (the job's model) and its student compare hidden states in one
+    # basis. Built by the recipe runner, which knows the stages (methods do not import the
+    # catalog); None when no earlier stage rotates.
+    align_teacher: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
 
 @dataclass

@@ -116,7 +116,7 @@ def run_stages(
             progress_span=(low + share * index, low + share * (index + 1)),
             scratch=scratch,
             seed=seed,
-            earlier=list(stages[:index]),
+            align_teacher=teacher_alignment(stages[:index], tokenizer, scratch),
         )
         result = get_method(name).apply(stage_input, params)
         outcome.model = result.model
@@ -136,6 +136,28 @@ def run_stages(
         if on_stage_done:
             on_stage_done(index, notes, outcome.model)
     return outcome
+
+
+def teacher_alignment(
+    earlier: list[tuple[str, MethodParams]], tokenizer: Any, scratch: Path | None
+) -> Callable[[torch.nn.Module], torch.nn.Module] | None:
+    """The earlier stages' rotations, as one function from a model to the model rotated the
+    same way (the same stage with the same parameters: compressed-tensors draws a random
+    Hadamard's signs from a fixed-seed generator; test_rotations.py compares the two)."""
+    rotations = [(n, p) for n, p in earlier if METHODS[n].kind == "rotation"]
+    if not rotations:
+        return None
+
+    def align(model: torch.nn.Module) -> torch.nn.Module:
+        for name, params in rotations:
+            model = (
+                get_method(name)
+                .apply(StageInput(model, tokenizer, [], scratch=scratch), params)
+                .model
+            )
+        return model
+
+    return align
 
 
 def save_artifact(

@@ -54,25 +54,13 @@ def load_teacher(
     else:
         source = params.teacher.model_dump() if params.teacher is not None else None
         teacher = _load(_resolve(stage, source, "teacher"), "teacher", device)
-        if params.teacher is None:
-            teacher = rotated_like_student(stage, teacher)
+        if params.teacher is None and stage.align_teacher is not None:
+            # An earlier rotate stage put the student's residual stream in another basis (the
+            # logits are unchanged): the job's model goes through it too, so hidden states
+            # compare.
+            teacher = stage.align_teacher(teacher)
         teacher = teacher.to(dtype).eval()
     teacher.requires_grad_(False)
-    return teacher
-
-
-def rotated_like_student(stage: StageInput, teacher: torch.nn.Module) -> torch.nn.Module:
-    """The job's model through the recipe's earlier rotate stage, if it has one. A rotation
-    changes nothing the logits show, but it puts the residual stream in another basis: hidden
-    states compare only when both models are in the same one. The rotation is the same
-    (compressed-tensors draws a random Hadamard's signs from a fixed-seed generator; the tests
-    compare both models' hidden states)."""
-    from workers.methods.catalog import get_method
-
-    for name, params in stage.earlier:
-        if name == "rotate":
-            rotate = StageInput(teacher, stage.tokenizer, [], scratch=stage.scratch)
-            teacher = get_method(name).apply(rotate, params).model
     return teacher
 
 
