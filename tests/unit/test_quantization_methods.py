@@ -345,3 +345,21 @@ def test_ternary_blockwise_trains_each_block_towards_the_float_one(
     ):
         assert after < 0.9 * before, blockwise
     assert divergence["blockwise"] < 0.5 * divergence["round"], divergence
+
+
+def test_ternary_blockwise_keeps_an_earlier_stages_zeros(
+    tiny_model_dir: Path, calibration: list[list[int]]
+) -> None:
+    """After a pruning stage the trained weights keep its zeros at every step: the recipe
+    runner finds none to re-zero (at this learning rate, unmasked training refills them)."""
+    from app.recipes import MagnitudeParams
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    stages: list[tuple[str, MethodParams]] = [
+        ("magnitude", MagnitudeParams(sparsity=0.5)),
+        ("ternary", TernaryParams(group_size=32, solver="blockwise", learning_rate=1e-2)),
+    ]
+    outcome = run_stages(model, None, stages, calibration)
+    assert outcome.stage_notes[1]["mask_refilled_weights"] == 0
+    down = dict(targeted_linears(outcome.model, ["Linear"], ["lm_head"]))[DOWN].weight
+    assert float((down == 0).float().mean()) >= 0.5

@@ -179,6 +179,7 @@ class Ternary(CompressionMethod[TernaryParams]):
             ),
             check=stage.ctx.check if stage.ctx else None,
             on_block=on_block,
+            masks=stage.masks,
         )
         return {**notes, **calibration_notes(samples)}
 
