@@ -102,18 +102,20 @@ class Ternary(CompressionMethod[TernaryParams]):
         scheme = QuantizationScheme(
             targets=list(params.targets), weights=int_weights(2, params.group_size, True)
         )
+        modules = dict(stage.model.named_modules())
+        for name in names:
+            # Training on this grid (block-wise reconstruction, quantization-aware
+            # distillation) must keep {-1, 0, 1}, not the 2-bit storage's [-2, 1].
+            setattr(modules[name], INTEGER_RANGE_ATTR, (-1, 1))
         if params.solver == "gptq":
             notes = self._solve_gptq(stage, params, scheme)
         elif params.solver == "blockwise":
             notes = self._solve_blockwise(stage, params, scheme, names)
         else:
             notes = self._round(stage, params, scheme, names)
-        modules = dict(stage.model.named_modules())
         zeros = total = 0
         for name in names:
             module = modules[name]
-            # Training on this grid (quantization-aware distillation) must keep {-1, 0, 1}.
-            setattr(module, INTEGER_RANGE_ATTR, (-1, 1))
             scale = module.weight_scale.float().repeat_interleave(
                 params.group_size or module.weight.shape[1], dim=1
             )
@@ -163,7 +165,6 @@ class Ternary(CompressionMethod[TernaryParams]):
             module.weight_scale.data = scale.reshape(module.weight_scale.shape).to(
                 module.weight_scale.dtype
             )
-            setattr(module, INTEGER_RANGE_ATTR, (-1, 1))
         progress = LayerProgress(stage, self.name)
         progress.started = time.monotonic()
 
