@@ -138,8 +138,12 @@ class DistillParams(MethodParams):
         default=None, gt=0, le=7 * 24 * 3600, description="Wall-clock training budget"
     )
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant",
+        description="After warm-up; linear and cosine decay to 0 over whichever budget binds "
+        "first (max_steps or max_seconds)",
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps from 0")
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     mixed_precision: Literal["auto", "bf16", "no"] = Field(

@@ -5,6 +5,7 @@ training; LoRA trains adapters only; the losses are the divergences they are nam
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from workers.methods.distillation.checkpoint import WEIGHTS, CheckpointStore
 from workers.methods.distillation.data import batch_indices, pack
 from workers.methods.distillation.losses import divergence, heldout_figures, layer_map
 from workers.methods.distillation.models import build_student, load_teacher
-from workers.methods.distillation.trainer import TrainingRun, train
+from workers.methods.distillation.schedule import lr_factor
+from workers.methods.distillation.trainer import StepReport, TrainingRun, train
 from workers.methods.recipe import run_stages
 from workers.models.datasets import builtin_text, split_tokens
 
@@ -126,6 +128,7 @@ def _run(
     checkpoints: CheckpointStore | None,
     crash_at: int | None = None,
     warnings: list[str] | None = None,
+    reports: list[StepReport] | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     warnings = [] if warnings is None else warnings
     stage = StageInput(
@@ -158,6 +161,7 @@ def _run(
             checkpoints=checkpoints,
             check=check,
             on_warning=warnings.append,
+            on_step=reports.append if reports is not None else None,
             eos_token_id=0,
         )
     )
@@ -276,11 +280,52 @@ def test_a_failed_checkpoint_costs_only_the_resume_point(
     assert len(warnings) == 3 and "checkpoint at step 1 failed" in warnings[0]
 
 
-def test_wall_clock_budget_stops_training(tiny_teacher_dir: Path, text: dict[str, Any]) -> None:
-    params = DistillParams(student=DERIVED, max_steps=100_000, max_seconds=0.5, **FAST)  # type: ignore[arg-type]
-    _, outcome = _run(tiny_teacher_dir, text, params, None)
+def test_wall_clock_budget_stops_training_and_anneals_over_it(
+    tiny_teacher_dir: Path, text: dict[str, Any]
+) -> None:
+    params = DistillParams(
+        student=DERIVED,  # type: ignore[arg-type]
+        max_steps=100_000,
+        max_seconds=1.0,
+        lr_schedule="cosine",
+        **FAST,
+    )
+    reports: list[StepReport] = []
+    _, outcome = _run(tiny_teacher_dir, text, params, None, reports=reports)
     assert outcome.stopped_by == "max_seconds"
-    assert 1 <= outcome.state.step < 100_000 and outcome.state.train_seconds >= 0.5
+    assert 1 <= outcome.state.step < 100_000 and outcome.state.train_seconds >= 1.0
+    # Cosine over the time budget, not over the 100,000 steps that never come: each step's
+    # rate follows the seconds used before it, and the last step runs well below the peak.
+    rates = [r.learning_rate for r in reports]
+    assert rates[0] == params.learning_rate and len(rates) >= 4
+    assert all(a >= b for a, b in pairwise(rates))
+    assert rates[-1] < 0.5 * params.learning_rate
+    for before, report in pairwise(reports):
+        expected = params.learning_rate * lr_factor(params, before.step, before.train_seconds)
+        assert report.learning_rate == pytest.approx(expected)
+
+
+def test_schedules_warm_up_and_decay_over_whichever_budget_binds_first() -> None:
+    def factor(schedule: str, step: int, seconds: float, max_seconds: float | None) -> float:
+        params = DistillParams(
+            lr_schedule=schedule,  # type: ignore[arg-type]
+            warmup_steps=10,
+            max_steps=110,
+            max_seconds=max_seconds,
+        )
+        return lr_factor(params, step, seconds)
+
+    # Warm-up applies to every schedule (transformers' plain "constant" ignores it).
+    assert factor("constant", 5, 0.0, None) == 0.5 and factor("constant", 60, 0.0, None) == 1.0
+    assert factor("linear", 60, 0.0, None) == pytest.approx(0.5)
+    assert factor("cosine", 60, 0.0, None) == pytest.approx(0.5)
+    assert factor("cosine", 110, 0.0, None) == pytest.approx(0.0)
+    # Half the time gone at step 20: time binds, so cosine is at half its peak.
+    assert factor("cosine", 20, 50.0, 100.0) == pytest.approx(0.5)
+    assert factor("linear", 20, 75.0, 100.0) == pytest.approx(0.25)
+    assert factor("linear", 20, 150.0, 100.0) == 0.0
+    # Steps bind when they run out first.
+    assert factor("linear", 85, 10.0, 100.0) == pytest.approx(0.25)
 
 
 def test_heldout_figures_agree_with_the_jobs_perplexity(

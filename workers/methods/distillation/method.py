@@ -28,6 +28,7 @@ from workers.methods.distillation.models import (
     load_teacher,
     merge_lora,
 )
+from workers.methods.distillation.schedule import budget_fraction
 from workers.methods.distillation.trainer import StepReport, TrainingOutcome, TrainingRun, train
 from workers.methods.shared.quantization_aware import fake_quantized_training
 from workers.methods.shared.storage_dtype import compute_dtype
@@ -131,10 +132,8 @@ def progress_reporter(
     def on_step(report: StepReport) -> None:
         if stage.ctx is None:
             return
-        done = report.step / report.max_steps
-        if params.max_seconds:
-            done = max(done, report.train_seconds / params.max_seconds)
-        percent = span_start + (span_end - span_start) * min(done, 1.0)
+        done = budget_fraction(params, report.step, report.train_seconds)
+        percent = span_start + (span_end - span_start) * done
         stage.ctx.progress(f"stage:{name}", percent, detail=report.as_json())
 
     return on_step

@@ -4,7 +4,8 @@ Why our own loop rather than TRL's trainers: every step must check the job's lea
 cancellation, write progress to Postgres, and checkpoint into the object store under the
 job's prefix; and a resumed run must be bit-for-bit the uninterrupted one (same seed), which
 needs the batch order and the sampling to depend only on (seed, position). The losses are
-TRL's (losses.py), the schedules transformers', the adapters PEFT's.
+TRL's (losses.py), the adapters PEFT's; the schedules follow transformers' but decay over the
+time budget too (schedule.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from workers.errors import JobCancelled, TransientFailure
 from workers.methods.distillation.checkpoint import CheckpointStore, TrainingState, set_rng_state
 from workers.methods.distillation.data import batch_indices, micro_seed
 from workers.methods.distillation.losses import divergence, hidden_state_loss, next_token_loss
+from workers.methods.distillation.schedule import budget_scheduler
 from workers.methods.shared.masks import reapply_masks
 
 LOSS_HISTORY = 1000
@@ -33,6 +35,7 @@ class StepReport:
     step: int
     max_steps: int
     loss: float
+    learning_rate: float
     tokens_per_second: float
     eta_seconds: float
     train_seconds: float
@@ -40,7 +43,12 @@ class StepReport:
     resumed_from_step: int | None
 
     def as_json(self) -> dict[str, Any]:
-        return {key: round(v, 4) if isinstance(v, float) else v for key, v in vars(self).items()}
+        def short(key: str, value: Any) -> Any:
+            if key == "learning_rate":
+                return float(f"{value:.4g}")  # 2e-5 would round to 0 at 4 decimals
+            return round(value, 4) if isinstance(value, float) else value
+
+        return {key: short(key, value) for key, value in vars(self).items()}
 
 
 @dataclass
@@ -93,15 +101,10 @@ def train(run: TrainingRun) -> TrainingOutcome:
     optimizer = torch.optim.AdamW(
         trainable, lr=params.learning_rate, weight_decay=params.weight_decay
     )
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(
-        params.lr_schedule,
-        optimizer,
-        num_warmup_steps=params.warmup_steps,
-        num_training_steps=params.max_steps,
-    )
     state, resumed_from, note, written = TrainingState(), None, None, 0
+    # Read at each scheduler step: the seconds trained so far, this step included.
+    clock = {"seconds": 0.0}
+    scheduler = budget_scheduler(optimizer, params, lambda: clock["seconds"])
     if run.checkpoints is not None:
         try:
             restored, note = run.checkpoints.load()
@@ -144,10 +147,12 @@ def train(run: TrainingRun) -> TrainingOutcome:
             if params.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
             optimizer.step()
-            scheduler.step()
             if masks:
                 reapply_masks(student, masks)
             seconds = time.perf_counter() - started
+            clock["seconds"] = state.train_seconds + seconds
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step used
+            scheduler.step()
             state.step += 1
             state.micro_batches += params.grad_accum
             state.tokens += step_tokens
@@ -156,7 +161,11 @@ def train(run: TrainingRun) -> TrainingOutcome:
             if state.step % params.checkpoint_every == 0 and state.step < params.max_steps:
                 written += run.checkpoint(state, optimizer, scheduler)
             if run.on_step:
-                run.on_step(_report(run, state, step_loss, step_tokens / seconds, resumed_from))
+                run.on_step(
+                    _report(
+                        run, state, step_loss, step_tokens / seconds, learning_rate, resumed_from
+                    )
+                )
     except JobCancelled:
         # Keep what was trained: the last completed step (the partial one is dropped).
         run.checkpoint(state, optimizer, scheduler)
@@ -173,6 +182,7 @@ def _report(
     state: TrainingState,
     loss: float,
     tokens_per_second: float,
+    learning_rate: float,
     resumed_from: int | None,
 ) -> StepReport:
     params = run.params
@@ -184,6 +194,7 @@ def _report(
         step=state.step,
         max_steps=params.max_steps,
         loss=loss,
+        learning_rate=learning_rate,
         tokens_per_second=tokens_per_second,
         eta_seconds=eta,
         train_seconds=state.train_seconds,
