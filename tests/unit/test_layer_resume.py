@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import Settings
 from app.recipes import GptqParams, SparseGptParams, WandaParams
@@ -103,3 +103,51 @@ def test_a_failing_store_costs_the_resume_point_not_the_stage(tmp_path: Path) ->
     for index in range(3):
         writer.save(index, {"w": torch.zeros(2)})  # never raises
     assert writer.failed and len(warnings) == 1 and "store unreachable" in warnings[0]
+
+
+def test_blockwise_ternary_resumes_at_its_first_untrained_block(
+    four_layers: Path, samples: list[list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block-wise reconstruction checkpoints each trained block; a retry loads the finished
+    ones, trains only the rest, and ends tensor-equal to an uninterrupted run."""
+    from app.recipes import TernaryParams
+    from workers.methods.quantization import ternary
+    from workers.methods.recipe import run_stages
+    from workers.methods.shared import block_reconstruction
+    from workers.methods.shared.layer_resume import LayerResumePoint
+
+    store = LocalStore(tmp_path / "store", Settings())
+    saved: list[int] = []
+    trained: list[int] = []
+    train_block = block_reconstruction._train_block
+
+    def counting(block: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        trained.append(id(block))
+        train_block(block, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(block_reconstruction, "_train_block", counting)
+
+    def run(generation: int) -> dict[str, torch.Tensor]:
+        checkpoints = LayerCheckpoints(
+            store, "ck", tmp_path / f"s{generation}", generation=generation, fingerprint="f"
+        )
+        restored, _ = checkpoints.restore(LAYERS)
+        point = LayerResumePoint(checkpoints, restored, lambda i, _n: saved.append(i), {})
+        monkeypatch.setattr(ternary, "job_layer_checkpoints", lambda *_args: point)
+        saved.clear(), trained.clear()
+        model = AutoModelForCausalLM.from_pretrained(four_layers, dtype=torch.float32).eval()
+        params = TernaryParams(group_size=32, solver="blockwise", epochs=1, learning_rate=1e-3)
+        outcome = run_stages(model, None, [("ternary", params)], samples)
+        return {k: v.clone() for k, v in outcome.model.state_dict().items()}
+
+    full = run(1)
+    assert saved == [0, 1, 2, 3] and len(trained) == LAYERS
+    # The first attempt died after block 1: its pointer names blocks 0 and 1 only.
+    pointer = json.loads(store.get_bytes("ck/latest.json"))
+    pointer["layers"] = {k: v for k, v in pointer["layers"].items() if int(k) < 2}
+    store.put_bytes("ck/latest.json", json.dumps(pointer).encode())
+    resumed = run(2)
+    assert saved == [2, 3] and len(trained) == 2
+    assert resumed.keys() == full.keys()
+    for name, tensor in full.items():
+        assert torch.equal(resumed[name], tensor), name

@@ -102,8 +102,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
         trainable, lr=params.learning_rate, weight_decay=params.weight_decay
     )
     state, resumed_from, note, written = TrainingState(), None, None, 0
-    # Read at each scheduler step: the seconds trained so far, this step included.
-    clock = {"seconds": 0.0}
+    clock = {"seconds": 0.0}  # read at each scheduler step: trained so far, this step included
     scheduler = budget_scheduler(optimizer, params, lambda: clock["seconds"])
     if run.checkpoints is not None:
         try:

@@ -24,14 +24,18 @@ import torch
 from app.recipes import TernaryParams, WeightQuantParams
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.quantization.common import int_weights, preflight_weight_quant
-from workers.methods.shared.block_reconstruction import Reconstruction, reconstruct_blocks
+from workers.methods.shared.block_reconstruction import (
+    BlockResume,
+    Reconstruction,
+    reconstruct_blocks,
+)
 from workers.methods.shared.calibration import (
     calibration_notes,
     oneshot_calibrated,
     require_calibration,
 )
 from workers.methods.shared.layer_progress import LayerProgress
-from workers.methods.shared.layer_resume import resume_from_checkpoints
+from workers.methods.shared.layer_resume import job_layer_checkpoints, resume_from_checkpoints
 from workers.methods.shared.layers import require_layers
 from workers.methods.shared.quantization_aware import INTEGER_RANGE_ATTR
 from workers.models.hf import pretrained
@@ -172,6 +176,7 @@ class Ternary(CompressionMethod[TernaryParams]):
             progress.layers = blocks
             progress.report(index)
 
+        point = job_layer_checkpoints(stage, self.name, params, samples)
         notes = reconstruct_blocks(
             stage.model,
             samples,
@@ -181,8 +186,11 @@ class Ternary(CompressionMethod[TernaryParams]):
             check=stage.ctx.check if stage.ctx else None,
             on_block=on_block,
             masks=stage.masks,
+            resume=BlockResume(point.checkpoints, point.restored, point.on_saved)
+            if point
+            else None,
         )
-        return {**notes, **calibration_notes(samples)}
+        return {**notes, **(point.notes if point else {}), **calibration_notes(samples)}
 
     def _solve_gptq(self, stage: StageInput, params: TernaryParams, scheme: Any) -> dict[str, Any]:
         """GPTQ on the ternary grid: the absmean scales of the weights as they come, integers in

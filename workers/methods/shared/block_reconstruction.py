@@ -19,6 +19,9 @@ later `distill` stage starts from, and `project_onto_grid` saves them exactly.
 The loss is each token's squared error relative to the float output's squared norm, averaged
 over tokens: a plain MSE is dominated by the few "massive activation" tokens (on SmolLM2 from
 block 11 on, a few hundred times the others' magnitude), and trained only those.
+
+Each trained block goes to the job's layer checkpoints (`BlockResume`): a retried attempt loads
+the finished blocks and trains from the first missing one, ending tensor-equal.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from workers.methods.shared.layer_checkpoints import LayerCheckpoints
 from workers.methods.shared.layers import decoder_layers
 from workers.methods.shared.quantization_aware import (
     fake_quantized_weight,
@@ -138,6 +143,17 @@ def _quantized_forward(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: torch.nn.functional.linear(x, fake_quantized_weight(module), module.bias)
 
 
+@dataclass
+class BlockResume:
+    """Layer checkpoints for the blocks (`shared/layer_checkpoints.py`): each trained block's
+    tensors are saved once it is on its grid, and the blocks an earlier attempt finished
+    (`restored`, 0..k-1) are loaded instead of trained."""
+
+    checkpoints: LayerCheckpoints | None
+    restored: dict[int, Path]
+    on_saved: Callable[[int, int], None] | None = None
+
+
 def reconstruct_blocks(
     model: torch.nn.Module,
     samples: list[list[int]],
@@ -145,6 +161,7 @@ def reconstruct_blocks(
     check: Callable[[], None] | None = None,
     on_block: Callable[[int, int], None] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    resume: BlockResume | None = None,
 ) -> dict[str, Any]:
     """Train every decoder block's quantized Linears (weights behind the integers and their
     scales) block by block; afterwards each weight is on its grid, and an earlier sparsity
@@ -164,33 +181,20 @@ def reconstruct_blocks(
     # weight, an integer times a 16-bit scale, is exact there.
     float_input = float_input.float()
     quantized_input = float_input.clone()
-    generator = torch.Generator().manual_seed(settings.seed)
+    fit = _Fit(settings, torch.Generator().manual_seed(settings.seed), keep, check, resume)
     before, after = [], []
     layers = decoder_layers(model)
     for index, block in enumerate(layers):
         if on_block:
             on_block(index, len(layers))
-        modules = [m for m in block.modules() if id(m) in quantized]
+        modules = {n: m for n, m in block.named_modules() if id(m) in quantized}
         dtype = next(block.parameters()).dtype
         block.float()
-        with _forwards(modules, _float_forward):
+        with _forwards(list(modules.values()), _float_forward):
             target = _run_all(block, float_input, kwargs)
-        with _forwards(modules, _quantized_forward):
+        with _forwards(list(modules.values()), _quantized_forward):
             before.append(float(relative_error(_run_all(block, quantized_input, kwargs), target)))
-            if modules:  # a block the stage's `ignore` left whole has nothing to train
-                block_masks = [(m, keep[id(m)]) for m in modules if id(m) in keep]
-                _train_block(
-                    block,
-                    modules,
-                    block_masks,
-                    quantized_input,
-                    target,
-                    kwargs,
-                    settings,
-                    generator,
-                    check,
-                )
-            project_onto_grid(block)
+            fit.block(index, len(layers), block, modules, (quantized_input, target, kwargs))
             quantized_input = _run_all(block, quantized_input, kwargs)
         block.to(dtype)
         after.append(float(relative_error(quantized_input, target)))
@@ -203,6 +207,69 @@ def reconstruct_blocks(
         "block_error_before": [round(v, 5) for v in before],
         "block_error_after": [round(v, 5) for v in after],
     }
+
+
+@dataclass
+class _Fit:
+    """What every block's fit shares: the settings, one sample-order generator for the whole
+    stage, the sparsity masks (by module id), the job's check point and the resume point."""
+
+    settings: Reconstruction
+    generator: torch.Generator
+    keep: dict[int, torch.Tensor]
+    check: Callable[[], None] | None
+    resume: BlockResume | None
+
+    def block(
+        self,
+        index: int,
+        blocks: int,
+        block: torch.nn.Module,
+        modules: dict[str, Any],
+        data: tuple[torch.Tensor, torch.Tensor, dict[str, Any]],
+    ) -> None:
+        """Train the block (or load it, when an earlier attempt finished it), put it on its
+        grid, and checkpoint it."""
+        inputs, target, kwargs = data
+        resume = self.resume or BlockResume(None, {})
+        if index in resume.restored:  # an earlier attempt trained it: load it, skip its draws
+            _load_block(modules, LayerCheckpoints.load(resume.restored[index]))
+            for _ in range(self.settings.epochs if modules else 0):
+                torch.randperm(len(inputs), generator=self.generator)
+        elif modules:  # a block the stage's `ignore` left whole has nothing to train
+            masks = [(m, self.keep[id(m)]) for m in modules.values() if id(m) in self.keep]
+            _train_block(
+                block,
+                list(modules.values()),
+                masks,
+                inputs,
+                target,
+                kwargs,
+                self.settings,
+                self.generator,
+                self.check,
+            )
+        project_onto_grid(block)
+        if index not in resume.restored and resume.checkpoints is not None:
+            resume.checkpoints.save(index, _block_tensors(modules))
+            if resume.on_saved:
+                resume.on_saved(index, blocks)
+
+
+def _block_tensors(modules: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{attr}": getattr(module, attr).data
+        for name, module in modules.items()
+        for attr in ("weight", "weight_scale")
+    }
+
+
+@torch.no_grad()
+def _load_block(modules: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    for key, tensor in tensors.items():
+        name, attr = key.rsplit(".", 1)
+        current = getattr(modules[name], attr)
+        current.copy_(tensor.to(current.device, current.dtype))
 
 
 def _train_block(

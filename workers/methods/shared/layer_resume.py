@@ -14,6 +14,7 @@ library has no resume (its most-asked-for missing feature for long runs).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,33 @@ def resume_from_checkpoints(
 ) -> dict[str, Any]:
     """Attach the job's layer checkpoints (none outside a job) and restore what an earlier
     attempt finished; returns the stage notes about it."""
-    ctx = stage.ctx
-    if ctx is None:
+    resume = job_layer_checkpoints(stage, method, params, samples)
+    if resume is None:
         modifier.attach(stage.model, None, {})
         return {}
+    modifier.attach(stage.model, resume.checkpoints, resume.restored, resume.on_saved)
+    return resume.notes
+
+
+@dataclass
+class LayerResumePoint:
+    """A stage's layer checkpoints, the finished layers an earlier attempt left there (0..k-1,
+    as local files), a callback for each saved layer (the fault point), and the stage notes."""
+
+    checkpoints: LayerCheckpoints
+    restored: dict[int, Path]
+    on_saved: Callable[[int, int], None]
+    notes: dict[str, Any]
+
+
+def job_layer_checkpoints(
+    stage: StageInput, method: str, params: BaseModel, samples: Any
+) -> LayerResumePoint | None:
+    """The job's layer checkpoints for this stage, with what an earlier attempt finished
+    restored (said in the job's events); None outside a job (tests, benchmarks)."""
+    ctx = stage.ctx
+    if ctx is None:
+        return None
     layers = len(decoder_layers(stage.model))
     checkpoints = LayerCheckpoints(
         make_store(ctx.settings),
@@ -130,5 +154,5 @@ def resume_from_checkpoints(
         if index + 1 == total // 2 + 1:
             ctx.fault_point(PAST_HALF)
 
-    modifier.attach(stage.model, checkpoints, restored, on_saved)
-    return {"layer_checkpoints": True, "resumed_layers": len(restored)}
+    notes = {"layer_checkpoints": True, "resumed_layers": len(restored)}
+    return LayerResumePoint(checkpoints, restored, on_saved, notes)
