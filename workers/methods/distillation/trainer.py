@@ -88,7 +88,9 @@ class TrainingOutcome:
 
 
 def autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on GPU ("auto") or when asked; float32 otherwise (CPU bf16 is slow)."""
+    """bf16 autocast on GPU ("auto") or when asked; float32 otherwise. On CPU bf16 is opt-in:
+    without native bf16 it is slower than float32; with avx512_bf16 (this project's 2-core
+    machine) a SmolLM2 distillation step ran 1.5x the tokens/s of float32."""
     if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
