@@ -195,6 +195,19 @@ ROWS: dict[str, Recipe] = {
             mixed_precision="bf16",
         ),
     ],
+    "rotate + ternary g64 blockwise + qad 22 min cosine bf16 lr 1e-3": [
+        ("rotate", RotateParams()),
+        ("ternary", TernaryParams(group_size=G, solver="blockwise")),
+        distill(
+            22,
+            1e-3,
+            learn_scales=True,
+            batch_size=4,
+            lr_schedule="cosine",
+            warmup_steps=10,
+            mixed_precision="bf16",
+        ),
+    ],
     "rotate + ternary g64": [("rotate", RotateParams()), ("ternary", TernaryParams(group_size=G))],
     "rotate + ternary g64 gptq": [
         ("rotate", RotateParams()),
