@@ -40,7 +40,15 @@ from workers.methods.shared.layers import targeted_linears
 from workers.methods.shared.storage_dtype import cast_for_storage
 
 G = 64
-QAD = {"max_steps": 20, "seq_length": 128, "batch_size": 4, "learning_rate": 1e-3}
+# The CPU bench's ternary recipe in small: cosine from 1e-3 after a short warm-up.
+QAD = {
+    "max_steps": 20,
+    "seq_length": 128,
+    "batch_size": 4,
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "warmup_steps": 2,
+}
 CASES: dict[str, tuple[list[tuple[str, MethodParams]], int]] = {
     "autoround w4": ([("autoround", AutoRoundParams(bits=4, group_size=G, iters=50))], 16),
     "autoround w2": ([("autoround", AutoRoundParams(bits=2, group_size=G, iters=50))], 4),
