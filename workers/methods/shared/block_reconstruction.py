@@ -36,7 +36,11 @@ from typing import Any
 
 import torch
 
-from workers.methods.shared.layer_checkpoints import LayerCheckpoints
+from workers.methods.shared.layer_checkpoints import (
+    LayerCheckpoints,
+    layer_tensors,
+    load_layer_tensors,
+)
 from workers.methods.shared.layers import decoder_layers
 from workers.methods.shared.quantization_aware import (
     fake_quantized_weight,
@@ -45,6 +49,7 @@ from workers.methods.shared.quantization_aware import (
 )
 
 FORWARD_BATCH = 8
+BLOCK_TENSORS = ("weight", "weight_scale")  # what a trained block's checkpoint holds
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,8 @@ def reconstruct_blocks(
     # weight, an integer times a 16-bit scale, is exact there.
     float_input = float_input.float()
     quantized_input = float_input.clone()
-    fit = _Fit(settings, torch.Generator().manual_seed(settings.seed), keep, check, resume)
+    generator = torch.Generator().manual_seed(settings.seed)
+    fit = _Fit(settings, generator, keep, check, resume or BlockResume(None, {}))
     before, after = [], []
     layers = decoder_layers(model)
     for index, block in enumerate(layers):
@@ -218,7 +224,7 @@ class _Fit:
     generator: torch.Generator
     keep: dict[int, torch.Tensor]
     check: Callable[[], None] | None
-    resume: BlockResume | None
+    resume: BlockResume
 
     def block(
         self,
@@ -231,9 +237,9 @@ class _Fit:
         """Train the block (or load it, when an earlier attempt finished it), put it on its
         grid, and checkpoint it."""
         inputs, target, kwargs = data
-        resume = self.resume or BlockResume(None, {})
+        resume = self.resume
         if index in resume.restored:  # an earlier attempt trained it: load it, skip its draws
-            _load_block(modules, LayerCheckpoints.load(resume.restored[index]))
+            load_layer_tensors(modules, LayerCheckpoints.load(resume.restored[index]))
             for _ in range(self.settings.epochs if modules else 0):
                 torch.randperm(len(inputs), generator=self.generator)
         elif modules:  # a block the stage's `ignore` left whole has nothing to train
@@ -251,25 +257,9 @@ class _Fit:
             )
         project_onto_grid(block)
         if index not in resume.restored and resume.checkpoints is not None:
-            resume.checkpoints.save(index, _block_tensors(modules))
+            resume.checkpoints.save(index, layer_tensors(modules, BLOCK_TENSORS))
             if resume.on_saved:
                 resume.on_saved(index, blocks)
-
-
-def _block_tensors(modules: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {
-        f"{name}.{attr}": getattr(module, attr).data
-        for name, module in modules.items()
-        for attr in ("weight", "weight_scale")
-    }
-
-
-@torch.no_grad()
-def _load_block(modules: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    for key, tensor in tensors.items():
-        name, attr = key.rsplit(".", 1)
-        current = getattr(modules[name], attr)
-        current.copy_(tensor.to(current.device, current.dtype))
 
 
 def _train_block(

@@ -123,3 +123,25 @@ class LayerCheckpoints:
         path.unlink()
         pointer = {"fingerprint": self.fingerprint, "layers": self.saved}
         self.store.put_bytes(f"{self.prefix}/{POINTER}", json.dumps(pointer).encode())
+
+
+def layer_tensors(modules: dict[str, Any], attrs: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """One layer's tensors to checkpoint, keyed `<module name>.<attr>` (those it has)."""
+    return {
+        f"{name}.{attr}": getattr(module, attr).data
+        for name, module in modules.items()
+        for attr in attrs
+        if isinstance(getattr(module, attr, None), torch.Tensor)
+    }
+
+
+@torch.no_grad()
+def load_layer_tensors(modules: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Put a restored layer's tensors back, each on its module's device and dtype (through
+    compressed-tensors, so an offloaded module's copy is updated too)."""
+    from compressed_tensors.offload import update_offload_parameter
+
+    for key, tensor in tensors.items():
+        name, attr = key.rsplit(".", 1)
+        current = getattr(modules[name], attr)
+        update_offload_parameter(modules[name], attr, tensor.to(current.device, current.dtype))

@@ -24,7 +24,12 @@ from pydantic import BaseModel, PrivateAttr
 from app.artifacts.manifest import checkpoint_prefix
 from app.storage import make_store
 from workers.methods.base import StageInput
-from workers.methods.shared.layer_checkpoints import LayerCheckpoints, stage_fingerprint
+from workers.methods.shared.layer_checkpoints import (
+    LayerCheckpoints,
+    layer_tensors,
+    load_layer_tensors,
+    stage_fingerprint,
+)
 from workers.methods.shared.layers import decoder_layers
 
 # Fault point (workers/faults.py): held after the checkpoint that takes a stage past half of
@@ -79,22 +84,10 @@ class LayerResume(BaseModel):
                     self._on_saved(index, len(self._modules))
 
     def _tensors(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            f"{name}.{attr}": getattr(module, attr).data
-            for name, module in self._modules[index].items()
-            for attr in LAYER_TENSORS
-            if isinstance(getattr(module, attr, None), torch.Tensor)
-        }
+        return layer_tensors(self._modules[index], LAYER_TENSORS)
 
-    @torch.no_grad()
     def _load(self, index: int) -> None:
-        from compressed_tensors.offload import update_offload_parameter
-
-        for key, tensor in LayerCheckpoints.load(self._restored[index]).items():
-            name, attr = key.rsplit(".", 1)
-            module = self._modules[index][name]
-            current = getattr(module, attr)
-            update_offload_parameter(module, attr, tensor.to(current.device, current.dtype))
+        load_layer_tensors(self._modules[index], LayerCheckpoints.load(self._restored[index]))
 
 
 def resume_from_checkpoints(
