@@ -21,9 +21,13 @@ INTERVAL_S, GRACE_S, BEAT_WRITE_S = 0.1, 0.4, 0.03
 
 
 def stuck_job(
-    state: dict[str, str], ended: threading.Event, beats: list[tuple[float, str]] | None = None
+    state: dict[str, str],
+    ended: threading.Event,
+    beats: list[tuple[float, str]] | None = None,
+    ended_at: list[float] | None = None,
 ) -> JobContext:
-    """A job inside one long call; `beats` collects each beat's start and the state it read."""
+    """A job inside one long call; `beats` collects each beat's start and the state it read,
+    `ended_at` when the heartbeat ended the attempt."""
     settings = Settings(heartbeat_interval_s=INTERVAL_S, cancel_grace_s=GRACE_S)
     ctx = JobContext(uuid.uuid4(), 1, settings)
 
@@ -35,8 +39,13 @@ def stuck_job(
             beats.append((began, read))
         ctx._observe(read)
 
+    def end() -> None:
+        if ended_at is not None:
+            ended_at.append(time.monotonic())
+        ended.set()
+
     ctx.beat_once = slow_beat  # type: ignore[method-assign]
-    ctx.on_unacknowledged_cancel = ended.set
+    ctx.on_unacknowledged_cancel = end
     return ctx
 
 
@@ -45,9 +54,8 @@ def test_a_stuck_job_ends_the_grace_after_the_cancel() -> None:
     for offset in (0.0, 0.03, 0.06, 0.09):  # the cancel lands anywhere between two beats
         state, ended = {"now": JobState.RUNNING.value}, threading.Event()
         beats: list[tuple[float, str]] = []
-        ctx = stuck_job(state, ended, beats)
         ended_at: list[float] = []
-        ctx.on_unacknowledged_cancel = lambda: (ended_at.append(time.monotonic()), ended.set())
+        ctx = stuck_job(state, ended, beats, ended_at)
         ctx.start()
         time.sleep(0.35 + offset)
         cancelled_at = time.monotonic()
