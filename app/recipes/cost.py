@@ -18,6 +18,8 @@ class StageCost:
     training_tokens: int = 0
     micro_batch_tokens: int = 0
     max_seconds: float | None = None
+    # Tokens the teacher generates (sampled one at a time, with a KV cache) as training text.
+    generated_tokens: int = 0
     # Stages that tune one decoder layer at a time by gradient descent (AutoRound): samples
     # per step, whose activations are kept for the backward pass.
     block_training_samples: int = 0

@@ -130,6 +130,14 @@ class DistillParams(MethodParams):
         default=0.0, ge=0, le=100, description="Weight of hidden-state matching (0: off)"
     )
     dataset: DatasetSource = Field(default_factory=BuiltinDataset)
+    generated_sequences: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Sequences of seq_length tokens the teacher writes itself, added to the "
+        "dataset's (LLM-QAT's data-free recipe: a random first token, greedy for 3 tokens, "
+        "then sampled): the student also learns the teacher outside the dataset's domain",
+    )
     seq_length: int = Field(default=256, ge=16, le=8192)
     batch_size: int = Field(default=4, ge=1, le=512)
     grad_accum: int = Field(default=1, ge=1, le=1024, description="Micro-batches per step")
@@ -182,6 +190,7 @@ class DistillParams(MethodParams):
         return StageCost(
             calibration_passes=1.0 if isinstance(self.student, DerivedStudent) else 0.0,
             training_tokens=self.max_steps * self.grad_accum * micro,
+            generated_tokens=self.generated_sequences * self.seq_length,
             micro_batch_tokens=micro,
             max_seconds=self.max_seconds,
         )

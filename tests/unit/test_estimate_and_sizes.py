@@ -76,6 +76,14 @@ def test_estimate_counts_training_work_and_its_cap(
     bounded = estimate(model, [sparse, ("distill", capped)])
     assert long.breakdown_s["stage_1_distill"] > 50 * short.breakdown_s["stage_1_distill"]
     assert bounded.breakdown_s["stage_1_distill"] == 0.5
+
+    # Teacher-written text is decoded before the training clock starts: on top of the cap, in
+    # proportion to its tokens (each estimate probes the rate anew: a loose ratio).
+    def written(sequences: int) -> float:
+        writes = DistillParams(max_steps=1000, max_seconds=0.5, generated_sequences=sequences)
+        return estimate(model, [sparse, ("distill", writes)]).breakdown_s["stage_1_distill"] - 0.5
+
+    assert 0 < 20 * written(64) < written(64 * 100)
     assert "stage_0_magnitude" not in short.breakdown_s  # no calibration, no training
 
 

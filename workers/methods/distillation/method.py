@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from workers.errors import JobFailure
 from workers.methods.base import CompressionMethod, StageInput, StageResult
 from workers.methods.distillation.checkpoint import CheckpointStore
 from workers.methods.distillation.data import pack
+from workers.methods.distillation.generated import teacher_sequences
 from workers.methods.distillation.losses import HeldOut, heldout_figures
 from workers.methods.distillation.models import (
     add_lora,
@@ -57,6 +59,10 @@ class Distill(CompressionMethod[DistillParams]):
             check_hidden_sizes(student, teacher)
         sequences, corpus_note = training_sequences(stage, params)
         notes.update(corpus_note)
+        if params.generated_sequences:
+            written, written_note = teacher_written(stage, params, teacher)
+            sequences = torch.cat([sequences, written])
+            notes.update(written_note)
 
         eval_ids = stage.eval_ids[: params.eval_tokens] if params.eval_tokens else []
         figures: dict[str, float] = {}
@@ -195,6 +201,35 @@ def training_sequences(
         "dataset_sha256": corpus.sha256,
         "train_sequences": len(sequences),
         "split": "the first 80% of the corpus's tokens (evaluation reads only the rest)",
+    }
+
+
+def teacher_written(
+    stage: StageInput, params: DistillParams, teacher: torch.nn.Module
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The sequences the teacher writes itself (`generated_sequences`), seeded by the job."""
+    count = params.generated_sequences
+    if stage.ctx is not None:
+        stage.ctx.event(
+            "info", f"the teacher is writing {count} training sequences of {params.seq_length}"
+        )
+    config: Any = teacher.config
+    vocab = min(len(stage.tokenizer), int(config.vocab_size))
+    started = time.monotonic()
+    written = teacher_sequences(
+        teacher,
+        count=count,
+        seq_length=params.seq_length,
+        seed=stage.seed,
+        vocab_size=vocab,
+        special_ids=list(getattr(stage.tokenizer, "all_special_ids", [])),
+        check=stage.ctx.check if stage.ctx else None,
+    )
+    seconds = time.monotonic() - started
+    return written, {
+        "generated_sequences": count,
+        "generation_seconds": round(seconds, 3),
+        "generation_tokens_per_second": round(written.numel() / seconds, 2) if seconds else None,
     }
 
 
