@@ -77,10 +77,11 @@ CASES: dict[str, tuple[list[tuple[str, MethodParams]], int]] = {
         ],
         3,
     ),
-    "ternary + qad": (
+    # The teacher writes part of the training text on the GPU (bf16, CUDA's seeded sampling).
+    "ternary + qad + teacher-written": (
         [
             ("ternary", TernaryParams(group_size=G)),
-            ("distill", DistillParams(eval_tokens=0, **QAD)),  # type: ignore[arg-type]
+            ("distill", DistillParams(eval_tokens=0, generated_sequences=8, **QAD)),  # type: ignore[arg-type]
         ],
         3,
     ),
