@@ -13,7 +13,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
+import structlog
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -25,6 +27,8 @@ from app.jobs.models import Job
 from app.jobs.service import stop
 from app.jobs.state import TERMINAL, JobState
 from app.search.repository import children, orphaned_children, waiting_searches
+
+log = structlog.get_logger()
 
 # The waiting search's progress runs over the candidates' share of the whole search.
 CANDIDATES_SPAN = (18.0, 80.0)
@@ -62,7 +66,8 @@ def _wake(settings: Settings, searches: Callable[[Session], list[Job]]) -> dict[
         for search in searches(session):
             kids = children(session, search.id)
             going = [kid for kid in kids if JobState(kid.state) not in TERMINAL]
-            late = now >= datetime.fromisoformat((search.search or {})["deadline"])
+            deadline = _deadline(search)
+            late = deadline is None or now >= deadline
             if going and not late:
                 _show_progress(session, search, len(kids), len(kids) - len(going))
                 continue
@@ -91,6 +96,17 @@ def _wake(settings: Settings, searches: Callable[[Session], list[Job]]) -> dict[
         with session_scope(settings.database_url) as session:
             enqueue(session, settings, job_id, queue=queue, priority=priority)
     return counts
+
+
+def _deadline(search: Job) -> datetime | None:
+    """The waiting search's deadline; None (with a warning) when its row holds no readable
+    one: that search stops waiting, rather than its row failing the round for every search."""
+    raw: Any = (search.search or {}).get("deadline")
+    try:
+        return datetime.fromisoformat(raw)
+    except (TypeError, ValueError):
+        log.warning("search.unreadable_deadline", job_id=str(search.id), deadline=raw)
+        return None
 
 
 def _show_progress(session: Session, search: Job, total: int, ended: int) -> None:

@@ -191,6 +191,29 @@ def test_a_search_past_its_time_budget_cancels_what_runs_and_wakes(
     api.post(f"/v1/jobs/{search['id']}/cancel", headers=tenant_a)
 
 
+def test_a_waiting_search_with_no_readable_deadline_blocks_no_other_search(
+    api: TestClient, tenant_a: dict, settings: Settings
+) -> None:
+    """A waiting row without a readable deadline (a bad write, a hand edit) stops waiting, and
+    the searches after it in the round are still woken: the round used to raise on it."""
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    ids = []
+    for state in ({"candidates": []}, {"deadline": "soon", "candidates": []}, {"deadline": past}):
+        body = {**search_body(), "device": "gpu"}  # parked: no worker consumes the gpu queue
+        search_id = api.post("/v1/jobs", json=body, headers=tenant_a).json()["id"]
+        with session_scope(settings.database_url) as session:
+            assert repository.transition(
+                session, uuid.UUID(search_id), JobState.RUNNING, sources=[JobState.QUEUED]
+            )
+            assert repository.transition(
+                session, uuid.UUID(search_id), JobState.WAITING, search=state
+            )
+        ids.append(search_id)
+    for search_id in ids:  # the API's reaper round wakes all three
+        wait_for_state(api, tenant_a, search_id, {"queued"}, timeout=30)
+        api.post(f"/v1/jobs/{search_id}/cancel", headers=tenant_a)
+
+
 def test_children_of_a_search_that_ended_are_cancelled(
     api: TestClient, tenant_a: dict, settings: Settings
 ) -> None:
