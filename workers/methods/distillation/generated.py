@@ -51,32 +51,27 @@ def teacher_sequences(
 def _write(teacher: Any, first: torch.Tensor, seq_length: int, seed: int) -> torch.Tensor:
     was_training = teacher.training
     teacher.eval()
-    head = min(GREEDY_HEAD, seq_length - 1)
-    common = {"pad_token_id": 0, "use_cache": True}
-    ids = teacher.generate(
-        first,
-        attention_mask=torch.ones_like(first),
-        max_new_tokens=head,
-        min_new_tokens=head,
-        do_sample=False,
-        **common,
-    )
+    ids = _extend(teacher, first, min(GREEDY_HEAD, seq_length - 1), do_sample=False)
     rest = seq_length - ids.shape[1]
     if rest > 0:
         devices = [ids.device] if ids.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # generate samples from the global RNG
             torch.manual_seed(seed)
-            ids = teacher.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=rest,
-                min_new_tokens=rest,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                **common,
-            )
+            ids = _extend(teacher, ids, rest, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
     teacher.train(was_training)
     result: torch.Tensor = ids[:, :seq_length]
     return result
+
+
+def _extend(teacher: Any, ids: torch.Tensor, new_tokens: int, **decoding: Any) -> torch.Tensor:
+    """Exactly `new_tokens` more tokens (EOS suppressed), through transformers' `generate`."""
+    extended: torch.Tensor = teacher.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+        use_cache=True,
+        **decoding,
+    )
+    return extended
