@@ -211,7 +211,8 @@ def teacher_written(
     count = params.generated_sequences
     if stage.ctx is not None:
         stage.ctx.event(
-            "info", f"the teacher is writing {count} training sequences of {params.seq_length}"
+            "info",
+            f"the teacher is writing {count} training sequences of {params.seq_length} tokens",
         )
     config: Any = teacher.config
     vocab = min(len(stage.tokenizer), int(config.vocab_size))
