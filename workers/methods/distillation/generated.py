@@ -49,29 +49,46 @@ def teacher_sequences(
 
 @torch.no_grad()
 def _write(teacher: Any, first: torch.Tensor, seq_length: int, seed: int) -> torch.Tensor:
-    was_training = teacher.training
-    teacher.eval()
-    ids = _extend(teacher, first, min(GREEDY_HEAD, seq_length - 1), do_sample=False)
+    """The teacher is frozen and in eval mode (distillation.models.load_teacher)."""
+    head = min(GREEDY_HEAD, seq_length - 1)
+    ids = teacher.generate(
+        first,
+        attention_mask=torch.ones_like(first),
+        max_new_tokens=head,
+        min_new_tokens=head,
+        do_sample=False,
+        pad_token_id=0,
+    )
     rest = seq_length - ids.shape[1]
     if rest > 0:
         devices = [ids.device] if ids.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # generate samples from the global RNG
+        with torch.random.fork_rng(devices=devices):  # keep the job's global RNG stream
             torch.manual_seed(seed)
-            ids = _extend(teacher, ids, rest, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-    teacher.train(was_training)
+            ids = sample_continuation(teacher, ids, rest, eos_token_id=None)
     result: torch.Tensor = ids[:, :seq_length]
     return result
 
 
-def _extend(teacher: Any, ids: torch.Tensor, new_tokens: int, **decoding: Any) -> torch.Tensor:
-    """Exactly `new_tokens` more tokens (EOS suppressed), through transformers' `generate`."""
-    extended: torch.Tensor = teacher.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
+def sample_continuation(
+    model: Any, prompts: torch.Tensor, new_tokens: int, *, eos_token_id: int | None
+) -> torch.Tensor:
+    """`prompts` continued by exactly `new_tokens` tokens sampled from the model's full
+    distribution (temperature 1; end-of-text suppressed by min_new_tokens, so every row keeps
+    its length). generate() draws from the global RNG: the caller seeds it. Shared by GKD's
+    on-policy batches and the teacher's own text."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
-        pad_token_id=0,
-        use_cache=True,
-        **decoding,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
     )
-    return extended
+    out: torch.Tensor = model.generate(
+        input_ids=prompts, attention_mask=torch.ones_like(prompts), generation_config=config
+    )
+    return out

@@ -23,6 +23,7 @@ from app.recipes import DistillParams
 from workers.errors import JobCancelled, TransientFailure
 from workers.methods.distillation.checkpoint import CheckpointStore, TrainingState, set_rng_state
 from workers.methods.distillation.data import batch_indices, micro_seed
+from workers.methods.distillation.generated import sample_continuation
 from workers.methods.distillation.losses import divergence, hidden_state_loss, next_token_loss
 from workers.methods.distillation.schedule import budget_scheduler
 from workers.methods.shared.masks import reapply_masks
@@ -250,29 +251,14 @@ def sample_continuations(run: TrainingRun, ids: torch.Tensor, position: int) -> 
     """GKD's on-policy data: the student continues each sequence's first `prompt_tokens`
     tokens by sampling (temperature 1) to the full length. End-of-text is suppressed
     (min_new_tokens) so every sequence keeps the same length."""
-    from transformers import GenerationConfig
-
     params = run.params
     new_tokens = ids.shape[1] - params.prompt_tokens
     torch.manual_seed(micro_seed(run.seed, position))  # generate() draws from the global RNG
-    config = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        eos_token_id=run.eos_token_id,
-        pad_token_id=run.eos_token_id,
-    )
     prompts = ids[:, : params.prompt_tokens]
     run.student.eval()
     try:
         # A PreTrainedModel or its PEFT wrapper: both generate.
-        student: Any = run.student
-        out = student.generate(
-            input_ids=prompts, attention_mask=torch.ones_like(prompts), generation_config=config
-        )
+        out = sample_continuation(run.student, prompts, new_tokens, eos_token_id=run.eos_token_id)
     finally:
         run.student.train()
     return out[:, : ids.shape[1]]
